@@ -1,0 +1,192 @@
+"""The tf.data input pipeline over prepared TFRecord shards.
+
+Per image and step: one of its captions at random, cut or padded to `words_num` (a random in-order
+subset of an over-long caption's words in training, its first words otherwise), and the original's
+augmentation (resize by 76/64, random crop, horizontal flip), giving the image at every generator
+scale in [-1, 1]. Randomness is stateless and seeded from `data.seed`, so a pipeline is
+reproducible. Batches have static shapes, so training steps never retrace.
+
+A batch is a dict:
+    images       tuple of float32 [B, s, s, 3], one per generator stage (smallest first)
+    caption_ids  int32 [B, words_num] (0 = end/padding)
+    caption_len  int32 [B]
+    caption      string [B], the chosen caption's text
+    class_id     int64 [B] (-1 where unknown)
+    attributes   int64 [B, A] (A = number of attributes in the manifest; 0 for most datasets)
+    key          string [B]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import tensorflow as tf
+
+from mirrorgan_tf import records, text
+from mirrorgan_tf.config import Config
+
+AUTOTUNE = tf.data.AUTOTUNE
+MANIFEST = "manifest.json"
+LOAD_SCALE = 76 / 64  # the original resizes to 76/64 of the final size, then crops
+
+
+class DataError(ValueError):
+    pass
+
+
+def load_manifest(data_dir: str) -> dict:
+    path = os.path.join(data_dir, MANIFEST)
+    if not tf.io.gfile.exists(path):
+        raise DataError(f"{path}: no prepared dataset here (run python -m pipelines.prepare)")
+    with tf.io.gfile.GFile(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: not valid JSON ({e})") from None
+
+
+def vocabulary_path(data_dir: str) -> str:
+    return os.path.join(data_dir, load_manifest(data_dir)["vocabulary"])
+
+
+def vocab_size(cfg: Config) -> int:
+    """The vocabulary size the networks are built with: the manifest's, checked against the config."""
+    manifest = load_manifest(cfg.data.dir)
+    size = manifest["vocab_size"]
+    if cfg.data.vocab_size and cfg.data.vocab_size != size:
+        raise DataError(f"data.vocab_size={cfg.data.vocab_size}, but {os.path.join(cfg.data.dir, MANIFEST)} "
+                        f"says the vocabulary has {size} words")
+    return size
+
+
+def _shards(data_dir: str, manifest: dict, split: str) -> list[str]:
+    if split not in manifest["splits"]:
+        raise DataError(f"{os.path.join(data_dir, MANIFEST)}: no split {split!r} "
+                        f"(has {', '.join(manifest['splits'])})")
+    files = [os.path.join(data_dir, s) for s in manifest["splits"][split]["shards"]]
+    if not files:
+        raise DataError(f"{os.path.join(data_dir, MANIFEST)}: split {split!r} is empty")
+    return files
+
+
+def _resize_shorter_side(image: tf.Tensor, size: int) -> tf.Tensor:
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = size / tf.reduce_min(shape)
+    new = tf.cast(tf.math.round(shape * scale), tf.int32)
+    new = tf.maximum(new, size)  # rounding must never leave a side short of the crop
+    return tf.image.resize(image, new, method="bilinear", antialias=True)
+
+
+def _center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    top, left = (h - size) // 2, (w - size) // 2
+    return image[top:top + size, left:left + size]
+
+
+class _Example:
+    """The per-example map function, configured once per pipeline."""
+
+    def __init__(self, cfg: Config, training: bool):
+        self.sizes = cfg.image_sizes
+        self.words_num = cfg.data.words_num
+        self.training = training
+        self.crop = training and cfg.data.random_crop
+        self.flip = training and cfg.data.random_flip
+
+    def image(self, encoded: tf.Tensor, seed: tf.Tensor) -> tuple:
+        final = self.sizes[-1]
+        image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+        image = tf.cast(image, tf.float32) / 127.5 - 1.0
+        crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        if self.crop:
+            image = _resize_shorter_side(image, int(final * LOAD_SCALE))
+            image = tf.image.stateless_random_crop(image, [final, final, 3], seed=crop_seed)
+        else:
+            image = _center_crop(_resize_shorter_side(image, final), final)
+        if self.flip:
+            image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
+        image = tf.ensure_shape(image, [final, final, 3])
+        scaled = [tf.image.resize(image, [s, s], method="bilinear", antialias=True) for s in self.sizes[:-1]]
+        return tuple(tf.clip_by_value(x, -1.0, 1.0) for x in scaled + [image])
+
+    def caption(self, ids: tf.RaggedTensor, captions: tf.Tensor, seed: tf.Tensor):
+        """A random caption among those with at least one known word."""
+        pick_seed, words_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        usable = tf.where(ids.row_lengths() > 0)[:, 0]
+        # A prepared example always has a caption with words; if every one lost its words to the
+        # vocabulary (possible only for test captions) fall back to the first: an empty caption.
+        usable = tf.cond(tf.size(usable) > 0, lambda: usable, lambda: tf.zeros([1], tf.int64))
+        choice = tf.random.stateless_uniform([], pick_seed, 0, tf.size(usable, tf.int64), dtype=tf.int64)
+        index = usable[choice]
+        padded, length = text.fit_caption(ids[index], self.words_num, words_seed if self.training else None)
+        return tf.cast(padded, tf.int32), length, captions[index]
+
+    def __call__(self, serialized: tf.Tensor, seed: tf.Tensor) -> dict:
+        ex = records.parse_example(serialized)
+        image_seed, caption_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        caption_ids, caption_len, caption = self.caption(ex["caption_ids"], ex["captions"], caption_seed)
+        return {
+            "images": self.image(ex["image"], image_seed),
+            "caption_ids": caption_ids,
+            "caption_len": caption_len,
+            "caption": caption,
+            "class_id": ex["class_id"],
+            "attributes": ex["attributes"],
+            "key": ex["key"],
+        }
+
+
+def make_dataset(cfg: Config, split: str = "train", *, training: Optional[bool] = None,
+                 batch_size: Optional[int] = None, repeat: Optional[bool] = None,
+                 input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
+    """Batches from `cfg.data.dir`. `batch_size` is the global batch (default `train.batch_size`);
+    under a strategy pass the `input_context` and each pipeline yields per-replica batches.
+    Training pipelines shuffle, augment and repeat by default; others do none of that."""
+    training = split == "train" if training is None else training
+    repeat = training if repeat is None else repeat
+    manifest = load_manifest(cfg.data.dir)
+    files = _shards(cfg.data.dir, manifest, split)
+    num_attributes = len(manifest.get("attributes") or {})
+    batch = batch_size or cfg.train.batch_size
+    seed = cfg.data.seed
+    if input_context is not None:
+        batch = input_context.get_per_replica_batch_size(batch)
+        seed += 1000 * input_context.input_pipeline_id
+
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    by_file = input_context is not None and len(files) >= input_context.num_input_pipelines
+    if by_file:
+        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if training:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
+                       num_parallel_calls=AUTOTUNE, deterministic=True)
+    if input_context is not None and not by_file:
+        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+    if training:
+        ds = ds.shuffle(cfg.data.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    seeds = tf.data.Dataset.random(seed=seed).batch(2)
+    ds = tf.data.Dataset.zip((ds, seeds)).map(_Example(cfg, training), num_parallel_calls=AUTOTUNE)
+    ds = ds.batch(batch, drop_remainder=True)
+
+    def fix_shapes(x):
+        x["attributes"] = tf.ensure_shape(x["attributes"], [batch, num_attributes])
+        return x
+
+    ds = ds.map(fix_shapes)
+    return ds.prefetch(AUTOTUNE)
+
+
+def distributed_dataset(strategy: tf.distribute.Strategy, cfg: Config, split: str = "train", **kwargs):
+    """The pipeline distributed through `strategy`: each input pipeline reads its own shards and
+    yields per-replica batches of `train.batch_size / replicas`."""
+    batch = kwargs.pop("batch_size", None) or cfg.train.batch_size
+    if batch % strategy.num_replicas_in_sync:
+        raise DataError(f"global batch size {batch} is not divisible by the "
+                        f"{strategy.num_replicas_in_sync} replicas")
+    return strategy.distribute_datasets_from_function(
+        lambda ctx: make_dataset(cfg, split, batch_size=batch, input_context=ctx, **kwargs))

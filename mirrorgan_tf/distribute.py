@@ -1,0 +1,43 @@
+"""The one place that builds the tf.distribute strategy.
+
+    auto          MirroredStrategy over all visible GPUs when there are several, the one GPU when
+                  there is one, else the CPU
+    one_device    the first GPU, else the CPU
+    mirrored      MirroredStrategy (all GPUs; on a CPU-only machine, every logical CPU device)
+    multi_worker  MultiWorkerMirroredStrategy, cluster taken from the TF_CONFIG environment variable
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tensorflow as tf
+
+KINDS = ("auto", "one_device", "mirrored", "multi_worker")
+
+
+def split_cpu(count: int) -> None:
+    """Make `count` logical CPU devices, so MirroredStrategy can be exercised without GPUs.
+    Must run before anything initialises the TensorFlow runtime."""
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+
+
+def build_strategy(kind: str = "auto") -> tf.distribute.Strategy:
+    if kind not in KINDS:
+        raise ValueError(f"--strategy must be one of {', '.join(KINDS)}, got {kind!r}")
+    gpus = tf.config.list_logical_devices("GPU")
+    if kind == "multi_worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("--strategy multi_worker needs the TF_CONFIG environment variable "
+                             "(cluster and task of this worker)")
+        try:
+            json.loads(os.environ["TF_CONFIG"])
+        except json.JSONDecodeError as e:
+            raise ValueError(f"TF_CONFIG is not valid JSON ({e})") from None
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if kind == "mirrored" or (kind == "auto" and len(gpus) > 1):
+        devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices)
+    return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")

@@ -1,0 +1,128 @@
+"""The one tokenizer and vocabulary, used by dataset preparation, the input pipeline and serving.
+
+Everything is TensorFlow ops (tensorflow-text for normalisation and splitting), so the exported
+serving graph runs exactly the code that prepared the training data. The rules follow the
+original AttnGAN/MirrorGAN code: lower-case, `\\w+` tokens, index 0 is the end/padding token,
+words outside the vocabulary are dropped. Unlike the original we apply Unicode NFKC
+normalisation first and build the vocabulary from the training split only (the original counted
+test captions too, which leaks test words into training).
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Iterable
+
+import tensorflow as tf
+import tensorflow_text as tf_text
+
+END_TOKEN = "<end>"
+UNK_TOKEN = "<unk>"
+END_ID = 0
+UNK_ID = 1
+RESERVED = (END_TOKEN, UNK_TOKEN)
+
+# RE2 has no Unicode-aware \w; this class is Python's `\w` for the characters captions contain.
+_NON_WORD = r"[^\p{L}\p{N}_]+"
+
+
+def split_words(captions: tf.Tensor) -> tf.RaggedTensor:
+    """Captions (tf.string, any shape [N]) -> ragged [N, (words)] of normalised word strings."""
+    captions = tf.convert_to_tensor(captions, tf.string)
+    text = tf_text.normalize_utf8(captions, "NFKC")
+    text = tf.strings.lower(text, encoding="utf-8")
+    return tf_text.regex_split(text, _NON_WORD)
+
+
+def build_vocabulary(word_lists: Iterable[Iterable[str]], min_count: int = 1) -> list[str]:
+    """Deterministic vocabulary: reserved tokens, then words by descending count, then by spelling.
+
+    The order does not depend on the order of the captions, so re-preparing a dataset with its
+    files listed differently gives the same ids.
+    """
+    counts = collections.Counter(w for words in word_lists for w in words)
+    for token in RESERVED:
+        counts.pop(token, None)
+    words = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
+    return list(RESERVED) + words
+
+
+def write_vocabulary(words: list[str], path: str) -> None:
+    with tf.io.gfile.GFile(path, "w") as f:
+        f.write("".join(w + "\n" for w in words))
+
+
+def read_vocabulary(path: str) -> list[str]:
+    with tf.io.gfile.GFile(path, "r") as f:
+        words = f.read().split("\n")
+    if words and words[-1] == "":
+        words.pop()
+    if tuple(words[: len(RESERVED)]) != RESERVED:
+        raise ValueError(f"{path}: not a vocabulary file (its first lines must be {RESERVED})")
+    return words
+
+
+class Tokenizer(tf.Module):
+    """Captions -> word ids with a vocabulary file. A tf.Module, so a SavedModel can track it and
+    ship the vocabulary as an asset.
+
+    `drop_unknown=True` (the original behaviour) removes out-of-vocabulary words; otherwise they
+    map to UNK_ID.
+    """
+
+    def __init__(self, vocab_path: str, drop_unknown: bool = True, name: str = "tokenizer"):
+        super().__init__(name=name)
+        self.vocab_path = vocab_path
+        self.words = read_vocabulary(vocab_path)
+        self.drop_unknown = drop_unknown
+        initializer = tf.lookup.TextFileInitializer(
+            vocab_path,
+            key_dtype=tf.string,
+            key_index=tf.lookup.TextFileIndex.WHOLE_LINE,
+            value_dtype=tf.int64,
+            value_index=tf.lookup.TextFileIndex.LINE_NUMBER,
+        )
+        self.table = tf.lookup.StaticHashTable(initializer, default_value=UNK_ID)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.words)
+
+    def __call__(self, captions: tf.Tensor) -> tf.RaggedTensor:
+        """tf.string [N] -> ragged int64 [N, (words)]."""
+        words = split_words(captions)
+        ids = tf.ragged.map_flat_values(self.table.lookup, words)
+        if self.drop_unknown:
+            ids = tf.ragged.boolean_mask(ids, tf.not_equal(ids, UNK_ID))
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Word ids -> text, stopping at the first END_ID (for inspecting captions)."""
+        out = []
+        for i in ids:
+            i = int(i)
+            if i == END_ID:
+                break
+            out.append(self.words[i] if 0 <= i < len(self.words) else UNK_TOKEN)
+        return " ".join(out)
+
+
+def fit_caption(ids: tf.Tensor, words_num: int, seed: tf.Tensor | None = None):
+    """One caption's ids (1-D) -> (ids padded with END_ID to `words_num` [words_num], length).
+
+    A caption longer than `words_num` keeps its first words when `seed` is None (inference), or a
+    random in-order subset of its words when a stateless `seed` (shape [2]) is given (training),
+    as the original code does.
+    """
+    ids = tf.convert_to_tensor(ids)
+    n = tf.shape(ids, out_type=tf.int32)[0]
+    if seed is None:
+        kept = ids[:words_num]
+    else:
+        order = tf.random.experimental.stateless_shuffle(tf.range(n), seed=seed)
+        keep = tf.sort(order[:words_num])
+        kept = tf.gather(ids, keep)
+    length = tf.minimum(n, words_num)
+    padded = tf.pad(kept, [[0, words_num - length]], constant_values=END_ID)
+    padded = tf.ensure_shape(padded, [words_num])
+    return padded, length

@@ -1,0 +1,132 @@
+"""A folder of your own captioned images.
+
+`--source` is a JSONL or CSV file, or a folder holding `captions.jsonl` or `captions.csv`. Image
+paths are relative to that file's folder. One row per (image, caption) pair, any number of
+captions per image:
+
+    {"image": "photos/0001.jpg", "caption": "a red bicycle leaning on a wall"}
+    {"image": "photos/0001.jpg", "captions": ["a bike by a wall", "red bike"], "split": "test"}
+
+CSV: a header with `image,caption` and optionally `split` and `label` columns. `split` is `train`
+or `test`; when no row gives one, a deterministic `test_fraction` of the images (chosen by a hash
+of the path) becomes the test split. `label` is an optional integer class id.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+
+from pipelines import images
+from pipelines.source import DatasetError, NO_CLASS, Problems, RawExample, Source, exists, join
+
+NAMES = ("captions.jsonl", "captions.csv")
+SPLITS = ("train", "test")
+
+
+def _find_file(source: str) -> str:
+    lower = source.lower()
+    if lower.endswith((".jsonl", ".csv")):
+        if not exists(source):
+            raise DatasetError(f"{source}: caption file not found")
+        return source
+    for name in NAMES:
+        path = join(source, name)
+        if exists(path):
+            return path
+    raise DatasetError(f"{source}: no {' or '.join(NAMES)} in this folder (or pass the file itself)")
+
+
+def _rows(path: str) -> list[tuple[str, dict]]:
+    """(where, row) pairs from a JSONL or CSV file."""
+    try:
+        text = images.read_bytes(path).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+    rows = []
+    if path.lower().endswith(".csv"):
+        reader = csv.DictReader(io.StringIO(text))
+        if not reader.fieldnames or "image" not in reader.fieldnames or "caption" not in reader.fieldnames:
+            raise DatasetError(f"{path}: the CSV header must name 'image' and 'caption' columns, got {reader.fieldnames}")
+        for row in reader:
+            rows.append((f"{path}:{reader.line_num}", row))
+    else:
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DatasetError(f"{path}:{n}: expected a JSON object")
+            rows.append((f"{path}:{n}", row))
+    return rows
+
+
+def _in_test(image: str, fraction: float) -> bool:
+    digest = hashlib.sha1(image.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def read(source: str, problems: Problems, test_fraction: float = 0.1) -> Source:
+    path = _find_file(source)
+    base = path.rsplit("/", 1)[0] if "/" in path else "."
+    grouped: dict[str, dict] = {}
+    for where, row in _rows(path):
+        image = row.get("image")
+        if not isinstance(image, str) or not image:
+            raise DatasetError(f"{where}: missing 'image' field")
+        if "captions" in row:
+            caps = row["captions"]
+            if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
+                raise DatasetError(f"{where}: 'captions' must be a list of strings")
+        elif isinstance(row.get("caption"), str):
+            caps = [row["caption"]]
+        else:
+            raise DatasetError(f"{where}: missing 'caption' (a string) or 'captions' (a list)")
+        entry = grouped.setdefault(image, {"captions": [], "origins": [], "split": None, "label": NO_CLASS})
+        entry["captions"] += [c.strip() for c in caps]
+        entry["origins"] += [where] * len(caps)
+        split = row.get("split") or None
+        if split is not None:
+            if split not in SPLITS:
+                raise DatasetError(f"{where}: 'split' must be one of {SPLITS}, got {split!r}")
+            if entry["split"] not in (None, split):
+                raise DatasetError(f"{where}: {image} is in both {entry['split']} and {split}")
+            entry["split"] = split
+        label = row.get("label")
+        if label not in (None, ""):
+            try:
+                entry["label"] = int(label)
+            except (TypeError, ValueError):
+                raise DatasetError(f"{where}: 'label' must be an integer, got {label!r}") from None
+
+    with_split = sum(1 for e in grouped.values() if e["split"])
+    if 0 < with_split < len(grouped):
+        raise DatasetError(f"{path}: {with_split} of {len(grouped)} images name a split; name one for all or for none")
+    examples = []
+    for image, entry in sorted(grouped.items()):
+        split = entry["split"] or ("test" if _in_test(image, test_fraction) else "train")
+        image_path = join(base, image)
+        if not exists(image_path):
+            problems.report(image_path, f"image file missing (listed in {path})", image)
+            continue
+        examples.append(RawExample(
+            key=image,
+            split=split,
+            captions=entry["captions"],
+            caption_origins=entry["origins"],
+            image_job=(image_path, None),
+            class_id=entry["label"],
+        ))
+    return Source(
+        name="captions",
+        source=path,
+        examples=examples,
+        image_worker=images.prepare_file,
+        captions_per_image=None,
+        extra={"test_fraction": test_fraction if not with_split else None},
+    )

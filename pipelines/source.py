@@ -1,0 +1,103 @@
+"""What every dataset reader hands to the writer, and how bad input is reported."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+NO_CLASS = -1  # same value as mirrorgan_tf.records.NO_CLASS; kept here so readers stay TF-free
+
+
+class DatasetError(ValueError):
+    """Bad input: the message names the file and the problem."""
+
+
+@dataclass
+class RawExample:
+    key: str
+    split: str  # "train" | "test"
+    captions: list[str]
+    # Where each caption came from ("path:line"), for error messages.
+    caption_origins: list[str]
+    # How the image is made: a job for `image_worker` (a picklable, TF-free function).
+    image_job: Any
+    class_id: int = NO_CLASS
+    attributes: list[int] = field(default_factory=list)
+
+
+@dataclass
+class Source:
+    """A raw dataset, read and checked but with no image decoded yet."""
+
+    name: str
+    source: str
+    examples: list[RawExample]
+    # Top-level function run in worker processes: image_job -> ("ok", bytes, fmt, h, w) | ("error", why)
+    image_worker: Callable
+    captions_per_image: Optional[int]  # None: varies per image
+    attributes: dict[str, list[str]] = field(default_factory=dict)  # name -> value names
+    extra: dict[str, Any] = field(default_factory=dict)  # reader-specific facts for the manifest
+
+
+class Problems:
+    """Collects bad input. With on_error="raise" the first problem stops preparation; with "skip"
+    the example is dropped and listed in the manifest."""
+
+    def __init__(self, on_error: str):
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"--on-error must be 'raise' or 'skip', got {on_error!r}")
+        self.on_error = on_error
+        self.skipped: list[dict] = []
+
+    def report(self, path: str, problem: str, key: Optional[str] = None) -> None:
+        if self.on_error == "raise":
+            raise DatasetError(f"{path}: {problem}")
+        self.skipped.append({"key": key, "file": path, "problem": problem})
+
+
+def read_text(path: str, problems: Problems, key: Optional[str] = None,
+              opener: Optional[Callable[[str], bytes]] = None) -> Optional[str]:
+    """Read a UTF-8 text file; report a missing file or bytes that are not UTF-8."""
+    from pipelines.images import read_bytes
+
+    try:
+        data = (opener or read_bytes)(path)
+    except (OSError, FileNotFoundError) as e:
+        problems.report(path, f"cannot read file ({getattr(e, 'strerror', None) or e})", key)
+        return None
+    except Exception as e:  # gfile raises its own NotFoundError
+        problems.report(path, f"cannot read file ({e})", key)
+        return None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        problems.report(path, f"not valid UTF-8 (byte {e.start}, line {line}: {data[e.start:e.start + 4]!r})", key)
+        return None
+
+
+def caption_lines(text: str, path: str) -> tuple[list[str], list[str]]:
+    """Split a caption file into captions, one per line, ignoring only trailing blank lines.
+    A blank line between captions is returned as an empty caption (so it is reported)."""
+    lines = text.replace("\r\n", "\n").split("\n")
+    while lines and not lines[-1].strip():
+        lines.pop()
+    return [l.strip() for l in lines], [f"{path}:{i + 1}" for i in range(len(lines))]
+
+
+def exists(path: str) -> bool:
+    if "://" in path:
+        import tensorflow as tf
+
+        return tf.io.gfile.exists(path)
+    import os
+
+    return os.path.exists(path)
+
+
+def join(*parts: str) -> str:
+    if "://" in parts[0]:
+        return "/".join(p.strip("/") if i else p.rstrip("/") for i, p in enumerate(parts))
+    import os
+
+    return os.path.join(*parts)

@@ -1,0 +1,31 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="mirrorgan_tf",
+    version="0.1.0",
+    description="MirrorGAN (text-to-image generation by redescription) in TensorFlow / Keras 3",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10,<3.14",
+    packages=find_packages(include=["mirrorgan_tf", "mirrorgan_tf.*", "pipelines", "pipelines.*"]),
+    install_requires=[
+        "tensorflow~=2.21.0",
+        # Wheels must match TensorFlow's minor version.
+        "tensorflow-text~=2.21.0",
+        "keras>=3.10,<4",
+        "keras-tuner>=1.4.7,<2",
+        "numpy>=1.26,<3",
+        "pillow>=10",
+        "pyyaml>=6",
+        # TF 2.21 no longer installs TensorBoard, which tf.summary writers need.
+        "tensorboard~=2.21.0",
+        "tensorflow-serving-api~=2.21.0",
+        "grpcio>=1.60",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "scipy>=1.11"],
+        # keras-tuner's BayesianOptimization needs these.
+        "tuner": ["scipy>=1.11", "scikit-learn>=1.3"],
+    },
+)
