@@ -162,6 +162,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        # YAML 1.1 reads "2e-4" (no dot) as a string; take it as the number everyone means.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -172,7 +178,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 def _merge(obj: Any, values: dict, prefix: str, source: str) -> None:
     if not isinstance(values, dict):
-        raise ConfigError(f"{source}: '{prefix or '<top level>'}' must be a mapping, got {values!r}")
+        raise ConfigError(f"{source}: '{prefix.rstrip('.') or '<top level>'}' must be a mapping, got {values!r}")
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for key, value in values.items():

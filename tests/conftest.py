@@ -1,0 +1,58 @@
+import os
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "configs"
+CUB_SAMPLE = Path(os.environ.get("MIRRORGAN_CUB_SAMPLE", REPO.parent / "shared" / "data" / "cub_sample" / "birds"))
+
+
+@pytest.fixture(scope="session")
+def cub_sample() -> Path:
+    if not (CUB_SAMPLE / "CUB_200_2011").is_dir():
+        pytest.fail(f"CUB sample not found at {CUB_SAMPLE} (set MIRRORGAN_CUB_SAMPLE)")
+    return CUB_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def prepared_cub(cub_sample, tmp_path_factory) -> Path:
+    from pipelines.prepare import prepare
+
+    out = tmp_path_factory.mktemp("cub") / "cub"
+    prepare("cub", str(out), str(cub_sample), workers=2)
+    return out
+
+
+@pytest.fixture(scope="session")
+def prepared_shapes(tmp_path_factory) -> Path:
+    from pipelines.prepare import prepare
+
+    out = tmp_path_factory.mktemp("shapes") / "shapes"
+    prepare("shapes", str(out), num_train=96, num_test=48, workers=1, shard_size_mb=1)
+    return out
+
+
+def make_mini_cub(sample: Path, dest: Path, train: int = 4, test: int = 3) -> Path:
+    """A small copy of the CUB sample in the original layout, to corrupt in bad-input tests."""
+    for name in ("images.txt", "bounding_boxes.txt"):
+        (dest / "CUB_200_2011").mkdir(parents=True, exist_ok=True)
+        shutil.copy(sample / "CUB_200_2011" / name, dest / "CUB_200_2011" / name)
+    for split, count in (("train", train), ("test", test)):
+        names = pickle.load(open(sample / split / "filenames.pickle", "rb"), encoding="latin1")[:count]
+        classes = pickle.load(open(sample / split / "class_info.pickle", "rb"), encoding="latin1")[:count]
+        (dest / split).mkdir(parents=True)
+        pickle.dump(names, open(dest / split / "filenames.pickle", "wb"), protocol=2)
+        pickle.dump(classes, open(dest / split / "class_info.pickle", "wb"), protocol=2)
+        for n in names:
+            for sub, ext in (("CUB_200_2011/images", ".jpg"), ("text", ".txt")):
+                target = dest / sub / (n + ext)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(sample / sub / (n + ext), target)
+    return dest
+
+
+def mini_cub_names(root: Path, split: str = "train") -> list:
+    return pickle.load(open(root / split / "filenames.pickle", "rb"), encoding="latin1")
