@@ -161,7 +161,8 @@ def make_dataset(cfg: Config, split: str = "train", *, training: Optional[bool] 
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
     if training:
         ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8),
+    # Training mixes shards; evaluation reads them in order, so batches follow the manifest.
+    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8) if training else 1,
                        num_parallel_calls=AUTOTUNE, deterministic=True)
     if input_context is not None and not by_file:
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)

@@ -76,12 +76,28 @@ class _ShardWriter:
         return names
 
 
-def _split_words(captions: list[str], batch: int = 4096) -> list[list[str]]:
+_BATCH = 4096  # captions per tokenizer call: eager TF calls are slow one by one
+
+
+def _split_words(captions: list[str]) -> list[list[str]]:
     words = []
-    for start in range(0, len(captions), batch):
-        ragged = text.split_words(captions[start:start + batch])
+    for start in range(0, len(captions), _BATCH):
+        ragged = text.split_words(captions[start:start + _BATCH])
         words += [[w.decode("utf-8") for w in row] for row in ragged.to_list()]
     return words
+
+
+def _caption_ids(tokenizer: text.Tokenizer, examples: list[RawExample]) -> list[list[list[int]]]:
+    """Word ids of every example's captions, tokenized in large batches."""
+    flat = [c for e in examples for c in e.captions]
+    ids = []
+    for start in range(0, len(flat), _BATCH):
+        ids += tokenizer(flat[start:start + _BATCH]).to_list()
+    out, pos = [], 0
+    for e in examples:
+        out.append(ids[pos:pos + len(e.captions)])
+        pos += len(e.captions)
+    return out
 
 
 def _check_captions(examples: list[RawExample], problems: Problems) -> tuple[list[RawExample], list[str]]:
@@ -135,13 +151,13 @@ def write_dataset(source: Source, out: str, problems: Problems, *, shard_size_mb
             part = [e for e in examples if e.split == split]
             writer = _ShardWriter(tmp, split, int(shard_size_mb * 2**20))
             written = captions = 0
-            for e, result in zip(part, _image_results(source, part, workers)):
+            part_ids = _caption_ids(tokenizer, part)
+            for e, ids, result in zip(part, part_ids, _image_results(source, part, workers)):
                 if result[0] != "ok":
                     problems.report(str(e.image_job[0] if isinstance(e.image_job, tuple) else e.key),
                                     result[1], e.key)
                     continue
                 _, data, fmt, h, w = result
-                ids = tokenizer(e.captions).to_list()
                 writer.write(records.encode_example(
                     key=e.key, image=data, image_format=fmt, height=h, width=w,
                     captions=e.captions, caption_ids=ids, class_id=e.class_id,

@@ -1,4 +1,7 @@
 import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports TensorFlow
+
 import pickle
 import shutil
 from pathlib import Path

@@ -1,0 +1,146 @@
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mirrorgan_tf import data
+from mirrorgan_tf.config import load_config
+from tests.conftest import CONFIGS, REPO
+
+
+def _cfg(path, name="shapes_smoke.yaml", *overrides):
+    return load_config(CONFIGS / name, [f"data.dir={path}", *overrides])
+
+
+def test_batches_have_static_shapes_and_every_scale_in_range(prepared_shapes):
+    cfg = _cfg(prepared_shapes)
+    ds = data.make_dataset(cfg, "train")
+    spec = ds.element_spec
+    b = cfg.train.batch_size
+    assert [s.shape.as_list() for s in spec["images"]] == [[b, s, s, 3] for s in (16, 32, 64)]
+    assert spec["caption_ids"].shape.as_list() == [b, 16] and spec["caption_ids"].dtype == tf.int32
+    assert spec["attributes"].shape.as_list() == [b, 4]
+    for s in tf.nest.flatten(spec):
+        assert s.shape.is_fully_defined()  # nothing for a tf.function step to retrace on
+    for batch in ds.take(3):
+        for image in batch["images"]:
+            assert image.dtype == tf.float32
+            assert -1.0 <= float(tf.reduce_min(image)) and float(tf.reduce_max(image)) <= 1.0
+        lengths = batch["caption_len"].numpy()
+        ids = batch["caption_ids"].numpy()
+        assert (lengths > 0).all()
+        for row, n in zip(ids, lengths):
+            assert (row[:n] > 1).all() and (row[n:] == 0).all()
+
+
+def test_lower_scales_are_resized_versions_of_the_final_image(prepared_shapes):
+    cfg = _cfg(prepared_shapes)
+    batch = next(iter(data.make_dataset(cfg, "test")))
+    small, _, final = batch["images"]
+    expected = tf.image.resize(final, [16, 16], antialias=True)
+    np.testing.assert_allclose(small.numpy(), expected.numpy(), atol=0.06)
+
+
+def test_pipeline_is_reproducible_and_training_augments(prepared_shapes):
+    cfg = _cfg(prepared_shapes)
+    first = [b["key"].numpy().tolist() for b in data.make_dataset(cfg, "train").take(4)]
+    again = [b["key"].numpy().tolist() for b in data.make_dataset(cfg, "train").take(4)]
+    assert first == again
+    other = _cfg(prepared_shapes, "shapes_smoke.yaml", "data.seed=5")
+    assert [b["key"].numpy().tolist() for b in data.make_dataset(other, "train").take(4)] != first
+    # Evaluation reads in order, crops the centre and repeats nothing.
+    test = list(data.make_dataset(cfg, "test", batch_size=8))
+    assert len(test) == 48 // 8
+    assert [k.decode() for k in test[0]["key"].numpy()] == [f"test/{i:05d}" for i in range(8)]
+    a = next(iter(data.make_dataset(cfg, "test", batch_size=8)))
+    np.testing.assert_array_equal(a["images"][-1].numpy(), test[0]["images"][-1].numpy())
+
+
+def _by_key(batch):
+    return {k: img for k, img in zip(batch["key"].numpy(), batch["images"][-1].numpy())}
+
+
+def test_random_crop_and_flip(prepared_shapes):
+    base = _cfg(prepared_shapes, "shapes_smoke.yaml", "data.random_crop=false")
+    stored = {}
+    for batch in data.make_dataset(base, "train", training=False):
+        stored.update(_by_key(batch))
+    plain = _by_key(next(iter(data.make_dataset(base, "train", training=True))))
+    for key, image in plain.items():  # crop and flip off: exactly the stored image
+        np.testing.assert_allclose(image, stored[key], atol=1e-6)
+    flip = _cfg(prepared_shapes, "shapes_smoke.yaml", "data.random_crop=false", "data.random_flip=true")
+    mirrored = 0
+    for batch in data.make_dataset(flip, "train").take(4):
+        for key, image in _by_key(batch).items():
+            if np.allclose(image, stored[key][:, ::-1], atol=1e-6):
+                mirrored += 1
+            else:
+                np.testing.assert_allclose(image, stored[key], atol=1e-6)
+    assert 2 <= mirrored <= 14  # about half of 16
+    crop = _cfg(prepared_shapes, "shapes_smoke.yaml")
+    for key, image in _by_key(next(iter(data.make_dataset(crop, "train")))).items():
+        assert not np.allclose(image, stored[key], atol=0.05)
+
+
+def test_a_random_caption_per_image_per_step(prepared_shapes):
+    cfg = _cfg(prepared_shapes, "shapes_smoke.yaml", "data.shuffle_buffer=1")
+    ds = data.make_dataset(cfg, "train", batch_size=2)
+    chosen = {}
+    for batch in ds.take(48 * 4):  # 4 epochs of 96 images
+        for key, caption in zip(batch["key"].numpy(), batch["caption"].numpy()):
+            chosen.setdefault(key, set()).add(caption)
+    assert np.mean([len(c) for c in chosen.values()]) > 2
+
+
+def test_cub_batches_from_the_prepared_sample(prepared_cub):
+    cfg = load_config(CONFIGS / "cub.yaml", [f"data.dir={prepared_cub}", "train.batch_size=4"])
+    batch = next(iter(data.make_dataset(cfg, "train")))
+    assert [tuple(x.shape) for x in batch["images"]] == [(4, 64, 64, 3), (4, 128, 128, 3), (4, 256, 256, 3)]
+    assert tuple(batch["caption_ids"].shape) == (4, 18)
+    assert tuple(batch["attributes"].shape) == (4, 0)
+    assert (batch["class_id"].numpy() > 0).all()
+    assert data.vocab_size(cfg) == json.loads((prepared_cub / "manifest.json").read_text())["vocab_size"]
+
+
+def test_errors_name_the_file(tmp_path, prepared_shapes):
+    with pytest.raises(data.DataError, match="no prepared dataset here"):
+        data.make_dataset(_cfg(tmp_path), "train")
+    with pytest.raises(data.DataError, match="no split 'val'"):
+        data.make_dataset(_cfg(prepared_shapes), "val")
+    with pytest.raises(data.DataError, match=r"data.vocab_size=7, but .*manifest.json says"):
+        data.vocab_size(_cfg(prepared_shapes, "shapes_smoke.yaml", "data.vocab_size=7"))
+
+
+DISTRIBUTED = textwrap.dedent("""
+    import json, sys
+    from mirrorgan_tf import distribute
+    distribute.split_cpu(2)
+    from mirrorgan_tf import data
+    from mirrorgan_tf.config import load_config
+    cfg = load_config(sys.argv[1], ["data.dir=" + sys.argv[2], "train.batch_size=8"])
+    strategy = distribute.build_strategy("mirrored")
+    ds = data.distributed_dataset(strategy, cfg, "train")
+    out = []
+    it = iter(ds)
+    for batch in [next(it), next(it)]:
+        keys = strategy.experimental_local_results(batch["key"])
+        images = strategy.experimental_local_results(batch["images"][-1])
+        out.append({"replicas": len(keys), "keys": [[k.decode() for k in r.numpy()] for r in keys],
+                    "shapes": [list(i.shape) for i in images]})
+    print(json.dumps(out))
+""")
+
+
+def test_distribution_through_mirrored_strategy_on_two_cpus(prepared_shapes):
+    r = subprocess.run([sys.executable, "-c", DISTRIBUTED, str(CONFIGS / "shapes_smoke.yaml"), str(prepared_shapes)],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    steps = json.loads(r.stdout.strip().splitlines()[-1])
+    for step in steps:
+        assert step["replicas"] == 2
+        assert step["shapes"] == [[4, 64, 64, 3], [4, 64, 64, 3]]  # global 8 = 2 x 4
+        assert not set(step["keys"][0]) & set(step["keys"][1])  # each replica its own images
