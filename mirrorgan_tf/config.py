@@ -55,11 +55,14 @@ class ModelConfig:
     embedding_dim: int = 256  # text feature size D (2 x LSTM units)
     word_embedding_dim: int = 300
     text_dropout: float = 0.5
-    # Global sentence attention. The paper normalises attention over image positions and attends
-    # with the sentence embedding s; the released code's softmax runs over channels and it feeds
-    # the CA code c. Defaults follow the paper; "channels" / "condition" reproduce the code.
+    # Global sentence attention. The paper's attention weighs image positions; the released
+    # code's `nn.Softmax()` without `dim` on a 4-D tensor normalises over channels instead.
+    # Default: the paper; "channels" reproduces the code.
     global_attention_softmax: Literal["positions", "channels"] = "positions"
-    global_attention_input: Literal["sentence", "condition"] = "sentence"
+    # What the global attention attends with: the conditioning-augmented sentence vector s_ca
+    # (= c, condition_dim), as both the paper's equations and the released code have it, or the
+    # raw sentence embedding s (embedding_dim), an alternative of ours (it changes the parameter count).
+    global_attention_input: Literal["condition", "sentence"] = "condition"
 
 
 @dataclass
@@ -68,6 +71,7 @@ class DamsmConfig:
     backbone: Literal["inception_v3", "cnn"] = "inception_v3"
     backbone_weights: str = ""  # local weights file (nothing is downloaded at run time)
     image_size: int = 299
+    cnn_width: int = 32  # channels of the first block of the small CNN backbone
     batch_size: int = 48
     epochs: int = 600
     learning_rate: float = 2e-3
@@ -87,6 +91,7 @@ class StreamConfig:
     backbone: Literal["resnet152", "cnn"] = "resnet152"
     backbone_weights: str = ""
     image_size: int = 224
+    cnn_width: int = 32
     embedding_dim: int = 256
     hidden_dim: int = 512
     max_len: int = 20

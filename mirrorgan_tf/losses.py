@@ -1,0 +1,66 @@
+"""MirrorGAN's generator and discriminator losses (AttnGAN's adversarial terms, the KL term of
+conditioning augmentation, and the STREAM redescription loss).
+
+All losses are float32 and averaged over the batch they are given. Under a distribution strategy
+each replica computes them on its own batch; the training step divides by the number of replicas
+(every replica has the same batch size), which gives the global-batch average.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from mirrorgan_tf.models import damsm, stream
+
+
+def bce_with_logits(logits, target: float):
+    """Per-example binary cross-entropy of logits against a constant label (1 = real)."""
+    logits = ops.cast(logits, "float32")
+    return keras.losses.binary_crossentropy(ops.full_like(logits, target)[:, None], logits[:, None],
+                                            from_logits=True)
+
+
+def discriminator_loss(d, real_images, fake_images, sentence, training=True):
+    """One stage's D loss: (real + cond real) / 2 + (fake + cond fake + cond wrong) / 3, where the
+    "wrong" pairs are real images [0 : B-1] with sentences [1 : B]. Returns (loss, terms)."""
+    h_real = d.encode(real_images, training=training)
+    h_fake = d.encode(ops.stop_gradient(fake_images), training=training)
+    terms = {
+        "real": ops.mean(bce_with_logits(d.uncond_logits(h_real, training=training), 1.0)),
+        "cond_real": ops.mean(bce_with_logits(d.cond_logits(h_real, sentence, training=training), 1.0)),
+        "fake": ops.mean(bce_with_logits(d.uncond_logits(h_fake, training=training), 0.0)),
+        "cond_fake": ops.mean(bce_with_logits(d.cond_logits(h_fake, sentence, training=training), 0.0)),
+        "cond_wrong": ops.mean(bce_with_logits(d.cond_logits(h_real[:-1], sentence[1:], training=training), 0.0)),
+    }
+    loss = (terms["real"] + terms["cond_real"]) / 2.0 + (terms["fake"] + terms["cond_fake"] + terms["cond_wrong"]) / 3.0
+    return loss, terms
+
+
+def generator_adversarial_loss(d, fake_images, sentence, training=True):
+    """One stage's G term: BCE(uncond fake, real) + BCE(cond fake, real)."""
+    uncond, cond = d(fake_images, sentence, training=training)
+    return ops.mean(bce_with_logits(uncond, 1.0)) + ops.mean(bce_with_logits(cond, 1.0))
+
+
+def kl_loss(mu, logvar):
+    """KL(N(mu, exp(logvar)) || N(0, I)) averaged over every element, as the original."""
+    mu, logvar = ops.cast(mu, "float32"), ops.cast(logvar, "float32")
+    return -0.5 * ops.mean(1.0 + logvar - ops.square(mu) - ops.exp(logvar))
+
+
+def stream_loss(encoder, decoder, images, caption_ids, caption_len):
+    """The redescription loss: STREAM's captioning cross-entropy of the input caption given the
+    generated image (STREAM in inference mode: frozen, its BN statistics untouched)."""
+    features = encoder(images, training=False)
+    logits = decoder(features, caption_ids, training=False)
+    return ops.mean(stream.caption_loss(logits, caption_ids, caption_len))
+
+
+def damsm_loss(image_encoder, images, words, sentence, mask, class_ids, gammas):
+    """AttnGAN's optional DAMSM term on the final image: word loss + sentence loss, both ways."""
+    gamma1, gamma2, gamma3 = gammas
+    regions, code = image_encoder(images, training=False)
+    w0, w1, _ = damsm.word_loss(regions, words, mask, class_ids, gamma1, gamma2, gamma3)
+    s0, s1 = damsm.sentence_loss(code, sentence, class_ids, gamma3)
+    return w0 + w1 + s0 + s1

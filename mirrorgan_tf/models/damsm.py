@@ -1,0 +1,119 @@
+"""DAMSM (AttnGAN's deep attentional multimodal similarity model): the image encoder that STEM
+is pretrained against, and its word and sentence losses.
+
+Image encoder: a backbone's region features (Mixed_6e for Inception-v3) -> 1x1 conv (no bias) to
+the text dimension D; its global code (Mixed_7c pooled) -> Dense to D. Only the projections train
+when the backbone is the frozen Inception-v3; the small CNN backbone trains with them.
+
+Losses, with every caption of the batch against every image:
+- word loss: region-word similarities, softmax over words, x gamma1, softmax over regions, giving
+  a region context per word; cosine(word, context); R = log sum_words exp(gamma2 cos) (as the
+  code: the paper's 1/gamma2 is omitted); scores x gamma3; cross-entropy in both directions;
+- sentence loss: cosine(image code, sentence) x gamma3; cross-entropy in both directions.
+Pairs of the same class (other than the true pair) are not used as negatives. Class ids < 0 mean
+"unknown" and mask nothing.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+from mirrorgan_tf.models import backbones
+
+_MASKED = -1e9
+_EPS = 1e-8  # AttnGAN's cosine_similarity eps
+
+
+class DamsmImageEncoder(keras.Model):
+    """images in [-1, 1], any size -> regions float32 [B, h, w, D], code float32 [B, D]."""
+
+    def __init__(self, embedding_dim: int = 256, backbone: str = "inception_v3", backbone_weights: str = "",
+                 image_size: int = 299, cnn_width: int = 32, name: str = "damsm_image_encoder", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.image_size = image_size
+        if backbone == "inception_v3":
+            if image_size != 299:
+                raise ValueError(f"damsm.image_size must be 299 for the inception_v3 backbone, got {image_size}")
+            self.backbone = backbones.inception_v3_regions_and_code(backbone_weights)
+        elif backbone == "cnn":
+            self.backbone = backbones.SmallCNN(cnn_width)
+        else:
+            raise ValueError(f"damsm.backbone must be 'inception_v3' or 'cnn', got {backbone!r}")
+        init = keras.initializers.RandomUniform(-0.1, 0.1)
+        self.emb_features = layers.Conv2D(embedding_dim, 1, use_bias=False, kernel_initializer=init,
+                                          name="emb_features")
+        self.emb_cnn_code = layers.Dense(embedding_dim, kernel_initializer=init, name="emb_cnn_code")
+
+    @classmethod
+    def from_config_obj(cls, cfg):
+        d = cfg.damsm
+        return cls(cfg.model.embedding_dim, d.backbone, d.backbone_weights, d.image_size, d.cnn_width)
+
+    def call(self, images, training=None):
+        x = ops.image.resize(ops.cast(images, "float32"), (self.image_size, self.image_size),
+                             interpolation="bilinear")
+        frozen = not self.backbone.trainable
+        regions, code = self.backbone(x, training=False if frozen else training)
+        return (ops.cast(self.emb_features(regions), "float32"),
+                ops.cast(self.emb_cnn_code(code), "float32"))
+
+
+def _negatives_mask(class_ids, batch):
+    """bool [B, B]: True where (i, j) must not count as a negative (same known class, i != j)."""
+    if class_ids is None:
+        return ops.zeros((batch, batch), "bool")
+    c = ops.convert_to_tensor(class_ids)
+    same = ops.equal(c[:, None], c[None, :]) & (c[:, None] >= 0)
+    return same & ~ops.cast(ops.eye(batch), "bool")
+
+
+def _cross_entropy_both_ways(scores, class_ids):
+    """scores [B images, B captions] -> (image->caption loss, caption->image loss), batch means."""
+    b = ops.shape(scores)[0]
+    scores = ops.where(_negatives_mask(class_ids, b), _MASKED, scores)
+    labels = ops.arange(b)
+    loss0 = ops.mean(keras.losses.sparse_categorical_crossentropy(labels, scores, from_logits=True))
+    loss1 = ops.mean(keras.losses.sparse_categorical_crossentropy(labels, ops.transpose(scores), from_logits=True))
+    return loss0, loss1
+
+
+def _l2_normalize(x, axis=-1):
+    return x / ops.maximum(ops.norm(x, axis=axis, keepdims=True), _EPS)
+
+
+def sentence_loss(image_code, sentence, class_ids=None, gamma3: float = 10.0):
+    """image_code [B, D], sentence [B, D] -> (loss0, loss1)."""
+    sim = ops.matmul(_l2_normalize(ops.cast(image_code, "float32")),
+                     ops.transpose(_l2_normalize(ops.cast(sentence, "float32"))))
+    return _cross_entropy_both_ways(sim * gamma3, class_ids)
+
+
+def word_attention(regions, words, mask, gamma1: float = 4.0):
+    """Every caption i against every image j.
+    regions [B, h, w, D], words [B, T, D], mask [B, T] ->
+    context [Bi, Bj, T, D] (each word's region context), attention [Bi, Bj, T, h*w]."""
+    regions = ops.cast(regions, "float32")
+    words = ops.cast(words, "float32")
+    b, h, w, d = ops.shape(regions)[0], ops.shape(regions)[1], ops.shape(regions)[2], regions.shape[-1]
+    r = ops.reshape(regions, (b, h * w, d))
+    sim = ops.einsum("jrd,itd->ijrt", r, words)  # caption i, image j, region r, word t
+    sim = ops.where(mask[:, None, None, :], sim, _MASKED)
+    attn = ops.softmax(sim, axis=-1)  # over the caption's words, for each region
+    attn = ops.softmax(ops.transpose(attn, (0, 1, 3, 2)) * gamma1, axis=-1)  # over regions, for each word
+    context = ops.einsum("ijtr,jrd->ijtd", attn, r)
+    return context, attn
+
+
+def word_loss(regions, words, mask, class_ids=None, gamma1: float = 4.0, gamma2: float = 5.0,
+              gamma3: float = 10.0):
+    """-> (loss0, loss1, attention of each caption on its own image [B, T, h, w])."""
+    context, attn = word_attention(regions, words, mask, gamma1)
+    words32 = ops.cast(words, "float32")
+    cos = ops.sum(_l2_normalize(context) * _l2_normalize(words32)[:, None], axis=-1)  # i, j, t
+    cos = ops.where(mask[:, None, :], cos, _MASKED)
+    score = ops.logsumexp(cos * gamma2, axis=-1)  # i, j; masked words add exp(-huge) = 0
+    loss0, loss1 = _cross_entropy_both_ways(ops.transpose(score) * gamma3, class_ids)
+    b, h, w = ops.shape(regions)[0], ops.shape(regions)[1], ops.shape(regions)[2]
+    own = ops.take_along_axis(attn, ops.reshape(ops.arange(b), (b, 1, 1, 1)), axis=1)[:, 0]
+    return loss0, loss1, ops.reshape(own, (b, ops.shape(words)[1], h, w))

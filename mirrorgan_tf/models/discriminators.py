@@ -1,0 +1,79 @@
+"""AttnGAN's discriminators, one per generator stage, unchanged by MirrorGAN.
+
+Image encoder: conv4x4/2 (3 -> ndf, LeakyReLU, no BN), then three conv4x4/2 + BN + LeakyReLU to
+8 ndf channels at 1/16 of the size. Stage i adds i down blocks (to 16, 32, ... ndf) and i 3x3
+blocks back to 8 ndf, so every stage ends at base_size / 16 (4 x 4 for the published 64 px).
+Heads: unconditional, a conv over the whole map (kernel = stride = base_size / 16) -> 1 logit;
+conditional, concat(h, tiled sentence) -> 3x3 block (-> 8 ndf) -> the same conv.
+
+The original ends each head in a sigmoid and trains with BCELoss; we return logits (float32) and
+use the equivalent, numerically stable BCE on logits.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+from mirrorgan_tf.models.layers import Block3x3LeakyReLU, DownBlock, batch_norm, conv
+
+
+def _encode_x16(df_dim: int) -> keras.Sequential:
+    return keras.Sequential([
+        conv(df_dim, 4, strides=2), layers.LeakyReLU(0.2),
+        conv(df_dim * 2, 4, strides=2), batch_norm(), layers.LeakyReLU(0.2),
+        conv(df_dim * 4, 4, strides=2), batch_norm(), layers.LeakyReLU(0.2),
+        conv(df_dim * 8, 4, strides=2), batch_norm(), layers.LeakyReLU(0.2),
+    ], name="img_code_s16")
+
+
+class Logits(layers.Layer):
+    def __init__(self, df_dim: int, kernel: int, conditional: bool, name: str):
+        super().__init__(name=name)
+        self.joint = Block3x3LeakyReLU(df_dim * 8, name="joint_conv") if conditional else None
+        # PyTorch's default Conv2d has a bias here (and only here in D).
+        self.out = layers.Conv2D(1, kernel, strides=kernel, padding="valid", use_bias=True,
+                                 kernel_initializer=keras.initializers.Orthogonal(), name="outlogits")
+
+    def call(self, h, sentence=None, training=None):
+        if self.joint is not None:
+            s = ops.cast(sentence, h.dtype)[:, None, None, :]
+            s = ops.broadcast_to(s, (ops.shape(h)[0], ops.shape(h)[1], ops.shape(h)[2], s.shape[-1]))
+            h = self.joint(ops.concatenate([h, s], axis=-1), training=training)
+        return ops.cast(ops.reshape(self.out(h), (-1,)), "float32")
+
+
+class Discriminator(keras.Model):
+    """call(images, sentence) -> (unconditional logits [B], conditional logits [B]).
+
+    For the "wrong pair" term, encode once with `encode` and apply `cond_logits` with other
+    sentences."""
+
+    def __init__(self, stage: int, df_dim: int = 64, base_size: int = 64, name=None, **kwargs):
+        super().__init__(name=name or f"d{base_size * 2**stage}", **kwargs)
+        blocks = [_encode_x16(df_dim)]
+        blocks += [DownBlock(df_dim * 16 * 2**i, name=f"img_code_s{32 * 2**i}") for i in range(stage)]
+        blocks += [Block3x3LeakyReLU(df_dim * 8 * 2 ** (stage - 1 - i), name=f"img_code_down{i + 1}")
+                   for i in range(stage)]
+        self.encoder = keras.Sequential(blocks, name="encoder")
+        kernel = base_size // 16
+        self.uncond = Logits(df_dim, kernel, conditional=False, name="uncond_dnet")
+        self.cond = Logits(df_dim, kernel, conditional=True, name="cond_dnet")
+
+    def encode(self, images, training=None):
+        return self.encoder(images, training=training)
+
+    def uncond_logits(self, h, training=None):
+        return self.uncond(h, training=training)
+
+    def cond_logits(self, h, sentence, training=None):
+        return self.cond(h, sentence, training=training)
+
+    def call(self, images, sentence, training=None):
+        h = self.encode(images, training=training)
+        return self.uncond_logits(h, training=training), self.cond_logits(h, sentence, training=training)
+
+
+def build_discriminators(cfg) -> list[Discriminator]:
+    m = cfg.model
+    return [Discriminator(i, m.df_dim, m.base_size) for i in range(m.stages)]

@@ -1,0 +1,83 @@
+"""Building blocks shared by GLAM and the discriminators, and the reference initialisation.
+
+Images are NHWC. Channel counts are those of the original networks (AttnGAN/MirrorGAN), so the
+published configuration has the published parameter counts.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+# The reference initialisation (AttnGAN's weights_init): orthogonal kernels, BatchNorm gamma
+# drawn from N(1, 0.02), zero biases and betas.
+def kernel_init():
+    return keras.initializers.Orthogonal()
+
+
+def batch_norm(name=None, **kwargs):
+    # PyTorch's momentum 0.1 (weight of the new batch) is Keras' 0.9; eps 1e-5 as PyTorch.
+    return layers.BatchNormalization(momentum=kwargs.pop("momentum", 0.9), epsilon=1e-5,
+                                     gamma_initializer=keras.initializers.RandomNormal(1.0, 0.02),
+                                     name=name, **kwargs)
+
+
+def conv(filters, kernel_size, strides=1, use_bias=False, name=None, **kwargs):
+    return layers.Conv2D(filters, kernel_size, strides=strides, padding="same", use_bias=use_bias,
+                         kernel_initializer=kernel_init(), name=name, **kwargs)
+
+
+def dense(units, use_bias=True, name=None, **kwargs):
+    return layers.Dense(units, use_bias=use_bias, kernel_initializer=kernel_init(), name=name, **kwargs)
+
+
+def glu(x):
+    """Gated linear unit over channels: first half x sigmoid(second half)."""
+    half = x.shape[-1] // 2
+    return x[..., :half] * ops.sigmoid(x[..., half:])
+
+
+class GLU(layers.Layer):
+    def call(self, x):
+        return glu(x)
+
+
+class UpBlock(keras.Sequential):
+    """Nearest x2 upsampling -> conv3x3 (2 x out) -> BN -> GLU: doubles the size, `out` channels."""
+
+    def __init__(self, out_channels, name=None):
+        super().__init__([
+            layers.UpSampling2D(2, interpolation="nearest"),
+            conv(out_channels * 2, 3),
+            batch_norm(),
+            GLU(),
+        ], name=name)
+
+
+class ResBlock(layers.Layer):
+    """conv3x3 (C -> 2C) -> BN -> GLU -> conv3x3 (C -> C) -> BN, plus the input."""
+
+    def __init__(self, channels, name=None):
+        super().__init__(name=name)
+        self.body = keras.Sequential([conv(channels * 2, 3), batch_norm(), GLU(), conv(channels, 3), batch_norm()])
+
+    def call(self, x, training=None):
+        return x + self.body(x, training=training)
+
+
+class DownBlock(keras.Sequential):
+    """conv4x4 stride 2 -> BN -> LeakyReLU(0.2): halves the size."""
+
+    def __init__(self, out_channels, name=None):
+        super().__init__([conv(out_channels, 4, strides=2), batch_norm(), layers.LeakyReLU(0.2)], name=name)
+
+
+class Block3x3LeakyReLU(keras.Sequential):
+    """conv3x3 -> BN -> LeakyReLU(0.2): keeps the size."""
+
+    def __init__(self, out_channels, name=None):
+        super().__init__([conv(out_channels, 3), batch_norm(), layers.LeakyReLU(0.2)], name=name)
+
+
+def count_params(weights) -> int:
+    return int(sum(int(ops.size(w)) for w in weights))

@@ -1,0 +1,41 @@
+"""STEM, the semantic text embedding module (AttnGAN's DAMSM text encoder).
+
+Word ids -> embedding (uniform +-0.1) -> dropout -> one bidirectional LSTM layer. Word features are
+the per-step outputs of both directions, zero at padded steps; the sentence feature is the two
+directions' final hidden states. Padded steps are masked, so the backward direction starts at a
+caption's last real word, as PyTorch's packed sequences do in the original.
+
+Keras' LSTM has one bias vector per gate where PyTorch has two (b_ih and b_hh, which only ever
+appear summed), so each direction has 4 x units fewer parameters than the original and computes
+the same function.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+
+class STEM(keras.Model):
+    def __init__(self, vocab_size: int, embedding_dim: int = 256, word_embedding_dim: int = 300,
+                 dropout: float = 0.5, name: str = "stem", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.vocab_size = vocab_size
+        self.embedding_dim = embedding_dim
+        self.embedding = layers.Embedding(
+            vocab_size, word_embedding_dim,
+            embeddings_initializer=keras.initializers.RandomUniform(-0.1, 0.1), name="embedding")
+        self.dropout = layers.Dropout(dropout)
+        self.rnn = layers.Bidirectional(
+            layers.LSTM(embedding_dim // 2, return_sequences=True, return_state=True), name="bilstm")
+
+    def call(self, caption_ids, caption_len, training=None):
+        """caption_ids int [B, T], caption_len int [B] ->
+        words [B, T, D] (0 at padding), sentence [B, D], mask bool [B, T] (True = a word)."""
+        steps = ops.shape(caption_ids)[1]
+        mask = ops.arange(steps)[None, :] < ops.cast(caption_len, "int32")[:, None]
+        x = self.dropout(self.embedding(caption_ids), training=training)
+        words, fw_h, _, bw_h, _ = self.rnn(x, mask=mask, training=training)
+        words = words * ops.cast(mask, words.dtype)[..., None]
+        sentence = ops.concatenate([fw_h, bw_h], axis=-1)
+        return words, sentence, mask

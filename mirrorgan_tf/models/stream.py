@@ -1,0 +1,112 @@
+"""STREAM, the semantic text regeneration and alignment module: a "show and tell" captioner.
+
+Encoder: a backbone (frozen ImageNet ResNet-152 for CUB/COCO, a small CNN for shapes) -> Dense
+-> BatchNorm (PyTorch momentum 0.01, i.e. Keras 0.99). Decoder: the image feature is the first
+input step of an LSTM, the caption's words follow (teacher forcing), and a Dense layer gives
+logits over STEM's vocabulary. Step t predicts word t; step len predicts the end token (id 0), so
+greedy decoding knows when to stop (the released code trains no end token and ships no STREAM
+training at all).
+
+In GAN training STREAM is frozen (not trainable) but differentiable: its loss on the generated
+image sends gradients into the generator.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers, ops
+
+from mirrorgan_tf.models import backbones
+
+
+class StreamEncoder(keras.Model):
+    """images in [-1, 1], any size -> float32 [B, embedding_dim]."""
+
+    def __init__(self, embedding_dim: int = 256, backbone: str = "resnet152", backbone_weights: str = "",
+                 image_size: int = 224, bn_momentum: float = 0.01, imagenet_normalize: bool = True,
+                 cnn_width: int = 32, name: str = "stream_encoder", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.image_size = image_size
+        self.backbone_kind = backbone
+        self.imagenet_normalize = imagenet_normalize
+        if backbone == "resnet152":
+            self.backbone = backbones.resnet152_code(backbone_weights)
+        elif backbone == "cnn":
+            self.backbone = backbones.SmallCNN(cnn_width)
+        else:
+            raise ValueError(f"stream.backbone must be 'resnet152' or 'cnn', got {backbone!r}")
+        self.linear = layers.Dense(embedding_dim, name="linear")
+        self.bn = layers.BatchNormalization(momentum=1.0 - bn_momentum, epsilon=1e-5, name="bn")
+
+    @classmethod
+    def from_config_obj(cls, cfg):
+        s = cfg.stream
+        return cls(s.embedding_dim, s.backbone, s.backbone_weights, s.image_size, s.bn_momentum,
+                   s.imagenet_normalize, s.cnn_width)
+
+    def preprocess(self, images):
+        x = ops.image.resize(ops.cast(images, "float32"), (self.image_size, self.image_size),
+                             interpolation="bilinear")
+        if self.backbone_kind == "resnet152" and self.imagenet_normalize:
+            # What Keras' ResNet152 weights were trained with ("caffe": BGR, ImageNet means, 0-255).
+            # The released code fed raw [-1, 1] images instead (imagenet_normalize: false).
+            x = keras.applications.resnet.preprocess_input((x + 1.0) * 127.5)
+        return x
+
+    def call(self, images, training=None):
+        x = self.preprocess(images)
+        if self.backbone_kind == "cnn":
+            _, code = self.backbone(x, training=training and self.backbone.trainable)
+        else:
+            code = self.backbone(x, training=False)
+        return ops.cast(self.bn(self.linear(code), training=training), "float32")
+
+
+class StreamDecoder(keras.Model):
+    def __init__(self, vocab_size: int, embedding_dim: int = 256, hidden_dim: int = 512, max_len: int = 20,
+                 name: str = "stream_decoder", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.vocab_size = vocab_size
+        self.max_len = max_len
+        self.embed = layers.Embedding(vocab_size, embedding_dim, name="embed")
+        self.lstm = layers.LSTM(hidden_dim, return_sequences=True, return_state=True, name="lstm")
+        self.linear = layers.Dense(vocab_size, name="linear")
+
+    @classmethod
+    def from_config_obj(cls, cfg, vocab_size):
+        s = cfg.stream
+        return cls(vocab_size, s.embedding_dim, s.hidden_dim, s.max_len)
+
+    def call(self, features, caption_ids, training=None):
+        """Teacher forcing. features [B, E], caption_ids [B, T] -> float32 logits [B, T + 1, V]:
+        position t predicts word t, position len the end token."""
+        x = ops.concatenate([ops.cast(features, self.embed.compute_dtype)[:, None, :],
+                             self.embed(caption_ids)], axis=1)
+        hidden, _, _ = self.lstm(x, training=training)
+        return ops.cast(self.linear(hidden), "float32")
+
+    def greedy(self, features, max_len=None):
+        """features [B, E] -> word ids int32 [B, max_len], 0 after the predicted end."""
+        x = ops.cast(features, self.embed.compute_dtype)[:, None, :]
+        state = None
+        out = []
+        for _ in range(max_len or self.max_len):
+            hidden, h, c = self.lstm(x, initial_state=state)
+            state = [h, c]
+            word = ops.cast(ops.argmax(self.linear(hidden[:, 0]), axis=-1), "int32")
+            out.append(word)
+            x = self.embed(word)[:, None, :]
+        ids = ops.stack(out, axis=1)
+        ended = ops.cumsum(ops.cast(ops.equal(ids, 0), "int32"), axis=1) > 0
+        return ops.where(ended, 0, ids)
+
+
+def caption_loss(logits, caption_ids, caption_len):
+    """Per-example mean cross-entropy of the words and the end token. logits [B, T + 1, V],
+    caption_ids [B, T], caption_len [B] -> float32 [B]."""
+    b = ops.shape(caption_ids)[0]
+    targets = ops.concatenate([ops.cast(caption_ids, "int32"), ops.zeros((b, 1), "int32")], axis=1)
+    steps = ops.shape(targets)[1]
+    valid = ops.cast(ops.arange(steps)[None, :] <= ops.cast(caption_len, "int32")[:, None], "float32")
+    ce = keras.losses.sparse_categorical_crossentropy(targets, ops.cast(logits, "float32"), from_logits=True)
+    return ops.sum(ce * valid, axis=1) / ops.sum(valid, axis=1)
