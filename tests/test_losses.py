@@ -1,0 +1,143 @@
+"""Each loss against a NumPy reference written from the paper/reference description, on tiny cases."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mirrorgan_tf import losses
+from mirrorgan_tf.models import damsm, stream
+
+rng = np.random.default_rng(42)
+
+
+def softplus(x):
+    return np.log1p(np.exp(-np.abs(x))) + np.maximum(x, 0)
+
+
+def bce(logit, target):  # -[t log sigmoid(x) + (1 - t) log(1 - sigmoid(x))]
+    return target * softplus(-logit) + (1 - target) * softplus(logit)
+
+
+def log_softmax(x, axis=-1):
+    x = x - x.max(axis, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis, keepdims=True))
+
+
+class StubD:
+    """A 'discriminator' whose logits are simple functions of its inputs."""
+
+    def encode(self, images, training=None):
+        return tf.convert_to_tensor(images)
+
+    def uncond_logits(self, h, training=None):
+        return h[:, 0]
+
+    def cond_logits(self, h, sentence, training=None):
+        return h[:, 0] * 0.5 + tf.convert_to_tensor(sentence)[:, 0]
+
+    def __call__(self, images, sentence, training=None):
+        h = self.encode(images)
+        return self.uncond_logits(h), self.cond_logits(h, sentence)
+
+
+def test_discriminator_loss():
+    real = rng.normal(size=(4, 1)).astype("float32")
+    fake = rng.normal(size=(4, 1)).astype("float32")
+    sent = rng.normal(size=(4, 1)).astype("float32")
+    loss, terms = losses.discriminator_loss(StubD(), real, fake, sent)
+    r, f, s = real[:, 0], fake[:, 0], sent[:, 0]
+    expected = (bce(r, 1).mean() + bce(0.5 * r + s, 1).mean()) / 2 + (
+        bce(f, 0).mean() + bce(0.5 * f + s, 0).mean() + bce(0.5 * r[:-1] + s[1:], 0).mean()) / 3
+    np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+    np.testing.assert_allclose(float(terms["cond_wrong"]), bce(0.5 * r[:-1] + s[1:], 0).mean(), rtol=1e-5)
+
+
+def test_generator_adversarial_loss():
+    fake = rng.normal(size=(3, 1)).astype("float32")
+    sent = rng.normal(size=(3, 1)).astype("float32")
+    loss = losses.generator_adversarial_loss(StubD(), fake, sent)
+    f, s = fake[:, 0], sent[:, 0]
+    np.testing.assert_allclose(float(loss), bce(f, 1).mean() + bce(0.5 * f + s, 1).mean(), rtol=1e-5)
+
+
+def test_kl_loss():
+    mu = rng.normal(size=(3, 5)).astype("float32")
+    logvar = rng.normal(size=(3, 5)).astype("float32")
+    expected = np.mean(-0.5 * (1 + logvar - mu**2 - np.exp(logvar)))
+    np.testing.assert_allclose(float(losses.kl_loss(mu, logvar)), expected, rtol=1e-5)
+    assert float(losses.kl_loss(np.zeros((2, 3)), np.zeros((2, 3)))) == 0.0
+
+
+def test_stream_caption_loss_covers_words_and_the_end_token():
+    V, T = 6, 4
+    logits = rng.normal(size=(2, T + 1, V)).astype("float32")
+    ids = np.array([[3, 4, 0, 0], [5, 2, 2, 3]], "int32")
+    lengths = np.array([2, 4], "int32")
+    got = stream.caption_loss(logits, ids, lengths).numpy()
+    lp = log_softmax(logits)
+    expected = [
+        -(lp[0, 0, 3] + lp[0, 1, 4] + lp[0, 2, 0]) / 3,  # two words, then <end>
+        -(lp[1, 0, 5] + lp[1, 1, 2] + lp[1, 2, 2] + lp[1, 3, 3] + lp[1, 4, 0]) / 5,
+    ]
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def _cos(a, b):
+    return (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-8)
+
+
+def _ce_both_ways(scores, class_ids):
+    scores = scores.copy()
+    n = len(scores)
+    if class_ids is not None:
+        for i in range(n):
+            for j in range(n):
+                if i != j and class_ids[i] == class_ids[j] and class_ids[i] >= 0:
+                    scores[i, j] = -np.inf
+    loss0 = -np.mean([log_softmax(scores[i])[i] for i in range(n)])
+    loss1 = -np.mean([log_softmax(scores[:, i])[i] for i in range(n)])
+    return loss0, loss1
+
+
+@pytest.mark.parametrize("class_ids", [None, np.array([1, 2, 1, -1, -1])])
+def test_sentence_loss(class_ids):
+    code = rng.normal(size=(5, 8)).astype("float32")
+    sent = rng.normal(size=(5, 8)).astype("float32")
+    got = damsm.sentence_loss(code, sent, class_ids, gamma3=10.0)
+    scores = np.array([[_cos(code[i], sent[j]) for j in range(5)] for i in range(5)]) * 10.0
+    np.testing.assert_allclose([float(g) for g in got], _ce_both_ways(scores, class_ids), rtol=1e-4)
+
+
+def _word_loss_reference(regions, words, lengths, class_ids, g1, g2, g3):
+    """AttnGAN's algorithm, caption by caption, with each caption cut to its length."""
+    b = len(words)
+    r = regions.reshape(b, -1, regions.shape[-1])  # images x regions x D
+    sims = np.zeros((b, b))  # image j, caption i
+    own_attn = []
+    for i in range(b):
+        w = words[i, : lengths[i]]  # n x D
+        for j in range(b):
+            attn = r[j] @ w.T  # regions x words
+            attn = np.exp(log_softmax(attn, axis=1))  # over words
+            attn = np.exp(log_softmax(attn.T * g1, axis=1))  # words x regions, over regions
+            context = attn @ r[j]  # n x D
+            sims[j, i] = np.log(np.exp(g2 * _cos(w, context)).sum())
+            if i == j:
+                own_attn.append(attn)
+    return (*_ce_both_ways(sims * g3, class_ids), own_attn)
+
+
+@pytest.mark.parametrize("class_ids", [None, np.array([7, 7, 3, -1])])
+def test_word_loss(class_ids):
+    regions = rng.normal(size=(4, 3, 3, 6)).astype("float32")
+    words = rng.normal(size=(4, 5, 6)).astype("float32")
+    lengths = np.array([5, 2, 3, 1])
+    words[np.arange(5)[None, :] >= lengths[:, None]] = 0.0
+    mask = np.arange(5)[None, :] < lengths[:, None]
+    loss0, loss1, attn = damsm.word_loss(regions, words, mask, class_ids, 4.0, 5.0, 10.0)
+    ref0, ref1, ref_attn = _word_loss_reference(regions, words, lengths, class_ids, 4.0, 5.0, 10.0)
+    np.testing.assert_allclose([float(loss0), float(loss1)], [ref0, ref1], rtol=1e-4)
+    assert tuple(attn.shape) == (4, 5, 3, 3)
+    for i, n in enumerate(lengths):
+        np.testing.assert_allclose(attn.numpy()[i, :n].reshape(n, 9), ref_attn[i], atol=1e-5)
+        np.testing.assert_allclose(attn.numpy()[i, :n].reshape(n, 9).sum(-1), 1.0, atol=1e-5)  # over regions

@@ -1,0 +1,170 @@
+"""Networks on small configs: shapes, dtypes, attention properties, gradients, mixed precision."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mirrorgan_tf import losses
+from mirrorgan_tf.config import load_config
+from mirrorgan_tf.models import damsm, stream
+from mirrorgan_tf.models.attention import SentenceAttention, WordAttention
+from mirrorgan_tf.models.networks import build_networks
+from tests.conftest import CONFIGS
+
+VOCAB = 30
+B, T = 4, 16
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config(CONFIGS / "shapes_smoke.yaml")
+
+
+@pytest.fixture(scope="module")
+def nets(cfg):
+    keras.utils.set_random_seed(0)
+    return build_networks(cfg, VOCAB, batch=B)
+
+
+def _captions(lengths=(3, 16, 7, 1)):
+    rng = np.random.default_rng(0)
+    ids = rng.integers(2, VOCAB, size=(B, T)).astype("int32")
+    lengths = np.array(lengths, "int32")
+    ids[np.arange(T)[None, :] >= lengths[:, None]] = 0
+    return ids, lengths
+
+
+def _forward(cfg, nets):
+    ids, lengths = _captions()
+    words, sentence, mask = nets.stem(ids, lengths)
+    z = np.random.default_rng(1).normal(size=(B, cfg.model.z_dim)).astype("float32")
+    return ids, lengths, words, sentence, mask, nets.glam(z, sentence, words, mask)
+
+
+def test_every_output_has_its_shape_and_dtype(cfg, nets):
+    ids, lengths, words, sentence, mask, out = _forward(cfg, nets)
+    d = cfg.model.embedding_dim
+    assert (tuple(words.shape), tuple(sentence.shape), tuple(mask.shape)) == ((B, T, d), (B, d), (B, T))
+    assert words.dtype == sentence.dtype == "float32" and mask.dtype == "bool"
+    assert [tuple(i.shape) for i in out["images"]] == [(B, s, s, 3) for s in cfg.image_sizes]
+    assert all(i.dtype == "float32" and float(tf.reduce_max(tf.abs(i))) <= 1.0 for i in out["images"])
+    assert [tuple(a.shape) for a in out["word_attention"]] == [(B, s, s, T) for s in cfg.image_sizes[:-1]]
+    assert [tuple(a.shape) for a in out["sentence_attention"]] == [(B, s, s, cfg.model.gf_dim) for s in cfg.image_sizes[:-1]]
+    assert tuple(out["mu"].shape) == tuple(out["logvar"].shape) == (B, cfg.model.condition_dim)
+    regions, code = nets.damsm_image_encoder(out["images"][-1])
+    assert regions.dtype == code.dtype == "float32" and tuple(code.shape) == (B, d)
+    assert regions.shape[-1] == d and regions.shape[1] == cfg.damsm.image_size // 8
+    for disc, image in zip(nets.discriminators, out["images"]):
+        uncond, cond = disc(image, sentence)
+        assert tuple(uncond.shape) == tuple(cond.shape) == (B,) and uncond.dtype == cond.dtype == "float32"
+    features = nets.stream_encoder(out["images"][-1])
+    assert tuple(features.shape) == (B, cfg.stream.embedding_dim) and features.dtype == "float32"
+    logits = nets.stream_decoder(features, ids)
+    assert tuple(logits.shape) == (B, T + 1, VOCAB) and logits.dtype == "float32"
+    greedy = nets.stream_decoder.greedy(features)
+    assert tuple(greedy.shape) == (B, cfg.stream.max_len) and greedy.dtype == "int32"
+
+
+def test_stem_ignores_padding(nets):
+    ids, lengths = _captions()
+    words, sentence, _ = nets.stem(ids, lengths)
+    assert float(tf.reduce_max(tf.abs(words[0, 3:]))) == 0.0
+    # Same caption without its padding: same features (the backward LSTM starts at the last word).
+    w1, s1, _ = nets.stem(ids[:1, :3], lengths[:1])
+    np.testing.assert_allclose(s1.numpy(), sentence[:1].numpy(), atol=1e-6)
+    np.testing.assert_allclose(w1.numpy(), words[:1, :3].numpy(), atol=1e-6)
+
+
+def test_padded_words_get_exactly_zero_attention_and_rows_sum_to_one(cfg, nets):
+    _, lengths, _, _, mask, out = _forward(cfg, nets)
+    for attn in out["word_attention"]:
+        a = attn.numpy()
+        np.testing.assert_allclose(a.sum(-1), 1.0, atol=1e-5)  # over words, at every pixel
+        for i, n in enumerate(lengths):
+            assert (a[i, ..., n:] == 0.0).all()
+            assert (a[i, ..., :n] > 0).all()
+    for attn in out["sentence_attention"]:  # paper: over positions, for each channel
+        np.testing.assert_allclose(attn.numpy().sum(axis=(1, 2)), 1.0, atol=1e-4)
+
+
+def test_original_code_softmax_runs_over_channels():
+    h = tf.random.normal((2, 5, 6, 8))
+    sentence = tf.random.normal((2, 10))
+    context, attn = SentenceAttention(8, "channels")(h, sentence)
+    np.testing.assert_allclose(attn.numpy().sum(-1), 1.0, atol=1e-5)
+    assert tuple(context.shape) == (2, 5, 6, 8)
+    with pytest.raises(ValueError, match="softmax_over"):
+        SentenceAttention(8, "pixels")
+
+
+def test_word_attention_matches_numpy():
+    layer = WordAttention(3)
+    h = np.random.default_rng(2).normal(size=(1, 2, 2, 3)).astype("float32")
+    words = np.random.default_rng(3).normal(size=(1, 4, 5)).astype("float32")
+    mask = np.array([[True, True, True, False]])
+    context, attn = layer(h, words, mask)
+    e = words[0] @ layer.project.kernel.numpy()  # T x C
+    logits = h[0].reshape(4, 3) @ e.T
+    logits[:, 3] = -np.inf
+    expected = np.exp(logits - logits.max(1, keepdims=True))
+    expected /= expected.sum(1, keepdims=True)
+    np.testing.assert_allclose(attn.numpy().reshape(4, 4), expected, atol=1e-6)
+    np.testing.assert_allclose(context.numpy().reshape(4, 3), expected @ e, atol=1e-5)
+
+
+def test_stream_loss_trains_glam_and_leaves_stream_unchanged(cfg, nets):
+    nets.stream_encoder.trainable = False
+    nets.stream_decoder.trainable = False
+    before = [w.numpy().copy() for w in nets.stream_encoder.weights + nets.stream_decoder.weights]
+    glam_before = [w.numpy().copy() for w in nets.glam.trainable_weights]
+    ids, lengths = _captions()
+    words, sentence, mask = nets.stem(ids, lengths)
+    z = tf.random.normal((B, cfg.model.z_dim))
+    with tf.GradientTape() as tape:
+        images = nets.glam(z, sentence, words, mask, training=True)["images"]
+        loss = losses.stream_loss(nets.stream_encoder, nets.stream_decoder, images[-1], ids, lengths)
+    grads = tape.gradient(loss, nets.glam.trainable_weights)
+    # Everything on the path to the final image gets a gradient; only the lower stages' image
+    # heads do not lie on it.
+    lower_heads = {id(w) for head in nets.glam.heads[:-1] for w in head.trainable_weights}
+    missing = [w.path for w, g in zip(nets.glam.trainable_weights, grads) if g is None and id(w) not in lower_heads]
+    assert missing == []
+    grads = [g if g is not None else tf.zeros_like(w) for w, g in zip(nets.glam.trainable_weights, grads)]
+    assert sum(float(tf.reduce_sum(tf.abs(g))) for g in grads) > 0
+    opt = keras.optimizers.Adam(1e-3)
+    opt.apply_gradients(zip(grads, nets.glam.trainable_weights))
+    assert not nets.stream_encoder.trainable_weights and not nets.stream_decoder.trainable_weights
+    for b, w in zip(before, nets.stream_encoder.weights + nets.stream_decoder.weights):
+        np.testing.assert_array_equal(b, w.numpy())  # BN moving statistics included
+    assert any(not np.array_equal(b, w.numpy()) for b, w in zip(glam_before, nets.glam.trainable_weights))
+    nets.stream_encoder.trainable = True
+    nets.stream_decoder.trainable = True
+
+
+def test_all_networks_run_under_mixed_float16(cfg):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        nets = build_networks(cfg, VOCAB, batch=B)
+        ids, lengths, words, sentence, mask, out = _forward(cfg, nets)
+        assert words.dtype == "float16"
+        assert all(i.dtype == "float32" for i in out["images"])
+        assert out["mu"].dtype == out["logvar"].dtype == "float32"
+        assert all(a.dtype == "float32" for a in out["word_attention"] + out["sentence_attention"])
+        regions, code = nets.damsm_image_encoder(out["images"][-1])
+        assert regions.dtype == code.dtype == "float32"
+        uncond, cond = nets.discriminators[-1](out["images"][-1], sentence)
+        assert uncond.dtype == cond.dtype == "float32"
+        logits = nets.stream_decoder(nets.stream_encoder(out["images"][-1]), ids)
+        assert logits.dtype == "float32"
+        values = [
+            losses.discriminator_loss(nets.discriminators[-1], out["images"][-1], out["images"][-1], sentence)[0],
+            losses.generator_adversarial_loss(nets.discriminators[-1], out["images"][-1], sentence),
+            losses.kl_loss(out["mu"], out["logvar"]),
+            losses.stream_loss(nets.stream_encoder, nets.stream_decoder, out["images"][-1], ids, lengths),
+            losses.damsm_loss(nets.damsm_image_encoder, out["images"][-1], words, sentence, mask, None, (4.0, 5.0, 10.0)),
+        ]
+        for v in values:
+            assert v.dtype == "float32" and np.isfinite(float(v))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
