@@ -83,7 +83,8 @@ class DamsmConfig:
     gamma2: float = 5.0
     gamma3: float = 10.0
     rnn_grad_clip: float = 0.25
-    checkpoint: str = ""  # reuse a pretrained STEM/DAMSM instead of training one
+    max_steps: int = 0  # 0 = run all epochs
+    checkpoint: str = ""  # a DAMSM checkpoint (run dir or checkpoint path) to reuse instead of training
 
 
 @dataclass
@@ -103,7 +104,8 @@ class StreamConfig:
     batch_size: int = 128
     epochs: int = 5
     learning_rate: float = 1e-3
-    checkpoint: str = ""
+    max_steps: int = 0  # 0 = run all epochs
+    checkpoint: str = ""  # a STREAM checkpoint (run dir or checkpoint path) to reuse instead of training
 
 
 @dataclass
@@ -123,6 +125,9 @@ class TrainConfig:
     sample_every: int = 2000
     log_every: int = 100
     keep_checkpoints: int = 3
+    # Synchronise BatchNorm statistics across replicas (only matters with several replicas): the
+    # same statistics as one device on the global batch.
+    sync_batch_norm: bool = True
     mixed_precision: bool = False
     xla: bool = False
     seed: int = 0

@@ -11,6 +11,8 @@ A batch is a dict:
     caption_ids  int32 [B, words_num] (0 = end/padding)
     caption_len  int32 [B]
     caption      string [B], the chosen caption's text
+    noise        float32 [B, z_dim], the generator's z for this example and step
+    ca_noise     float32 [B, condition_dim], the conditioning augmentation's epsilon
     class_id     int64 [B] (-1 where unknown)
     attributes   int64 [B, A] (A = number of attributes in the manifest; 0 for most datasets)
     key          string [B]
@@ -94,6 +96,8 @@ class _Example:
         self.training = training
         self.crop = training and cfg.data.random_crop
         self.flip = training and cfg.data.random_flip
+        self.z_dim = cfg.model.z_dim
+        self.condition_dim = cfg.model.condition_dim
 
     def image(self, encoded: tf.Tensor, seed: tf.Tensor) -> tuple:
         final = self.sizes[-1]
@@ -125,9 +129,13 @@ class _Example:
 
     def __call__(self, serialized: tf.Tensor, seed: tf.Tensor) -> dict:
         ex = records.parse_example(serialized)
-        image_seed, caption_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+        image_seed, caption_seed, noise_seed, ca_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
         caption_ids, caption_len, caption = self.caption(ex["caption_ids"], ex["captions"], caption_seed)
         return {
+            # The generator's noise travels with the example, so a step computes the same thing
+            # however the batch is split across replicas.
+            "noise": tf.random.stateless_normal([self.z_dim], noise_seed),
+            "ca_noise": tf.random.stateless_normal([self.condition_dim], ca_seed),
             "images": self.image(ex["image"], image_seed),
             "caption_ids": caption_ids,
             "caption_len": caption_len,

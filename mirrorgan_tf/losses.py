@@ -21,17 +21,28 @@ def bce_with_logits(logits, target: float):
                                             from_logits=True)
 
 
-def discriminator_loss(d, real_images, fake_images, sentence, training=True):
+def wrong_pairs(sentence):
+    """The reference's "wrong" pairs within one batch: image i with sentence i + 1, for the first
+    B - 1 images. Returns (sentence for each image, weight per image); weights sum to 1."""
+    b = ops.shape(sentence)[0]
+    weight = ops.where(ops.arange(b) < b - 1, 1.0 / ops.cast(b - 1, "float32"), 0.0)
+    return ops.roll(sentence, -1, axis=0), weight
+
+
+def discriminator_loss(d, real_images, fake_images, sentence, training=True, wrong=None):
     """One stage's D loss: (real + cond real) / 2 + (fake + cond fake + cond wrong) / 3, where the
-    "wrong" pairs are real images [0 : B-1] with sentences [1 : B]. Returns (loss, terms)."""
+    "wrong" pairs are real images [0 : B-1] with sentences [1 : B] (`wrong_pairs`; a trainer that
+    splits the batch across replicas passes its share of the global pairs). Returns (loss, terms)."""
+    wrong_sentence, wrong_weight = wrong if wrong is not None else wrong_pairs(sentence)
     h_real = d.encode(real_images, training=training)
     h_fake = d.encode(ops.stop_gradient(fake_images), training=training)
+    wrong_bce = bce_with_logits(d.cond_logits(h_real, wrong_sentence, training=training), 0.0)
     terms = {
         "real": ops.mean(bce_with_logits(d.uncond_logits(h_real, training=training), 1.0)),
         "cond_real": ops.mean(bce_with_logits(d.cond_logits(h_real, sentence, training=training), 1.0)),
         "fake": ops.mean(bce_with_logits(d.uncond_logits(h_fake, training=training), 0.0)),
         "cond_fake": ops.mean(bce_with_logits(d.cond_logits(h_fake, sentence, training=training), 0.0)),
-        "cond_wrong": ops.mean(bce_with_logits(d.cond_logits(h_real[:-1], sentence[1:], training=training), 0.0)),
+        "cond_wrong": ops.sum(wrong_bce * ops.cast(wrong_weight, "float32")),
     }
     loss = (terms["real"] + terms["cond_real"]) / 2.0 + (terms["fake"] + terms["cond_fake"] + terms["cond_wrong"]) / 3.0
     return loss, terms

@@ -6,6 +6,8 @@ published configuration has the published parameter counts.
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 from keras import layers, ops
 
@@ -15,11 +17,26 @@ def kernel_init():
     return keras.initializers.Orthogonal()
 
 
+_SYNC_BN = [False]
+
+
+@contextlib.contextmanager
+def synchronized_batch_norm(enabled: bool = True):
+    """Networks built inside this context all-reduce their BatchNorm statistics across replicas,
+    so several replicas normalise exactly as one device does on the global batch."""
+    previous = _SYNC_BN[0]
+    _SYNC_BN[0] = enabled
+    try:
+        yield
+    finally:
+        _SYNC_BN[0] = previous
+
+
 def batch_norm(name=None, **kwargs):
     # PyTorch's momentum 0.1 (weight of the new batch) is Keras' 0.9; eps 1e-5 as PyTorch.
+    kwargs.setdefault("gamma_initializer", keras.initializers.RandomNormal(1.0, 0.02))
     return layers.BatchNormalization(momentum=kwargs.pop("momentum", 0.9), epsilon=1e-5,
-                                     gamma_initializer=keras.initializers.RandomNormal(1.0, 0.02),
-                                     name=name, **kwargs)
+                                     synchronized=_SYNC_BN[0], name=name, **kwargs)
 
 
 def conv(filters, kernel_size, strides=1, use_bias=False, name=None, **kwargs):

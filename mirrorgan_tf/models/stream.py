@@ -17,6 +17,7 @@ import keras
 from keras import layers, ops
 
 from mirrorgan_tf.models import backbones
+from mirrorgan_tf.models.layers import batch_norm
 
 
 class StreamEncoder(keras.Model):
@@ -36,7 +37,7 @@ class StreamEncoder(keras.Model):
         else:
             raise ValueError(f"stream.backbone must be 'resnet152' or 'cnn', got {backbone!r}")
         self.linear = layers.Dense(embedding_dim, name="linear")
-        self.bn = layers.BatchNormalization(momentum=1.0 - bn_momentum, epsilon=1e-5, name="bn")
+        self.bn = batch_norm(momentum=1.0 - bn_momentum, gamma_initializer="ones", name="bn")
 
     @classmethod
     def from_config_obj(cls, cfg):

@@ -1,0 +1,114 @@
+"""python -m mirrorgan_tf.train [--config configs/shapes.yaml] [--run-dir DIR] [--stage all|data|damsm|stream|gan]
+                              [--strategy auto|one_device|mirrored|multi_worker] [--set key=value ...]
+
+With no arguments: trains on the built-in shapes dataset from nothing. Prepares the data if it is
+missing, pretrains STEM with DAMSM, pretrains STREAM on real images, then trains the GAN, all in
+runs/shapes. `--stage all` runs every stage that has not finished; a stage that was interrupted
+resumes from its last checkpoint. Run the same command again to continue a run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+STAGE_CHOICES = ("all", "data", "damsm", "stream", "gan")
+
+
+def prepare_data(cfg, chief: bool = True) -> None:
+    """Make sure cfg.data.dir holds a prepared dataset: render shapes, or convert data.source."""
+    import tensorflow as tf
+
+    from mirrorgan_tf.data import MANIFEST
+
+    if tf.io.gfile.exists(os.path.join(cfg.data.dir, MANIFEST)):
+        return
+    if not chief:  # another worker prepares it; wait for the manifest
+        for _ in range(3600):
+            time.sleep(1)
+            if tf.io.gfile.exists(os.path.join(cfg.data.dir, MANIFEST)):
+                return
+        raise TimeoutError(f"{cfg.data.dir}: the chief never finished preparing the dataset")
+    from pipelines.prepare import prepare
+
+    if cfg.data.dataset != "shapes" and not cfg.data.source:
+        raise ValueError(f"{cfg.data.dir}: no prepared dataset, and data.source is empty; prepare it with "
+                         f"python -m pipelines.prepare --dataset {cfg.data.dataset} --source PATH --out {cfg.data.dir}")
+    print(f"data: preparing {cfg.data.dataset} into {cfg.data.dir}", flush=True)
+    manifest = prepare(cfg.data.dataset, cfg.data.dir, cfg.data.source or None)
+    print(f"data: {manifest['splits']['train']['examples']} training images, "
+          f"vocabulary {manifest['vocab_size']} words", flush=True)
+
+
+def train(cfg, run_dir: str, stage: str = "all", strategy_kind: str = "auto") -> dict:
+    """Run the requested stages; returns {stage: LoopResult}."""
+    import keras
+
+    from mirrorgan_tf import config as config_lib
+    from mirrorgan_tf.distribute import build_strategy
+    from mirrorgan_tf.training import damsm, gan, loop, stream
+
+    strategy = build_strategy(strategy_kind)
+    chief = loop.is_chief(strategy)
+    run = loop.RunDir(run_dir)
+    if chief:
+        config_lib.save_config(cfg, run.path("config.yaml"))
+    if cfg.train.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.utils.set_random_seed(cfg.train.seed)
+    prepare_data(cfg, chief)
+    trainers = {"damsm": damsm.train, "stream": stream.train, "gan": gan.train}
+    wanted = list(trainers) if stage == "all" else ([] if stage == "data" else [stage])
+    results = {}
+    for name in wanted:
+        if stage == "all" and run.is_done(name):
+            print(f"{name}: already finished in {run.root}", flush=True)
+            continue
+        if name == "damsm" and cfg.damsm.checkpoint and stage == "all":
+            print(f"damsm: using {cfg.damsm.checkpoint}", flush=True)
+            continue
+        if name == "stream" and cfg.stream.checkpoint and stage == "all":
+            print(f"stream: using {cfg.stream.checkpoint}", flush=True)
+            continue
+        start = time.time()
+        results[name] = trainers[name](cfg, run, strategy)
+        print(f"{name}: done, {results[name].steps} steps, {time.time() - start:.0f} s", flush=True)
+    return results
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mirrorgan_tf.train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="configs/shapes.yaml")
+    p.add_argument("--run-dir", help="default: runs/<config name>")
+    p.add_argument("--stage", choices=STAGE_CHOICES, default="all")
+    p.add_argument("--strategy", choices=("auto", "one_device", "mirrored", "multi_worker"), default="auto")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    a = p.parse_args(argv)
+    from mirrorgan_tf.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(a.config, a.overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    run_dir = a.run_dir or os.path.join("runs", os.path.splitext(os.path.basename(a.config))[0])
+    from mirrorgan_tf.data import DataError
+    from mirrorgan_tf.training.loop import NonFiniteLoss
+    from pipelines.source import DatasetError
+
+    try:
+        train(cfg, run_dir, a.stage, a.strategy)
+    except NonFiniteLoss as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
+    except (DataError, DatasetError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
