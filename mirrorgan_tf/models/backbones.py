@@ -12,7 +12,7 @@ import os
 import keras
 from keras import layers
 
-from mirrorgan_tf.models.layers import batch_norm, conv
+from mirrorgan_tf.models.layers import LayerSequence, batch_norm, conv
 
 
 def _weights(path: str, what: str, config_key: str):
@@ -49,8 +49,9 @@ class SmallCNN(keras.Model):
 
     def __init__(self, width: int, name: str = "cnn", **kwargs):
         super().__init__(name=name, **kwargs)
-        self.blocks = [keras.Sequential([conv(width * 2**i, 3, strides=2), batch_norm(), layers.LeakyReLU(0.2)],
-                                        name=f"block{i + 1}") for i in range(4)]
+        self.blocks = LayerSequence(self, "block", [
+            keras.Sequential([conv(width * 2**i, 3, strides=2), batch_norm(), layers.LeakyReLU(0.2)],
+                             name=f"block{i + 1}") for i in range(4)])
         self.pool = layers.GlobalAveragePooling2D()
 
     def call(self, images, training=None):

@@ -15,7 +15,7 @@ import keras
 from keras import layers, ops
 
 from mirrorgan_tf.models.attention import SentenceAttention, WordAttention
-from mirrorgan_tf.models.layers import GLU, ResBlock, UpBlock, batch_norm, conv, dense, glu
+from mirrorgan_tf.models.layers import LayerSequence, ResBlock, UpBlock, batch_norm, conv, dense, glu
 
 
 class ConditioningAugmentation(layers.Layer):
@@ -48,7 +48,8 @@ class InitStage(layers.Layer):
         self.channels = gf_dim * 2**ups  # 16 x gf at 64 px, as the original
         self.fc = dense(self.channels * 4 * 4 * 2, use_bias=False, name="fc")
         self.bn = batch_norm(name="fc_bn")
-        self.ups = [UpBlock(self.channels // 2 ** (i + 1), name=f"upsample{i + 1}") for i in range(ups)]
+        self.ups = LayerSequence(self, "upsample", [UpBlock(self.channels // 2 ** (i + 1), name=f"upsample{i + 1}")
+                                                    for i in range(ups)])
 
     def call(self, z, c, training=None):
         x = glu(self.bn(self.fc(ops.concatenate([c, ops.cast(z, c.dtype)], axis=-1)), training=training))
@@ -65,7 +66,8 @@ class NextStage(layers.Layer):
         self.word_attention = WordAttention(gf_dim)
         self.sentence_attention = SentenceAttention(gf_dim, softmax_over)
         self.joint = conv(gf_dim * 2, 1, name="conv")
-        self.residual = [ResBlock(gf_dim * 2, name=f"residual{i}") for i in range(r_num)]
+        self.residual = LayerSequence(self, "residual", [ResBlock(gf_dim * 2, name=f"residual{i + 1}")
+                                                         for i in range(r_num)])
         self.up = UpBlock(gf_dim, name="upsample")
 
     def call(self, h, sentence, words, mask, training=None):
@@ -108,9 +110,9 @@ class GLAM(keras.Model):
         self.global_attention_input = global_attention_input
         self.ca = ConditioningAugmentation(condition_dim, seed=seed)
         self.init_stage = InitStage(gf_dim, base_size)
-        self.next_stages = [NextStage(gf_dim, r_num, global_attention_softmax, name=f"h_net{i + 2}")
-                            for i in range(stages - 1)]
-        self.heads = [ImageHead(name=f"img_net{i + 1}") for i in range(stages)]
+        self.next_stages = LayerSequence(self, "next_stage", [
+            NextStage(gf_dim, r_num, global_attention_softmax, name=f"h_net{i + 2}") for i in range(stages - 1)])
+        self.heads = LayerSequence(self, "img_net", [ImageHead(name=f"img_net{i + 1}") for i in range(stages)])
 
     @classmethod
     def from_config_obj(cls, cfg, seed=None):

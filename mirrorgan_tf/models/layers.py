@@ -96,5 +96,27 @@ class Block3x3LeakyReLU(keras.Sequential):
         super().__init__([conv(out_channels, 3), batch_norm(), layers.LeakyReLU(0.2)], name=name)
 
 
+class LayerSequence:
+    """Layers kept as numbered attributes (`<prefix>1`, `<prefix>2`, ...) of their owner.
+
+    A Python list of layers on a Keras 3 layer is tracked by Keras but invisible to
+    tf.train.Checkpoint, whose object graph follows attributes only; numbered attributes keep
+    every weight in checkpoints."""
+
+    def __init__(self, owner, prefix: str, layers_: list):
+        self.owner, self.prefix, self.count = owner, prefix, len(layers_)
+        for i, layer in enumerate(layers_):
+            setattr(owner, f"{prefix}{i + 1}", layer)
+
+    def __iter__(self):
+        return (getattr(self.owner, f"{self.prefix}{i + 1}") for i in range(self.count))
+
+    def __len__(self):
+        return self.count
+
+    def __getitem__(self, index):
+        return list(self)[index]
+
+
 def count_params(weights) -> int:
     return int(sum(int(ops.size(w)) for w in weights))

@@ -86,4 +86,4 @@ def train(cfg, run: loop.RunDir, strategy: tf.distribute.Strategy) -> loop.LoopR
         stage="damsm", run=run, strategy=strategy, checkpoint=checkpoint, step_var=step, step_fn=train_step,
         iterator=common.train_iterator(strategy, cfg, d.batch_size), total_steps=total,
         checkpoint_every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints, log_every=cfg.train.log_every,
-        global_batch=d.batch_size, learning_rates=lambda s: {"damsm": float(schedule(s))})
+        trained_variables=stem.trainable_variables + encoder.trainable_variables, global_batch=d.batch_size, learning_rates=lambda s: {"damsm": float(schedule(s))})

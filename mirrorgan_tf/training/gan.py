@@ -86,31 +86,41 @@ def _global_wrong_pairs(sentence):
     return wrong, weight
 
 
-def train(cfg, run: loop.RunDir, strategy: tf.distribute.Strategy) -> loop.LoopResult:
+class GanState:
+    """The networks, optimizers and step counter of the GAN stage, built in the strategy's scope."""
+
+    def __init__(self, cfg, strategy: tf.distribute.Strategy, vocab_size: int):
+        t = cfg.train
+        replicas = strategy.num_replicas_in_sync
+        with strategy.scope(), synchronized_batch_norm(t.sync_batch_norm and replicas > 1):
+            self.models = GanModels(cfg, vocab_size)
+            self.opt_g = common.adam(t.g_learning_rate, t.beta_1, t.beta_2, t.mixed_precision)
+            self.opt_g.build(self.models.glam.trainable_variables)
+            self.opts_d = []
+            for d in self.models.discriminators:
+                opt = common.adam(t.d_learning_rate, t.beta_1, t.beta_2, t.mixed_precision)
+                opt.build(d.trainable_variables)
+                self.opts_d.append(opt)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        m = self.models
+        self.checkpoint = tf.train.Checkpoint(
+            glam=m.glam, glam_ema=m.glam_ema, opt_g=self.opt_g, step=self.step,
+            **{f"d{i}": d for i, d in enumerate(m.discriminators)},
+            **{f"opt_d{i}": o for i, o in enumerate(self.opts_d)})
+
+    def trained_variables(self):
+        m = self.models
+        return m.glam.trainable_variables + [v for d in m.discriminators for v in d.trainable_variables]
+
+
+def make_train_step(cfg, strategy: tf.distribute.Strategy, state: GanState):
+    """A tf.function: one distributed batch -> dict of global losses (D and G updated, EMA moved)."""
     t = cfg.train
-    total, _ = common.steps_for(cfg, t.batch_size, t.epochs, t.max_steps)
-    mixed = t.mixed_precision
-    replicas = strategy.num_replicas_in_sync
-    if t.xla and replicas > 1:
+    m, opt_g, opts_d = state.models, state.opt_g, state.opts_d
+    if t.xla and strategy.num_replicas_in_sync > 1:
         raise ValueError("train.xla=true needs a single replica: under MirroredStrategy a jit-compiled step "
                          "cannot apply gradients (TF_NOTES.md); use --strategy one_device or xla=false")
-    with strategy.scope(), synchronized_batch_norm(t.sync_batch_norm and replicas > 1):
-        m = GanModels(cfg, data.vocab_size(cfg))
-        opt_g = common.adam(t.g_learning_rate, t.beta_1, t.beta_2, mixed)
-        opt_g.build(m.glam.trainable_variables)
-        opts_d = []
-        for d in m.discriminators:
-            opt = common.adam(t.d_learning_rate, t.beta_1, t.beta_2, mixed)
-            opt.build(d.trainable_variables)
-            opts_d.append(opt)
-        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    restore_pretrained(cfg, run, m)
-    checkpoint = tf.train.Checkpoint(
-        glam=m.glam, glam_ema=m.glam_ema, opt_g=opt_g, step=step,
-        **{f"d{i}": d for i, d in enumerate(m.discriminators)},
-        **{f"opt_d{i}": o for i, o in enumerate(opts_d)})
-    d_cfg = cfg.damsm
-    gammas = (d_cfg.gamma1, d_cfg.gamma2, d_cfg.gamma3)
+    gammas = (cfg.damsm.gamma1, cfg.damsm.gamma2, cfg.damsm.gamma3)
 
     def replica_step(batch):
         scale = loop.replica_scale()
@@ -124,7 +134,7 @@ def train(cfg, run: loop.RunDir, strategy: tf.distribute.Strategy) -> loop.LoopR
             with g_tape.stop_recording():
                 wrong = _global_wrong_pairs(sentence)
                 d_total = 0.0
-                for i, (d, opt, real, fake) in enumerate(zip(m.discriminators, opts_d, batch["images"], fakes)):
+                for d, opt, real, fake in zip(m.discriminators, opts_d, batch["images"], fakes):
                     with tf.GradientTape() as d_tape:
                         d_loss, _ = losses.discriminator_loss(d, real, fake, sentence, training=True, wrong=wrong)
                         d_loss = d_loss * scale
@@ -166,13 +176,23 @@ def train(cfg, run: loop.RunDir, strategy: tf.distribute.Strategy) -> loop.LoopR
         for target, source in zip(m.glam_ema.non_trainable_weights, m.glam.non_trainable_weights):
             target.assign(source)
 
-    sampler = Sampler(cfg, run, m) if loop.is_chief(strategy) else None
+    return train_step
+
+
+def train(cfg, run: loop.RunDir, strategy: tf.distribute.Strategy) -> loop.LoopResult:
+    t = cfg.train
+    total, _ = common.steps_for(cfg, t.batch_size, t.epochs, t.max_steps)
+    state = GanState(cfg, strategy, data.vocab_size(cfg))
+    restore_pretrained(cfg, run, state.models)
+    train_step = make_train_step(cfg, strategy, state)
+    sampler = Sampler(cfg, run, state.models) if loop.is_chief(strategy) else None
     return loop.run_loop(
-        stage="gan", run=run, strategy=strategy, checkpoint=checkpoint, step_var=step, step_fn=train_step,
-        iterator=common.train_iterator(strategy, cfg, t.batch_size), total_steps=total,
+        stage="gan", run=run, strategy=strategy, checkpoint=state.checkpoint, step_var=state.step,
+        step_fn=train_step, iterator=common.train_iterator(strategy, cfg, t.batch_size), total_steps=total,
         checkpoint_every=t.checkpoint_every, keep=t.keep_checkpoints, log_every=t.log_every,
         global_batch=t.batch_size, on_sample=sampler, sample_every=t.sample_every,
-        learning_rates=lambda _: {"g": t.g_learning_rate, "d": t.d_learning_rate})
+        learning_rates=lambda _: {"g": t.g_learning_rate, "d": t.d_learning_rate},
+        trained_variables=state.trained_variables())
 
 
 class Sampler:

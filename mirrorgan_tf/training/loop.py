@@ -153,21 +153,31 @@ class Progress:
 
 @dataclass
 class LoopResult:
-    steps: int
+    start: int  # the step this session resumed from
+    steps: int  # the step it ended at
     seconds: float
     last_losses: dict
+    checkpoint: tf.train.Checkpoint
+
+
+def _first_non_finite(variables) -> Optional[str]:
+    for v in variables:
+        if not bool(tf.reduce_all(tf.math.is_finite(v))):
+            return v.path if hasattr(v, "path") else v.name
+    return None
 
 
 def run_loop(*, stage: str, run: RunDir, strategy: tf.distribute.Strategy, checkpoint: tf.train.Checkpoint,
              step_var: tf.Variable, step_fn: Callable[[dict], dict], iterator: Iterator, total_steps: int,
              checkpoint_every: int, keep: int, log_every: int, global_batch: int,
              on_sample: Optional[Callable[[int, tf.summary.SummaryWriter], None]] = None,
-             sample_every: int = 0, learning_rates: Optional[Callable[[int], dict]] = None) -> LoopResult:
+             sample_every: int = 0, learning_rates: Optional[Callable[[int], dict]] = None,
+             trained_variables=()) -> LoopResult:
     """Run `step_fn` until `total_steps`, resuming from the latest checkpoint of `stage`.
 
     `step_fn(batch)` returns a dict of scalar losses (already reduced across replicas). A
-    non-finite loss stops the run before anything is saved, so the last checkpoint stays the last
-    good one.
+    non-finite loss stops the run before anything is saved, and so do non-finite
+    `trained_variables` at a checkpoint, so the last checkpoint always is a good one.
     """
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir(run, stage, strategy), max_to_keep=keep)
     if manager.latest_checkpoint:
@@ -202,6 +212,11 @@ def run_loop(*, stage: str, run: RunDir, strategy: tf.distribute.Strategy, check
             if on_sample and sample_every and (step % sample_every == 0 or step == total_steps):
                 on_sample(step, writer)
             if step % checkpoint_every == 0 or step == total_steps:
+                broken = _first_non_finite(trained_variables)
+                if broken:
+                    raise NonFiniteLoss(
+                        f"stage '{stage}', step {step}: weight '{broken}' is not finite; stopped without "
+                        f"saving. The latest checkpoint is still {manager.latest_checkpoint or '(none yet)'}")
                 manager.save(checkpoint_number=step)
         writer.flush()
     seconds = time.time() - t0
@@ -213,7 +228,7 @@ def run_loop(*, stage: str, run: RunDir, strategy: tf.distribute.Strategy, check
             "last_losses": losses, "replicas": strategy.num_replicas_in_sync, "global_batch": global_batch,
         })
         run.mark_done(stage, {"steps": step, "checkpoint": manager.latest_checkpoint})
-    return LoopResult(step, seconds, losses)
+    return LoopResult(start, step, seconds, losses, checkpoint)
 
 
 def replica_scale() -> float:

@@ -50,4 +50,4 @@ def train(cfg, run: loop.RunDir, strategy: tf.distribute.Strategy) -> loop.LoopR
         stage="stream", run=run, strategy=strategy, checkpoint=checkpoint, step_var=step, step_fn=train_step,
         iterator=common.train_iterator(strategy, cfg, s.batch_size), total_steps=total,
         checkpoint_every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints, log_every=cfg.train.log_every,
-        global_batch=s.batch_size, learning_rates=lambda _: {"stream": s.learning_rate})
+        trained_variables=variables, global_batch=s.batch_size, learning_rates=lambda _: {"stream": s.learning_rate})

@@ -1,0 +1,147 @@
+"""python -m mirrorgan_tf.train on the smoke config: end to end, resume after SIGKILL, NaN guard."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mirrorgan_tf.config import load_config
+from mirrorgan_tf.training import loop
+from tests.conftest import CONFIGS, REPO
+
+
+def _smoke(data_dir, *overrides):
+    return load_config(CONFIGS / "shapes_smoke.yaml", [f"data.dir={data_dir}", *overrides])
+
+
+def _cli(run_dir, data_dir, *args, **kwargs):
+    cmd = [sys.executable, "-m", "mirrorgan_tf.train", "--config", str(CONFIGS / "shapes_smoke.yaml"),
+           "--run-dir", str(run_dir), "--set", f"data.dir={data_dir}", *args]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=600, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def trained_run(prepared_shapes, tmp_path_factory):
+    """The whole smoke pipeline through the command line: data -> damsm -> stream -> gan."""
+    run_dir = tmp_path_factory.mktemp("run") / "smoke"
+    r = _cli(run_dir, prepared_shapes)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return run_dir, r.stdout
+
+
+def test_end_to_end_writes_checkpoints_samples_and_events(trained_run):
+    run_dir, stdout = trained_run
+    stages = json.loads((run_dir / "stages.json").read_text())
+    assert set(stages) == {"damsm", "stream", "gan"} and all(s["done"] for s in stages.values())
+    cfg = load_config(run_dir / "config.yaml")  # the resolved config, loadable as a config file
+    assert cfg.train.max_steps == 4
+    for stage, steps in (("damsm", 6), ("stream", 6), ("gan", 4)):
+        assert tf.train.latest_checkpoint(str(run_dir / stage / "checkpoints")).endswith(f"ckpt-{steps}")
+        metrics = json.loads((run_dir / stage / "metrics.json").read_text())
+        assert metrics["steps"] == steps and metrics["last_losses"]
+        assert all(np.isfinite(v) for v in metrics["last_losses"].values())
+        assert list((run_dir / "logs" / stage).glob("events.out.tfevents.*"))
+    gan_losses = json.loads((run_dir / "gan" / "metrics.json").read_text())["last_losses"]
+    assert {"d", "g", "g_adv", "kl", "stream"} <= set(gan_losses)
+    samples = sorted((run_dir / "samples").glob("gan-*.png"))
+    assert [p.name for p in samples] == ["gan-0000002.png", "gan-0000004.png"]
+    grid = tf.io.decode_png(samples[-1].read_bytes()).numpy()
+    assert grid.shape == (4 * 64, 8 * 64, 3)  # 3 stages + the real images, 8 captions, at 64 px
+    # TensorBoard got the losses and the images.
+    tags = set()
+    for event_file in (run_dir / "logs" / "gan").glob("events.out.tfevents.*"):
+        for e in tf.compat.v1.train.summary_iterator(str(event_file)):
+            tags |= {v.tag for v in e.summary.value}
+    assert {"loss/d", "loss/g", "loss/stream", "learning_rate/g", "samples/grid", "samples/stage1",
+            "attention/words"} <= tags
+    assert "gan       4/4" in stdout.replace("\r", "\n")
+
+
+def test_running_again_skips_finished_stages(trained_run, prepared_shapes):
+    run_dir, _ = trained_run
+    r = _cli(run_dir, prepared_shapes)
+    assert r.returncode == 0
+    for stage in ("damsm", "stream", "gan"):
+        assert f"{stage}: already finished" in r.stdout
+
+
+def test_a_later_run_reuses_pretrained_stages(trained_run, prepared_shapes, tmp_path):
+    run_dir, _ = trained_run
+    r = _cli(tmp_path / "reuse", prepared_shapes, "--set", f"damsm.checkpoint={run_dir}/damsm",
+             "--set", f"stream.checkpoint={run_dir}/stream", "--set", "train.max_steps=1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"STEM from {run_dir}/damsm/checkpoints/ckpt-6" in r.stdout
+    assert not (tmp_path / "reuse" / "damsm").exists()
+    r = _cli(tmp_path / "empty", prepared_shapes, "--stage", "gan")
+    assert r.returncode == 2 and "stage 'damsm' has not finished" in r.stderr
+
+
+def test_sigkill_mid_stage_resumes_from_the_last_checkpoint(prepared_shapes, tmp_path):
+    run_dir = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "mirrorgan_tf.train", "--config", str(CONFIGS / "shapes_smoke.yaml"),
+           "--run-dir", str(run_dir), "--stage", "damsm", "--set", f"data.dir={prepared_shapes}",
+           "--set", "damsm.max_steps=100000", "--set", "train.checkpoint_every=3"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt_dir = run_dir / "damsm" / "checkpoints"
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline:
+            latest = tf.train.latest_checkpoint(str(ckpt_dir)) if ckpt_dir.exists() else None
+            if latest and int(latest.rsplit("-", 1)[1]) >= 6:
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail("no checkpoint at step 6 within the time limit")
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    latest = tf.train.latest_checkpoint(str(ckpt_dir))
+    saved = int(latest.rsplit("-", 1)[1])
+    assert not json.loads((run_dir / "stages.json").read_text() if (run_dir / "stages.json").exists() else "{}")
+
+    from mirrorgan_tf.distribute import build_strategy
+    from mirrorgan_tf.training import damsm
+
+    cfg = _smoke(prepared_shapes, f"damsm.max_steps={saved}")
+    result = damsm.train(cfg, loop.RunDir(str(run_dir)), build_strategy("one_device"))
+    assert (result.start, result.steps) == (saved, saved)  # nothing to do but restore
+    resumed = result.checkpoint
+    fresh_stem, fresh_encoder = damsm.build(cfg, json.loads((prepared_shapes / "manifest.json").read_text())["vocab_size"])
+    tf.train.Checkpoint(stem=fresh_stem, image_encoder=fresh_encoder).restore(latest).expect_partial()
+    for a, b in zip(resumed.stem.weights + resumed.image_encoder.weights, fresh_stem.weights + fresh_encoder.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert int(resumed.step.numpy()) == saved
+
+    r = _cli(run_dir, prepared_shapes, "--stage", "damsm", "--set", f"damsm.max_steps={saved + 2}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resumed from {latest} at step {saved}" in r.stdout
+    metrics = json.loads((run_dir / "damsm" / "metrics.json").read_text())
+    assert (metrics["steps"], metrics["steps_this_session"]) == (saved + 2, 2)
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(prepared_shapes, tmp_path):
+    run_dir = tmp_path / "nan"
+    r = _cli(run_dir, prepared_shapes, "--stage", "damsm", "--set", "damsm.max_steps=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    good = tf.train.latest_checkpoint(str(run_dir / "damsm" / "checkpoints"))
+    assert good.endswith("ckpt-2")
+    # An infinite learning rate sends the weights to inf/nan on the first step after resuming.
+    r = _cli(run_dir, prepared_shapes, "--stage", "damsm", "--set", "damsm.max_steps=8",
+             "--set", "damsm.learning_rate=.inf", "--set", "train.checkpoint_every=1")
+    assert r.returncode == 3
+    assert "stage 'damsm', step 3: weight" in r.stderr or "stage 'damsm', step 4: loss" in r.stderr
+    assert "not finite" in r.stderr or "is nan" in r.stderr
+    assert f"The latest checkpoint is still {good}" in r.stderr
+    assert tf.train.latest_checkpoint(str(run_dir / "damsm" / "checkpoints")) == good
+    reader = tf.train.load_checkpoint(good)
+    for name, _ in tf.train.list_variables(good):
+        value = reader.get_tensor(name)
+        if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+            assert np.isfinite(value).all(), name
