@@ -27,7 +27,6 @@ def split_cpu(count: int) -> None:
 def build_strategy(kind: str = "auto") -> tf.distribute.Strategy:
     if kind not in KINDS:
         raise ValueError(f"--strategy must be one of {', '.join(KINDS)}, got {kind!r}")
-    gpus = tf.config.list_logical_devices("GPU")
     if kind == "multi_worker":
         if "TF_CONFIG" not in os.environ:
             raise ValueError("--strategy multi_worker needs the TF_CONFIG environment variable "
@@ -36,7 +35,9 @@ def build_strategy(kind: str = "auto") -> tf.distribute.Strategy:
             json.loads(os.environ["TF_CONFIG"])
         except json.JSONDecodeError as e:
             raise ValueError(f"TF_CONFIG is not valid JSON ({e})") from None
+        # Must come before anything initialises the runtime (listing devices does).
         return tf.distribute.MultiWorkerMirroredStrategy()
+    gpus = tf.config.list_logical_devices("GPU")
     if kind == "mirrored" or (kind == "auto" and len(gpus) > 1):
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices)

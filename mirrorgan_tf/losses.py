@@ -23,7 +23,12 @@ def bce_with_logits(logits, target: float):
 
 def wrong_pairs(sentence):
     """The reference's "wrong" pairs within one batch: image i with sentence i + 1, for the first
-    B - 1 images. Returns (sentence for each image, weight per image); weights sum to 1."""
+    B - 1 images. Returns (sentence for each image, weight per image); weights sum to 1.
+
+    The last image is paired with sentence 0 and weight 0 so that the batch keeps its shape (and
+    splits evenly across replicas). Unlike the original, which feeds the B - 1 pairs alone, that
+    dummy pair takes part in the BatchNorm statistics of the conditional head; its loss does not
+    count."""
     b = ops.shape(sentence)[0]
     weight = ops.where(ops.arange(b) < b - 1, 1.0 / ops.cast(b - 1, "float32"), 0.0)
     return ops.roll(sentence, -1, axis=0), weight

@@ -59,6 +59,7 @@ def train(cfg, run: loop.RunDir, strategy: tf.distribute.Strategy) -> loop.LoopR
                                      step=step)
     gammas = (d.gamma1, d.gamma2, d.gamma3)
 
+    @tf.autograph.experimental.do_not_convert  # plain Python loops over stages: nothing to convert
     def replica_step(batch):
         scale = loop.replica_scale()
         text_vars, image_vars = stem.trainable_variables, encoder.trainable_variables

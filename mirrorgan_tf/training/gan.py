@@ -80,7 +80,9 @@ def _global_wrong_pairs(sentence):
     start = tf.cast(ctx.replica_id_in_sync_group, tf.int32) * b
     index = start + tf.range(b) + 1
     total = b * n
-    wrong = tf.gather(everything, tf.minimum(index, total - 1))
+    # The last image's pair wraps to sentence 0 with weight 0, exactly as `losses.wrong_pairs`
+    # rolls it on one device, so the BatchNorm statistics of the wrong-pair batch agree too.
+    wrong = tf.ensure_shape(tf.gather(everything, index % total), sentence.shape)
     # Each replica's terms are later scaled by 1 / n, so weigh by n / (global pairs).
     weight = tf.where(index < total, tf.cast(n, tf.float32) / tf.cast(total - 1, tf.float32), 0.0)
     return wrong, weight
@@ -89,10 +91,12 @@ def _global_wrong_pairs(sentence):
 class GanState:
     """The networks, optimizers and step counter of the GAN stage, built in the strategy's scope."""
 
-    def __init__(self, cfg, strategy: tf.distribute.Strategy, vocab_size: int):
+    def __init__(self, cfg, strategy: tf.distribute.Strategy, vocab_size: int, sync_batch_norm=None):
         t = cfg.train
         replicas = strategy.num_replicas_in_sync
-        with strategy.scope(), synchronized_batch_norm(t.sync_batch_norm and replicas > 1):
+        if sync_batch_norm is None:
+            sync_batch_norm = t.sync_batch_norm and replicas > 1
+        with strategy.scope(), synchronized_batch_norm(sync_batch_norm):
             self.models = GanModels(cfg, vocab_size)
             self.opt_g = common.adam(t.g_learning_rate, t.beta_1, t.beta_2, t.mixed_precision)
             self.opt_g.build(self.models.glam.trainable_variables)
@@ -122,6 +126,7 @@ def make_train_step(cfg, strategy: tf.distribute.Strategy, state: GanState):
                          "cannot apply gradients (TF_NOTES.md); use --strategy one_device or xla=false")
     gammas = (cfg.damsm.gamma1, cfg.damsm.gamma2, cfg.damsm.gamma3)
 
+    @tf.autograph.experimental.do_not_convert  # plain Python loops over stages: nothing to convert
     def replica_step(batch):
         scale = loop.replica_scale()
         ids, lengths = batch["caption_ids"], batch["caption_len"]
@@ -134,13 +139,14 @@ def make_train_step(cfg, strategy: tf.distribute.Strategy, state: GanState):
             with g_tape.stop_recording():
                 wrong = _global_wrong_pairs(sentence)
                 d_total = 0.0
-                for d, opt, real, fake in zip(m.discriminators, opts_d, batch["images"], fakes):
+                for i, (d, opt, real, fake) in enumerate(zip(m.discriminators, opts_d, batch["images"], fakes)):
                     with tf.GradientTape() as d_tape:
                         d_loss, _ = losses.discriminator_loss(d, real, fake, sentence, training=True, wrong=wrong)
                         d_loss = d_loss * scale
                         scaled = common.scale_loss(opt, d_loss)
                     opt.apply_gradients(zip(d_tape.gradient(scaled, d.trainable_variables), d.trainable_variables))
                     d_total += d_loss
+                    out_losses[f"d{i + 1}"] = d_loss
             adversarial = tf.add_n([losses.generator_adversarial_loss(d, fake, sentence, training=True)
                                     for d, fake in zip(m.discriminators, fakes)])
             kl = losses.kl_loss(out["mu"], out["logvar"])
@@ -171,8 +177,12 @@ def make_train_step(cfg, strategy: tf.distribute.Strategy, state: GanState):
         return result
 
     def ema_update():
+        decay = tf.constant(t.ema_decay, tf.float32)
+        if t.ema_warmup:
+            n = tf.cast(state.step, tf.float32)  # steps already taken before this one
+            decay = tf.minimum(decay, (1.0 + n) / (10.0 + n))
         for target, source in zip(m.glam_ema.trainable_weights, m.glam.trainable_weights):
-            target.assign(t.ema_decay * target + (1.0 - t.ema_decay) * source)
+            target.assign(decay * target + (1.0 - decay) * source)
         for target, source in zip(m.glam_ema.non_trainable_weights, m.glam.non_trainable_weights):
             target.assign(source)
 

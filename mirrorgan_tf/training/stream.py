@@ -32,6 +32,7 @@ def train(cfg, run: loop.RunDir, strategy: tf.distribute.Strategy) -> loop.LoopR
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     checkpoint = tf.train.Checkpoint(encoder=encoder, decoder=decoder, optimizer=opt, step=step)
 
+    @tf.autograph.experimental.do_not_convert  # plain Python loops over stages: nothing to convert
     def replica_step(batch):
         with tf.GradientTape() as tape:
             features = encoder(batch["images"][-1], training=True)
