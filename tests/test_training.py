@@ -145,3 +145,13 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(prep
         value = reader.get_tensor(name)
         if isinstance(value, np.ndarray) and value.dtype.kind == "f":
             assert np.isfinite(value).all(), name
+
+
+def test_mixed_precision_and_xla_on_one_device(trained_run, prepared_shapes, tmp_path):
+    run_dir, _ = trained_run
+    r = _cli(tmp_path / "fast", prepared_shapes, "--stage", "gan", "--strategy", "one_device",
+             "--set", f"damsm.checkpoint={run_dir}", "--set", f"stream.checkpoint={run_dir}/stream",
+             "--set", "train.mixed_precision=true", "--set", "train.xla=true", "--set", "train.max_steps=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    metrics = json.loads((tmp_path / "fast" / "gan" / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and all(np.isfinite(v) for v in metrics["last_losses"].values())

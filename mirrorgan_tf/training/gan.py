@@ -172,6 +172,9 @@ def make_train_step(cfg, strategy: tf.distribute.Strategy, state: GanState):
 
     @tf.function
     def train_step(batch):
+        # Only the tensors the step uses: XLA compiles no string tensors (keys, caption text).
+        batch = {k: batch[k] for k in ("images", "caption_ids", "caption_len", "noise", "ca_noise", "class_id",
+                                       "attributes")}
         result = loop.reduce_losses(strategy, strategy.run(step_fn, args=(batch,)))
         ema_update()
         return result
