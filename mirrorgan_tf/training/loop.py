@@ -95,9 +95,10 @@ def checkpoint_dir(run: RunDir, stage: str, strategy: tf.distribute.Strategy) ->
     return os.path.join(run.root, f".worker-{resolver.task_type}-{resolver.task_id}", stage)
 
 
-def find_checkpoint(path: str) -> Optional[str]:
-    """A checkpoint prefix from a run directory, a stage's checkpoint folder or a prefix itself."""
-    for candidate in (path, os.path.join(path, "checkpoints")):
+def find_checkpoint(path: str, stage: str) -> Optional[str]:
+    """The latest `stage` checkpoint in a run directory, a stage folder, a checkpoint folder, or a
+    checkpoint prefix itself."""
+    for candidate in (path, os.path.join(path, "checkpoints"), os.path.join(path, stage, "checkpoints")):
         latest = tf.train.latest_checkpoint(candidate) if tf.io.gfile.isdir(candidate) else None
         if latest:
             return latest
@@ -108,7 +109,7 @@ def find_checkpoint(path: str) -> Optional[str]:
 
 def restore_weights(path: str, stage: str, **objects) -> str:
     """Restore some objects (e.g. stem=...) from another stage's or run's checkpoint."""
-    prefix = find_checkpoint(path)
+    prefix = find_checkpoint(path, stage)
     if prefix is None:
         raise FileNotFoundError(f"{path}: no {stage} checkpoint found (expected a run directory, "
                                 f"a '{stage}' checkpoint folder or a checkpoint prefix)")
