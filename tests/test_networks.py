@@ -7,7 +7,6 @@ import tensorflow as tf
 
 from mirrorgan_tf import losses
 from mirrorgan_tf.config import load_config
-from mirrorgan_tf.models import damsm, stream
 from mirrorgan_tf.models.attention import SentenceAttention, WordAttention
 from mirrorgan_tf.models.networks import build_networks
 from tests.conftest import CONFIGS

@@ -15,7 +15,6 @@ Attention logits and softmaxes are computed in float32 whatever the layer's comp
 
 from __future__ import annotations
 
-import keras
 from keras import layers, ops
 
 from mirrorgan_tf.models.layers import conv, dense

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from mirrorgan_tf import data
+from mirrorgan_tf.training import loop
 
 
 def adam(learning_rate, beta_1: float, beta_2: float, mixed_precision: bool, **kwargs):
@@ -16,14 +16,6 @@ def adam(learning_rate, beta_1: float, beta_2: float, mixed_precision: bool, **k
 
 def scale_loss(optimizer, loss):
     return optimizer.scale_loss(loss) if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else loss
-
-
-def learning_rate(optimizer, step: int) -> float:
-    inner = getattr(optimizer, "inner_optimizer", optimizer)
-    lr = inner.learning_rate
-    if isinstance(inner._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
-        lr = inner._learning_rate(step)
-    return float(np.asarray(lr))
 
 
 def steps_for(cfg, batch_size: int, epochs: int, max_steps: int) -> tuple[int, int]:
@@ -48,3 +40,20 @@ def pair_classes(batch) -> tf.Tensor:
         combined = tf.reduce_sum(attributes * radix, axis=-1)
         return tf.where(class_id >= 0, class_id, combined)
     return class_id
+
+
+def run_stage(stage: str, cfg, run, strategy, *, checkpoint, step_var, batch_size: int, total_steps: int,
+              trained_variables, learning_rates, replica_step=None, step_fn=None, **extra):
+    """Run one stage's loop with the config's checkpoint/log cadence. Give `replica_step` (one
+    replica's step, returning scaled losses) or a ready distributed `step_fn`."""
+    if step_fn is None:
+        @tf.function
+        def step_fn(batch):
+            return loop.reduce_losses(strategy, strategy.run(replica_step, args=(batch,)))
+
+    t = cfg.train
+    return loop.run_loop(
+        stage=stage, run=run, strategy=strategy, checkpoint=checkpoint, step_var=step_var, step_fn=step_fn,
+        iterator=train_iterator(strategy, cfg, batch_size), total_steps=total_steps,
+        checkpoint_every=t.checkpoint_every, keep=t.keep_checkpoints, log_every=t.log_every,
+        global_batch=batch_size, learning_rates=learning_rates, trained_variables=trained_variables, **extra)

@@ -79,12 +79,8 @@ def train(cfg, run: loop.RunDir, strategy: tf.distribute.Strategy) -> loop.LoopR
         opt_image.apply_gradients(zip(grads[len(text_vars):], image_vars))
         return {"word": (w0 + w1) * scale, "sentence": (s0 + s1) * scale}
 
-    @tf.function
-    def train_step(batch):
-        return loop.reduce_losses(strategy, strategy.run(replica_step, args=(batch,)))
-
-    return loop.run_loop(
-        stage="damsm", run=run, strategy=strategy, checkpoint=checkpoint, step_var=step, step_fn=train_step,
-        iterator=common.train_iterator(strategy, cfg, d.batch_size), total_steps=total,
-        checkpoint_every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints, log_every=cfg.train.log_every,
-        trained_variables=stem.trainable_variables + encoder.trainable_variables, global_batch=d.batch_size, learning_rates=lambda s: {"damsm": float(schedule(s))})
+    return common.run_stage(
+        "damsm", cfg, run, strategy, checkpoint=checkpoint, step_var=step, replica_step=replica_step,
+        batch_size=d.batch_size, total_steps=total,
+        trained_variables=stem.trainable_variables + encoder.trainable_variables,
+        learning_rates=lambda s: {"damsm": float(schedule(s))})

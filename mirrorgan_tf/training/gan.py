@@ -199,13 +199,11 @@ def train(cfg, run: loop.RunDir, strategy: tf.distribute.Strategy) -> loop.LoopR
     restore_pretrained(cfg, run, state.models)
     train_step = make_train_step(cfg, strategy, state)
     sampler = Sampler(cfg, run, state.models) if loop.is_chief(strategy) else None
-    return loop.run_loop(
-        stage="gan", run=run, strategy=strategy, checkpoint=state.checkpoint, step_var=state.step,
-        step_fn=train_step, iterator=common.train_iterator(strategy, cfg, t.batch_size), total_steps=total,
-        checkpoint_every=t.checkpoint_every, keep=t.keep_checkpoints, log_every=t.log_every,
-        global_batch=t.batch_size, on_sample=sampler, sample_every=t.sample_every,
+    return common.run_stage(
+        "gan", cfg, run, strategy, checkpoint=state.checkpoint, step_var=state.step, step_fn=train_step,
+        batch_size=t.batch_size, total_steps=total, trained_variables=state.trained_variables(),
         learning_rates=lambda _: {"g": t.g_learning_rate, "d": t.d_learning_rate},
-        trained_variables=state.trained_variables())
+        on_sample=sampler, sample_every=t.sample_every)
 
 
 class Sampler:

@@ -43,12 +43,7 @@ def train(cfg, run: loop.RunDir, strategy: tf.distribute.Strategy) -> loop.LoopR
         opt.apply_gradients(zip(tape.gradient(scaled, variables), variables))
         return {"caption": loss}
 
-    @tf.function
-    def train_step(batch):
-        return loop.reduce_losses(strategy, strategy.run(replica_step, args=(batch,)))
-
-    return loop.run_loop(
-        stage="stream", run=run, strategy=strategy, checkpoint=checkpoint, step_var=step, step_fn=train_step,
-        iterator=common.train_iterator(strategy, cfg, s.batch_size), total_steps=total,
-        checkpoint_every=cfg.train.checkpoint_every, keep=cfg.train.keep_checkpoints, log_every=cfg.train.log_every,
-        trained_variables=variables, global_batch=s.batch_size, learning_rates=lambda _: {"stream": s.learning_rate})
+    return common.run_stage(
+        "stream", cfg, run, strategy, checkpoint=checkpoint, step_var=step, replica_step=replica_step,
+        batch_size=s.batch_size, total_steps=total, trained_variables=variables,
+        learning_rates=lambda _: {"stream": s.learning_rate})
