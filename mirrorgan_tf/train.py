@@ -1,9 +1,10 @@
-"""python -m mirrorgan_tf.train [--config configs/shapes.yaml] [--run-dir DIR] [--stage all|data|damsm|stream|gan]
+"""python -m mirrorgan_tf.train [--config configs/shapes.yaml] [--run-dir DIR] [--stage all|data|damsm|stream|gan|export]
                               [--strategy auto|one_device|mirrored|multi_worker] [--set key=value ...]
 
 With no arguments: trains on the built-in shapes dataset from nothing. Prepares the data if it is
 missing, pretrains STEM with DAMSM, pretrains STREAM on real images, then trains the GAN, all in
-runs/shapes. `--stage all` runs every stage that has not finished; a stage that was interrupted
+runs/shapes, and exports the EMA generator to saved_models/<run name>/<version> for TensorFlow
+Serving. `--stage all` runs every stage that has not finished; a stage that was interrupted
 resumes from its last checkpoint. Run the same command again to continue a run.
 """
 
@@ -14,7 +15,7 @@ import os
 import sys
 import time
 
-STAGE_CHOICES = ("all", "data", "damsm", "stream", "gan")
+STAGE_CHOICES = ("all", "data", "damsm", "stream", "gan", "export")
 
 
 def prepare_data(cfg, chief: bool = True) -> None:
@@ -42,8 +43,9 @@ def prepare_data(cfg, chief: bool = True) -> None:
           f"vocabulary {manifest['vocab_size']} words", flush=True)
 
 
-def train(cfg, run_dir: str, stage: str = "all", strategy_kind: str = "auto") -> dict:
-    """Run the requested stages; returns {stage: LoopResult}."""
+def train(cfg, run_dir: str, stage: str = "all", strategy_kind: str = "auto",
+          export_dir: str | None = None) -> dict:
+    """Run the requested stages; returns {stage: LoopResult} (and {"export": path})."""
     import keras
 
     from mirrorgan_tf import config as config_lib
@@ -60,7 +62,7 @@ def train(cfg, run_dir: str, stage: str = "all", strategy_kind: str = "auto") ->
     keras.utils.set_random_seed(cfg.train.seed)
     prepare_data(cfg, chief)
     trainers = {"damsm": damsm.train, "stream": stream.train, "gan": gan.train}
-    wanted = list(trainers) if stage == "all" else ([] if stage == "data" else [stage])
+    wanted = list(trainers) if stage == "all" else ([stage] if stage in trainers else [])
     results = {}
     for name in wanted:
         if stage == "all" and run.is_done(name):
@@ -75,6 +77,13 @@ def train(cfg, run_dir: str, stage: str = "all", strategy_kind: str = "auto") ->
         start = time.time()
         results[name] = trainers[name](cfg, run, strategy)
         print(f"{name}: done, {results[name].steps} steps, {time.time() - start:.0f} s", flush=True)
+    if stage == "export" or (stage == "all" and chief and not run.is_done("export")):
+        from mirrorgan_tf.serving.export import export
+
+        target = export(run.root, export_dir or os.path.join("saved_models", os.path.basename(run.root)))
+        run.mark_done("export", {"path": target})
+        print(f"export: {target}", flush=True)
+        results["export"] = target
     return results
 
 
@@ -85,6 +94,7 @@ def main(argv=None) -> int:
     p.add_argument("--run-dir", help="default: runs/<config name>")
     p.add_argument("--stage", choices=STAGE_CHOICES, default="all")
     p.add_argument("--strategy", choices=("auto", "one_device", "mirrored", "multi_worker"), default="auto")
+    p.add_argument("--export-dir", help="SavedModel base folder (default: saved_models/<run name>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     a = p.parse_args(argv)
     from mirrorgan_tf.config import ConfigError, load_config
@@ -100,11 +110,11 @@ def main(argv=None) -> int:
     from pipelines.source import DatasetError
 
     try:
-        train(cfg, run_dir, a.stage, a.strategy)
+        train(cfg, run_dir, a.stage, a.strategy, a.export_dir)
     except NonFiniteLoss as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
-    except (DataError, DatasetError, FileNotFoundError, ValueError) as e:
+    except (DataError, DatasetError, FileNotFoundError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ def _smoke(data_dir, *overrides):
 
 def _cli(run_dir, data_dir, *args, **kwargs):
     cmd = [sys.executable, "-m", "mirrorgan_tf.train", "--config", str(CONFIGS / "shapes_smoke.yaml"),
-           "--run-dir", str(run_dir), "--set", f"data.dir={data_dir}", *args]
+           "--run-dir", str(run_dir), "--export-dir", f"{run_dir}-export", "--set", f"data.dir={data_dir}", *args]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=600, **kwargs)
 
@@ -39,7 +40,9 @@ def trained_run(prepared_shapes, tmp_path_factory):
 def test_end_to_end_writes_checkpoints_samples_and_events(trained_run):
     run_dir, stdout = trained_run
     stages = json.loads((run_dir / "stages.json").read_text())
-    assert set(stages) == {"damsm", "stream", "gan"} and all(s["done"] for s in stages.values())
+    assert set(stages) == {"damsm", "stream", "gan", "export"} and all(s["done"] for s in stages.values())
+    assert stages["export"]["path"] == f"{run_dir}-export/1"
+    assert (Path(stages["export"]["path"]) / "saved_model.pb").exists()
     cfg = load_config(run_dir / "config.yaml")  # the resolved config, loadable as a config file
     assert cfg.train.max_steps == 4
     for stage, steps in (("damsm", 6), ("stream", 6), ("gan", 4)):

@@ -1,0 +1,34 @@
+"""python -m mirrorgan_tf.export --run-dir R [--export-dir saved_models/mirrorgan] [--version N]
+
+Writes the run's EMA generator as a SavedModel for TensorFlow Serving (default version: the next
+integer). See mirrorgan_tf/serving/export.py for the signatures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mirrorgan_tf.export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--export-dir", default="saved_models/mirrorgan")
+    p.add_argument("--version", type=int)
+    a = p.parse_args(argv)
+    from mirrorgan_tf.config import ConfigError
+    from mirrorgan_tf.data import DataError
+    from mirrorgan_tf.serving.export import export
+
+    try:
+        path = export(a.run_dir, a.export_dir, a.version)
+    except (ConfigError, DataError, FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

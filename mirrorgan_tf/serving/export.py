@@ -1,0 +1,124 @@
+"""Export the trained generator as a SavedModel in TensorFlow Serving's layout:
+<export_dir>/<version>/{saved_model.pb, variables/, assets/vocab.txt}.
+
+The graph holds the project's one tokenizer (tensorflow-text ops, the vocabulary as an asset),
+STEM and the EMA generator, so it needs only TensorFlow and TensorFlow Text to run: exactly the
+op set of the stock model server. Signatures:
+    serving_default  captions tf.string [None] -> images tf.uint8 [None, H, W, 3], fresh noise
+    generate         captions tf.string [None], noise tf.float32 [None, z_dim] -> images;
+                     deterministic: the conditioning augmentation uses its mean
+A caption with no word in the vocabulary is an INVALID_ARGUMENT error that names it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+
+import keras
+import tensorflow as tf
+
+from mirrorgan_tf import data, text
+from mirrorgan_tf.config import load_config
+from mirrorgan_tf.models.glam import GLAM
+from mirrorgan_tf.models.networks import stem_from_config
+from mirrorgan_tf.training import loop
+
+
+class ServingGraph:
+    """The serving functions over the tokenizer, STEM and the EMA generator."""
+
+    def __init__(self, cfg, vocab_path: str, stem, glam):
+        self.tokenizer = text.Tokenizer(vocab_path, drop_unknown=True)
+        self.stem, self.glam = stem, glam
+        self.words_num = cfg.data.words_num
+        self.z_dim = cfg.model.z_dim
+        self.condition_dim = cfg.model.condition_dim
+
+    def _encode(self, captions):
+        ids = self.tokenizer(captions)
+        lengths = tf.cast(ids.row_lengths(), tf.int32)
+        empty = tf.boolean_mask(captions, tf.equal(lengths, 0))
+        check = tf.debugging.Assert(tf.equal(tf.size(empty), 0),
+                                    ["captions with no word in the vocabulary:", empty], summarize=16)
+        with tf.control_dependencies([check]):
+            lengths = tf.minimum(lengths, self.words_num)
+        padded = ids[:, : self.words_num].to_tensor(default_value=text.END_ID, shape=[None, self.words_num])
+        return self.stem(tf.cast(padded, tf.int32), lengths, training=False)
+
+    def _images(self, captions, noise, eps):
+        words, sentence, mask = self._encode(captions)
+        out = self.glam(noise, sentence, words, mask, eps=eps, training=False)
+        return tf.cast(tf.clip_by_value((out["images"][-1] + 1.0) * 127.5 + 0.5, 0.0, 255.0), tf.uint8)
+
+    def serve(self, captions):
+        n = tf.shape(captions)[0]
+        noise = tf.random.normal([n, self.z_dim])
+        eps = tf.random.normal([n, self.condition_dim])
+        return {"images": self._images(captions, noise, eps)}
+
+    def generate(self, captions, noise):
+        check = tf.debugging.assert_equal(tf.shape(noise), tf.stack([tf.shape(captions)[0], self.z_dim]),
+                                          message="noise must be [number of captions, z_dim]")
+        with tf.control_dependencies([check]):
+            eps = tf.zeros([tf.shape(captions)[0], self.condition_dim])
+        return {"images": self._images(captions, noise, eps)}
+
+
+def load_generator(run_dir: str):
+    """(cfg, vocabulary path, STEM, EMA generator) of a trained run directory."""
+    run = loop.RunDir(run_dir)
+    config_path = run.path("config.yaml")
+    if not tf.io.gfile.exists(config_path):
+        raise FileNotFoundError(f"{config_path}: not a run directory (no config.yaml)")
+    cfg = load_config(config_path)
+    vocab_path = data.vocabulary_path(cfg.data.dir)
+    vocab_size = data.vocab_size(cfg)
+    stem = stem_from_config(cfg, vocab_size)
+    glam = GLAM.from_config_obj(cfg)
+    t = cfg.data.words_num
+    words, sentence, mask = stem(tf.ones((1, t), tf.int32), tf.fill([1], t))
+    glam(tf.zeros((1, cfg.model.z_dim)), sentence, words, mask)
+    if not run.is_done("gan"):
+        raise FileNotFoundError(f"{run.root}: the gan stage has not finished; nothing to export")
+    loop.restore_weights(loop.resolve_stage_checkpoint(run, "damsm", cfg.damsm.checkpoint), "damsm", stem=stem)
+    loop.restore_weights(run.path("gan"), "gan", glam_ema=glam)
+    return cfg, vocab_path, stem, glam
+
+
+def next_version(export_dir: str) -> int:
+    if not tf.io.gfile.isdir(export_dir):
+        return 1
+    versions = [int(n.rstrip("/")) for n in tf.io.gfile.listdir(export_dir) if re.fullmatch(r"\d+/?", n)]
+    return max(versions, default=0) + 1
+
+
+def export(run_dir: str, export_dir: str = "saved_models/mirrorgan", version: int | None = None) -> str:
+    """Write the SavedModel atomically; returns its version folder."""
+    cfg, vocab_path, stem, glam = load_generator(run_dir)
+    version = version or next_version(export_dir)
+    target = os.path.join(export_dir, str(version))
+    if tf.io.gfile.exists(target):
+        raise FileExistsError(f"{target}: version {version} already exists")
+    graph = ServingGraph(cfg, vocab_path, stem, glam)
+    archive = keras.export.ExportArchive()
+    archive.track(stem)
+    archive.track(glam)
+    archive.track(graph.tokenizer.table)  # the vocabulary file becomes an asset
+    archive.add_endpoint("serving_default", graph.serve,
+                         input_signature=[tf.TensorSpec([None], tf.string, name="captions")])
+    archive.add_endpoint("generate", graph.generate,
+                         input_signature=[tf.TensorSpec([None], tf.string, name="captions"),
+                                          tf.TensorSpec([None, cfg.model.z_dim], tf.float32, name="noise")])
+    tf.io.gfile.makedirs(export_dir)
+    # TF Serving watches export_dir for numeric folders: build under a name it ignores, then rename.
+    tmp = os.path.join(export_dir, f".incomplete-{version}-{secrets.token_hex(4)}")
+    try:
+        archive.write_out(tmp, verbose=False)
+        tf.io.gfile.rename(tmp, target)
+    except BaseException:
+        if tf.io.gfile.exists(tmp):
+            tf.io.gfile.rmtree(tmp)
+        raise
+    return target
