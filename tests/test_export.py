@@ -7,8 +7,6 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
-import pytest
 
 from tests.conftest import REPO
 from tests.test_training import trained_run  # noqa: F401  (the smoke-trained run fixture)
