@@ -199,3 +199,34 @@ def distributed_dataset(strategy: tf.distribute.Strategy, cfg: Config, split: st
                         f"{strategy.num_replicas_in_sync} replicas")
     return strategy.distribute_datasets_from_function(
         lambda ctx: make_dataset(cfg, split, batch_size=batch, input_context=ctx, **kwargs))
+
+
+def shard_files(cfg: Config, split: str) -> list[str]:
+    return _shards(cfg.data.dir, load_manifest(cfg.data.dir), split)
+
+
+def attribute_names(manifest: dict) -> list[str]:
+    """The attribute labels' names in the order each record stores them (shapes: colour, shape,
+    size, position); [] for datasets without attributes."""
+    return list(manifest.get("attribute_order") or [])
+
+
+def eval_images(cfg: Config, split: str = "test", batch_size: int = 64, size: Optional[int] = None) -> tf.data.Dataset:
+    """Every image of a split once, in manifest order (no augmentation, last batch kept): dicts of
+    images float32 [b, size, size, 3] in [-1, 1] (default: the final generator size), class_id and
+    attributes. For metrics on real images."""
+    size = size or cfg.image_sizes[-1]
+    manifest = load_manifest(cfg.data.dir)
+    files = _shards(cfg.data.dir, manifest, split)
+    num_attributes = len(manifest.get("attributes") or {})
+
+    def load(serialized):
+        ex = records.parse_example(serialized)
+        image = tf.io.decode_image(ex["image"], channels=3, expand_animations=False)
+        image = tf.cast(image, tf.float32) / 127.5 - 1.0
+        image = tf.ensure_shape(_center_crop(_resize_shorter_side(image, size), size), [size, size, 3])
+        return {"images": tf.clip_by_value(image, -1.0, 1.0), "class_id": ex["class_id"],
+                "attributes": tf.ensure_shape(ex["attributes"], [num_attributes])}
+
+    ds = tf.data.TFRecordDataset(files).map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.batch(batch_size).prefetch(AUTOTUNE)

@@ -183,6 +183,8 @@ def write_dataset(source: Source, out: str, problems: Problems, *, shard_size_mb
             },
             "splits": splits,
             "attributes": source.attributes,
+            # The key order of "attributes" is lost to sort_keys; this is the order of each record's labels.
+            "attribute_order": list(source.attributes),
             "skipped": problems.skipped,
             **({"details": source.extra} if source.extra else {}),
         }

@@ -66,8 +66,9 @@ class ServingGraph:
         return {"images": self._images(captions, noise, eps)}
 
 
-def load_generator(run_dir: str):
-    """(cfg, vocabulary path, STEM, EMA generator) of a trained run directory."""
+def load_generator(run_dir: str, finished: bool = True):
+    """(cfg, vocabulary path, STEM, EMA generator) of a trained run directory; with
+    finished=False, of the latest gan checkpoint of a run still training."""
     run = loop.RunDir(run_dir)
     config_path = run.path("config.yaml")
     if not tf.io.gfile.exists(config_path):
@@ -80,7 +81,7 @@ def load_generator(run_dir: str):
     t = cfg.data.words_num
     words, sentence, mask = stem(tf.ones((1, t), tf.int32), tf.fill([1], t))
     glam(tf.zeros((1, cfg.model.z_dim)), sentence, words, mask)
-    if not run.is_done("gan"):
+    if finished and not run.is_done("gan"):
         raise FileNotFoundError(f"{run.root}: the gan stage has not finished; nothing to export")
     loop.restore_weights(loop.resolve_stage_checkpoint(run, "damsm", cfg.damsm.checkpoint), "damsm", stem=stem)
     loop.restore_weights(run.path("gan"), "gan", glam_ema=glam)

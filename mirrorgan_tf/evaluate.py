@@ -1,0 +1,169 @@
+"""python -m mirrorgan_tf.evaluate --run-dir R [--metrics ...] [--num-images N] [--split test]
+
+Generates N images from the split's captions with the run's EMA generator and scores them; prints
+a table and merges the numbers, with the settings that produced each, into R/metrics.json.
+Metrics (default: every one whose inputs are there):
+  r_precision  top-1 among 1 + 99 mismatched captions by DAMSM similarity (default: the run's
+               DAMSM; --damsm-run R2 for an independently trained one)
+  fid          --inception-graph classify_image_graph_def.pb (published) or --inception-weights F
+  is           --is-classifier F (Keras model, or the 2015 ImageNet graph .pb)
+  attributes   shapes only: colour/shape/size/position accuracy, seen and unseen pairs
+Every metric is also given on real test images where that means something.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+AUTOMATIC = ("attributes", "r_precision")  # need no file from the user
+
+
+def parse(argv=None):
+    p = argparse.ArgumentParser(prog="python -m mirrorgan_tf.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--metrics", help="comma-separated: r_precision,fid,is,attributes")
+    p.add_argument("--num-images", type=int, help="default: one per usable caption of the split")
+    p.add_argument("--split", default="test")
+    p.add_argument("--folds", type=int, default=10, help="R-precision folds")
+    p.add_argument("--damsm-run", help="run directory of an independently trained DAMSM")
+    p.add_argument("--inception-graph", help="classify_image_graph_def.pb (2015-12-05)")
+    p.add_argument("--inception-weights", help="keras.applications.InceptionV3 weights file")
+    p.add_argument("--is-classifier", help="classifier for the Inception Score (.keras/.h5, or the .pb graph)")
+    p.add_argument("--classifier-steps", type=int, default=500, help="training steps of the shapes attribute "
+                   "classifier (trained once per dataset and cached)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+def build_context(a):
+    """Everything cheap: config, captions, metric checks. Raises EvalError / FileNotFoundError."""
+    import tensorflow as tf
+
+    from mirrorgan_tf import data
+    from mirrorgan_tf.config import load_config
+    from mirrorgan_tf.evaluation.pairs import load_pairs
+    from mirrorgan_tf.metrics import REGISTRY, Context, EvalError
+    from mirrorgan_tf.training import loop
+
+    config_path = os.path.join(a.run_dir, "config.yaml")
+    if not tf.io.gfile.exists(config_path):
+        raise EvalError(f"--run-dir {a.run_dir}: not a run directory (no config.yaml)")
+    cfg = load_config(config_path)
+    if loop.find_checkpoint(os.path.join(a.run_dir, "gan"), "gan") is None:
+        raise EvalError(f"{a.run_dir}: no gan checkpoint; train the gan stage first")
+    manifest = data.load_manifest(cfg.data.dir)
+    if a.split not in manifest["splits"]:
+        raise EvalError(f"--split {a.split}: {cfg.data.dir} has {', '.join(manifest['splits'])}")
+    if a.metrics:
+        names = [n.strip() for n in a.metrics.split(",") if n.strip()]
+        unknown = [n for n in names if n not in REGISTRY]
+        if unknown:
+            raise EvalError(f"--metrics: unknown {', '.join(unknown)} (known: {', '.join(REGISTRY)})")
+    else:
+        names = [n for n in AUTOMATIC if n != "attributes" or data.attribute_names(manifest)]
+        names += ["fid"] if (a.inception_graph or a.inception_weights) else []
+        names += ["is"] if a.is_classifier else []
+    if a.num_images is not None and a.num_images < 1:
+        raise EvalError(f"--num-images {a.num_images}: must be at least 1")
+    all_pairs = load_pairs(cfg, a.split)
+    if not len(all_pairs):
+        raise EvalError(f"split {a.split!r} of {cfg.data.dir} has no usable caption")
+    rows = all_pairs.first(a.num_images or len(all_pairs))
+    options = {"damsm_run": a.damsm_run, "inception_graph": a.inception_graph, "folds": a.folds,
+               "inception_weights": a.inception_weights, "is_classifier": a.is_classifier,
+               "classifier_steps": a.classifier_steps}
+    ctx = Context(cfg=cfg, run_dir=a.run_dir, split=a.split, all_pairs=all_pairs, rows=rows, manifest=manifest,
+                  batch_size=a.batch_size, seed=a.seed, options=options)
+    metrics = [REGISTRY[n](ctx) for n in names]  # each checks its inputs now
+    return ctx, metrics
+
+
+def evaluate(a) -> dict:
+    import numpy as np
+
+    from mirrorgan_tf.evaluation.generator import TrainedGenerator
+
+    ctx, metrics = build_context(a)
+    generator = TrainedGenerator(a.run_dir)
+    for m in metrics:
+        m.prepare()
+    pairs = ctx.all_pairs
+    start = time.time()
+    n = len(ctx.rows)
+    for s in range(0, n, ctx.batch_size):
+        samples = np.arange(s, min(n, s + ctx.batch_size))
+        rows = ctx.rows[samples]
+        images = generator(pairs.ids[rows], pairs.lengths[rows], samples, seed=ctx.seed)["images"][-1].numpy()
+        for m in metrics:
+            m.update(images, samples)
+    seconds = time.time() - start
+    settings = {"run_dir": a.run_dir, "split": a.split, "images": n, "seed": a.seed,
+                "generator": "EMA GLAM, final stage", "generation_seconds": round(seconds, 1)}
+    return {m.name: {**m.result(), "settings": settings} for m in metrics}
+
+
+def _fmt(value, std=None):
+    return f"{100 * value:.2f} +- {100 * std:.2f} %" if std is not None else f"{100 * value:.1f} %"
+
+
+def table(results: dict) -> str:
+    lines = []
+    for name, r in results.items():
+        if name == "attributes":
+            for group, acc in r["value"].items():
+                ceiling = r["real"]["value"].get(group, {})
+                cells = ", ".join(f"{k} {_fmt(v)} ({_fmt(ceiling[k])})" for k, v in acc.items()
+                                  if k != "images" and k in ceiling)
+                lines.append(f"attributes/{group} [{acc['images']} images]: {cells}")
+            lines.append("  (in brackets: the same classifier on real test images)")
+        elif name == "r_precision":
+            lines.append(f"r_precision: {_fmt(r['value'], r['std'])} over {r['folds']} folds of {r['images']} images; "
+                         f"real images {_fmt(r['real']['value'], r['real']['std'])}")
+            if "note" in r:
+                lines.append(f"  note: {r['note']}")
+        elif name == "fid":
+            lines.append(f"fid: {r['value']:.2f} vs {r['reference_images']} real images ({r['features']})")
+        elif name == "is":
+            lines.append(f"is: {r['value']:.3f} +- {r['std']:.3f} ({r['splits']} splits); "
+                         f"real images {r['real']['value']:.3f} +- {r['real']['std']:.3f}")
+    return "\n".join(lines)
+
+
+def save(run_dir: str, split: str, results: dict) -> str:
+    path = os.path.join(run_dir, "metrics.json")
+    merged = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            merged = json.load(f)
+    merged.setdefault(split, {}).update(results)
+    tmp = f"{path}.incomplete"
+    with open(tmp, "w") as f:
+        json.dump(merged, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv=None) -> int:
+    a = parse(argv)
+    from mirrorgan_tf.config import ConfigError
+    from mirrorgan_tf.data import DataError
+    from mirrorgan_tf.metrics import EvalError
+
+    try:
+        results = evaluate(a)
+    except (EvalError, ConfigError, DataError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(table(results))
+    print(f"written to {save(a.run_dir, a.split, results)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""What evaluation and sampling share: the evaluation captions and the trained generator."""

@@ -1,0 +1,46 @@
+"""A run's trained generator (STEM + EMA GLAM) for sampling and evaluation.
+
+The generator noise of a sample is a pure function of (seed, sample index), so a sample does not
+depend on the batch it was drawn in: same seed, same pictures. The conditioning augmentation's
+epsilon is drawn the same way (as at training time), unless `mean_condition` asks for its mean.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from mirrorgan_tf.serving.export import load_generator
+
+
+class TrainedGenerator:
+    def __init__(self, run_dir: str):
+        # The latest checkpoint, so that a run can be looked at while it trains.
+        self.cfg, self.vocab_path, self.stem, self.glam = load_generator(run_dir, finished=False)
+        self.z_dim = self.cfg.model.z_dim
+        self.condition_dim = self.cfg.model.condition_dim
+        self._forward = tf.function(self._forward_impl, reduce_retracing=True)
+
+    def _forward_impl(self, ids, lengths, z, eps):
+        words, sentence, mask = self.stem(ids, lengths, training=False)
+        out = self.glam(z, sentence, words, mask, eps=eps, training=False)
+        return {"images": out["images"], "word_attention": out["word_attention"]}
+
+    def noise(self, index: np.ndarray, seed: int, mean_condition: bool = False):
+        def draw(i, dim, stream):
+            return tf.random.stateless_normal([dim], seed=tf.stack([tf.constant(seed, tf.int64) * 2 + stream, i]))
+
+        index = tf.constant(np.asarray(index, np.int64))
+        z = tf.map_fn(lambda i: draw(i, self.z_dim, 0), index, fn_output_signature=tf.float32)
+        if mean_condition:
+            eps = tf.zeros([len(index), self.condition_dim])
+        else:
+            eps = tf.map_fn(lambda i: draw(i, self.condition_dim, 1), index, fn_output_signature=tf.float32)
+        return z, eps
+
+    def __call__(self, ids, lengths, index, seed: int = 0, mean_condition: bool = False) -> dict:
+        """ids int32 [B, words_num], lengths [B], index [B] (sample numbers) -> dict of `images`
+        (list per stage, float32 [B, s, s, 3] in [-1, 1]) and `word_attention` (list per later stage,
+        [B, h, w, words_num])."""
+        z, eps = self.noise(index, seed, mean_condition)
+        return self._forward(tf.constant(ids, tf.int32), tf.constant(lengths, tf.int32), z, eps)

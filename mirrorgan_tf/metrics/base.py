@@ -1,0 +1,57 @@
+"""The evaluation context and the interface every metric implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class EvalError(ValueError):
+    """Evaluation cannot start: names the argument, file or run that is wrong."""
+
+
+@dataclass
+class Context:
+    cfg: object  # the run's resolved config
+    run_dir: str
+    split: str
+    all_pairs: object  # evaluation.pairs.Pairs: every usable caption of the split
+    rows: np.ndarray  # the generated samples' captions, as rows of all_pairs (sample i from rows[i])
+    manifest: dict
+    batch_size: int = 64
+    seed: int = 0
+    options: dict = field(default_factory=dict)  # metric-specific paths and settings
+
+    @property
+    def pairs(self):
+        return self.all_pairs.select(self.rows)
+
+    def option(self, name: str, default=None):
+        value = self.options.get(name)
+        return default if value in (None, "") else value
+
+
+class Metric:
+    name = ""
+    applies_to_real = True
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    def prepare(self) -> None:
+        """Load or build what the metric needs (may take a while)."""
+
+    def update(self, images: np.ndarray, samples: np.ndarray) -> None:
+        """images: generated float32 [b, s, s, 3] in [-1, 1]; samples: their sample numbers (ctx.rows[samples]
+        are their captions)."""
+        raise NotImplementedError
+
+    def result(self) -> dict:
+        """{"value": ..., ... settings ...} for the generated images, and "real" where it applies."""
+        raise NotImplementedError
+
+
+def mean_std(values) -> tuple[float, float]:
+    values = np.asarray(values, np.float64)
+    return float(values.mean()), float(values.std())

@@ -1,0 +1,95 @@
+"""Frechet Inception Distance between generated images and the real images of the split.
+
+d^2 = |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)). tr((S1 S2)^(1/2)) is the sum of the square
+roots of the eigenvalues of S1^(1/2) S2 S1^(1/2), which is symmetric positive semi-definite, so
+only symmetric eigendecompositions are needed (no complex sqrtm and its imaginary residue).
+Reference statistics are cached per dataset, split, image size and feature extractor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+
+import numpy as np
+import tensorflow as tf
+
+from mirrorgan_tf import data
+from mirrorgan_tf.metrics import inception
+from mirrorgan_tf.metrics.base import EvalError, Metric
+
+
+def statistics(features) -> tuple[np.ndarray, np.ndarray]:
+    features = np.asarray(features, np.float64)
+    if len(features) < 2:
+        raise EvalError(f"FID needs at least 2 images, got {len(features)}")
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def _psd_sqrt(matrix):
+    values, vectors = np.linalg.eigh((matrix + matrix.T) / 2.0)
+    return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    root1 = _psd_sqrt(sigma1)
+    middle = root1 @ sigma2 @ root1
+    trace_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2.0), 0.0, None)).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt)
+
+
+class FID(Metric):
+    name = "fid"
+    applies_to_real = False
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.graph, self.weights = ctx.option("inception_graph"), ctx.option("inception_weights")
+        inception.check_paths(self.graph, self.weights, "FID")
+        if len(ctx.rows) < 2:
+            raise EvalError(f"--num-images {len(ctx.rows)}: FID needs at least 2 images")
+
+    def prepare(self):
+        self.extractor = inception.load(self.graph, self.weights, "FID")
+        self.features = []
+        self.reference = self._reference_statistics()
+
+    def _cache_path(self):
+        ctx = self.ctx
+        source = os.path.abspath(self.graph or self.weights)
+        key = hashlib.sha1(f"{self.extractor.source}|{source}|{os.path.getsize(source)}".encode()).hexdigest()[:12]
+        size = ctx.cfg.image_sizes[-1]
+        return os.path.join(ctx.cfg.data.dir, "eval_cache", f"fid-{ctx.split}-{size}px-{key}.npz")
+
+    def _reference_statistics(self):
+        path = self._cache_path()
+        if tf.io.gfile.exists(path):
+            with np.load(path) as f:
+                return f["mu"], f["sigma"], int(f["count"])
+        ctx = self.ctx
+        feats = [self.extractor(b["images"].numpy())[0] for b in data.eval_images(ctx.cfg, ctx.split, ctx.batch_size)]
+        mu, sigma = statistics(np.concatenate(feats))
+        count = sum(len(f) for f in feats)
+        tf.io.gfile.makedirs(os.path.dirname(path))
+        tmp = f"{path}.incomplete-{secrets.token_hex(4)}.npz"
+        np.savez(tmp, mu=mu, sigma=sigma, count=count,
+                 about=json.dumps({"split": ctx.split, "extractor": self.extractor.source}))
+        os.replace(tmp, path)
+        return mu, sigma, count
+
+    def update(self, images, samples):
+        self.features.append(self.extractor(images)[0])
+
+    def result(self):
+        mu, sigma = statistics(np.concatenate(self.features))
+        ref_mu, ref_sigma, count = self.reference
+        return {"value": frechet_distance(mu, sigma, ref_mu, ref_sigma), "images": len(self.ctx.rows),
+                "reference_images": count, "features": self.extractor.source, "weights": self.extractor.path,
+                "reference_cache": self._cache_path(),
+                **({"note": "keras.applications weights: not comparable with published FID"}
+                   if self.extractor.source.startswith("keras") else {})}

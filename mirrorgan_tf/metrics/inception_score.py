@@ -1,0 +1,83 @@
+"""Inception Score: exp(E_x KL(p(y|x) || p(y))) over 10 splits, mean +- std, from the classifier
+the user gives: a Keras model file (e.g. an Inception fine-tuned on CUB; images in [-1, 1] at its
+input size; probabilities or logits out) or the 2015-12-05 ImageNet graph (the COCO protocol)."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from mirrorgan_tf.metrics import inception
+from mirrorgan_tf.metrics.base import EvalError, Metric, mean_std
+
+
+def inception_score(probabilities, splits: int = 10) -> tuple[float, float]:
+    p = np.asarray(probabilities, np.float64)
+    scores = []
+    for part in np.array_split(p, splits):
+        marginal = part.mean(axis=0, keepdims=True)
+        kl = np.sum(part * (np.log(np.clip(part, 1e-12, None)) - np.log(np.clip(marginal, 1e-12, None))), axis=1)
+        scores.append(np.exp(kl.mean()))
+    return mean_std(scores)
+
+
+class _KerasClassifier:
+    source = "keras model"
+
+    def __init__(self, path: str):
+        import keras
+
+        try:
+            self.model = keras.models.load_model(path, compile=False)
+        except Exception as e:
+            raise EvalError(f"--is-classifier {path}: cannot load a Keras model ({str(e).splitlines()[0][:200]})") from None
+        self.size = self.model.input_shape[1:3]
+        self.path = path
+
+    def __call__(self, images):
+        x = tf.image.resize(tf.constant(images, tf.float32), self.size, method="bilinear")
+        out = np.asarray(self.model(x, training=False), np.float64)
+        sums = out.sum(axis=1)
+        if (out < 0).any() or not np.allclose(sums, 1.0, atol=1e-3):  # logits
+            out = tf.nn.softmax(out).numpy()
+        return None, out
+
+
+class InceptionScore(Metric):
+    name = "is"
+    applies_to_real = True
+
+    def __init__(self, ctx):
+        super().__init__(ctx)
+        self.path = ctx.option("is_classifier")
+        if not self.path:
+            raise EvalError("the Inception Score needs --is-classifier FILE (a Keras classifier, e.g. an Inception "
+                            "fine-tuned on CUB, or classify_image_graph_def.pb for COCO)")
+        if not tf.io.gfile.exists(self.path):
+            raise EvalError(f"--is-classifier {self.path}: no such file")
+        self.splits = int(ctx.option("is_splits", 10))
+        if len(ctx.rows) < 2 * self.splits:
+            raise EvalError(f"--num-images {len(ctx.rows)}: the Inception Score needs at least 2 images per split "
+                            f"({self.splits} splits)")
+
+    def prepare(self):
+        if self.path.endswith(".pb"):
+            self.classifier = inception.InceptionGraph2015(self.path)
+            self.classifier.path = self.path
+        else:
+            self.classifier = _KerasClassifier(self.path)
+        self.probabilities = []
+
+    def update(self, images, samples):
+        self.probabilities.append(self.classifier(images)[1])
+
+    def result(self):
+        from mirrorgan_tf import data
+
+        mean, std = inception_score(np.concatenate(self.probabilities), self.splits)
+        ctx = self.ctx
+        real = [self.classifier(b["images"].numpy())[1] for b in data.eval_images(ctx.cfg, ctx.split, ctx.batch_size)]
+        real_mean, real_std = inception_score(np.concatenate(real), self.splits)
+        return {"value": mean, "std": std, "splits": self.splits, "images": len(ctx.rows),
+                "classifier": self.path, "classifier_kind": self.classifier.source,
+                "real": {"value": real_mean, "std": real_std, "what": "the split's real images"}}

@@ -1,0 +1,241 @@
+"""Evaluation and sampling: metric arithmetic against hand-computed references, and both
+commands on the smoke-trained run (reproducibility, bad input)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mirrorgan_tf.metrics.attributes import accuracies, unseen_mask
+from mirrorgan_tf.metrics.base import EvalError
+from mirrorgan_tf.metrics.fid import frechet_distance, statistics
+from mirrorgan_tf.metrics.inception import InceptionGraph2015
+from mirrorgan_tf.metrics.inception_score import inception_score
+from mirrorgan_tf.metrics.r_precision import draw_mismatches, r_precision
+from tests.conftest import REPO
+from tests.test_training import trained_run  # noqa: F401  (the smoke-trained run fixture)
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+
+def _cli(module, *args):
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=600, env=ENV)
+
+
+# --- arithmetic ------------------------------------------------------------------------------
+
+def test_frechet_distance_matches_the_scipy_reference():
+    from scipy import linalg
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(200, 6)) @ rng.normal(size=(6, 6))
+    b = rng.normal(size=(150, 6)) @ rng.normal(size=(6, 6)) + 0.5
+    (mu1, s1), (mu2, s2) = statistics(a), statistics(b)
+    covmean = linalg.sqrtm(s1 @ s2).real  # the pytorch-fid / TTUR formula
+    reference = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(reference, rel=1e-6)
+    assert frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-8)
+    # By hand: 1-D Gaussians N(0, 1) and N(3, 4): 3^2 + 1 + 4 - 2 * 2 = 10.
+    assert frechet_distance([0.0], [[1.0]], [3.0], [[4.0]]) == pytest.approx(10.0)
+
+
+def test_r_precision_counts_strict_top1_hits_per_fold():
+    # 4 images, 2 mismatches each, 2 folds. Codes chosen so the hits are obvious by hand.
+    images = np.array([[1, 0], [0, 1], [1, 1], [1, -1]], float)
+    true = np.array([[1, 0], [0, 1], [-1, -1], [1, -1]], float)  # image 2's caption points away
+    mismatches = np.array([
+        [[0, 1], [-1, 0]],   # cos 1 vs 0, -1: hit
+        [[1, 0], [0, 2]],    # cos 1 vs 0 and 1 (same direction): a tie is a miss
+        [[1, 0], [0, 1]],    # true cos -1: miss
+        [[-1, 1], [0, -1]],  # cos 1 vs -1, 0.71: hit
+    ], float)
+    mean, std, per_fold, hits = r_precision(images, true, mismatches, folds=2)
+    assert hits.tolist() == [True, False, False, True]
+    assert per_fold == [0.5, 0.5] and mean == 0.5 and std == 0.0
+    mean, std, per_fold, _ = r_precision(images[[0, 3, 1, 2]], true[[0, 3, 1, 2]], mismatches[[0, 3, 1, 2]], 2)
+    assert per_fold == [1.0, 0.0] and mean == 0.5 and std == 0.5
+
+
+def test_mismatches_come_from_other_images_with_other_labels():
+    image = np.repeat(np.arange(50), 4)
+    attributes = np.stack([image % 5, np.zeros_like(image)], axis=1)  # images 0, 5, 10... share labels
+    out = draw_mismatches(image, attributes, np.arange(len(image)), image, attributes, np.random.default_rng(0), k=20)
+    assert out.shape == (200, 20)
+    for r, row in enumerate(out):
+        assert len(set(row)) == 20
+        assert (image[row] != image[r]).all()
+        assert (attributes[row] != attributes[r]).any(axis=1).all()
+    with pytest.raises(EvalError, match="mismatched captions"):
+        draw_mismatches(image, attributes, [0], image, attributes, np.random.default_rng(0), k=170)
+
+
+def test_inception_score_by_hand():
+    uniform = np.full((40, 5), 0.2)
+    assert inception_score(uniform, splits=4) == pytest.approx((1.0, 0.0))
+    onehot = np.eye(8)[np.arange(40) % 8]  # each split of 10 covers the 8 classes: exp(H(p(y)))
+    p_y = np.bincount(np.arange(10) % 8, minlength=8) / 10
+    expected = np.exp(-np.sum(p_y * np.log(p_y, where=p_y > 0, out=np.zeros(8))))
+    mean, std = inception_score(onehot, splits=4)
+    assert mean == pytest.approx(expected) and std == pytest.approx(0.0, abs=1e-12)
+
+
+def test_attribute_accuracy_splits_seen_and_unseen_pairs():
+    manifest = {"attribute_order": ["colour", "shape", "size", "position"],
+                "attributes": {"colour": ["red", "purple"], "shape": ["circle", "triangle"],
+                               "size": ["small", "large"], "position": ["left", "right"]},
+                "details": {"held_out_pairs": [["purple", "triangle"]]}}
+    truth = np.array([[0, 0, 0, 0], [1, 1, 0, 1], [1, 0, 1, 1], [1, 1, 1, 0]])
+    predicted = np.array([[0, 0, 0, 0], [1, 0, 0, 1], [1, 0, 0, 1], [1, 1, 1, 0]])
+    unseen = unseen_mask(manifest, truth)
+    assert unseen.tolist() == [False, True, False, True]
+    acc = accuracies(predicted, truth, manifest["attribute_order"], unseen)
+    assert acc["seen"] == {"colour": 1.0, "shape": 1.0, "size": 0.5, "position": 1.0, "all": 0.5, "images": 2}
+    assert acc["unseen"] == {"colour": 1.0, "shape": 0.5, "size": 1.0, "position": 1.0, "all": 0.5, "images": 2}
+
+
+def test_the_2015_inception_graph_loader_batches_and_applies_its_softmax(tmp_path):
+    # A graph with the published graph's interface (names, shapes, 0..255 input), small inside.
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [1, None, None, 3], name="ExpandDims")
+        pooled = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+        proj = np.random.default_rng(0).normal(size=(3, 2048)).astype(np.float32)
+        tf.reshape(tf.matmul(tf.reshape(pooled, [-1, 3]), tf.constant(proj)), [-1, 1, 1, 2048], name="pool_3")
+        tf.constant(np.random.default_rng(1).normal(size=(2048, 1008)).astype(np.float32) * 0.01,
+                    name="softmax/weights")
+        tf.constant(np.zeros(1008, np.float32), name="softmax/biases")
+    path = tmp_path / "graph.pb"
+    path.write_bytes(g.as_graph_def().SerializeToString())
+    images = np.random.default_rng(2).uniform(-1, 1, size=(3, 64, 64, 3)).astype(np.float32)
+    pool, probs = InceptionGraph2015(str(path))(images)
+    assert pool.shape == (3, 2048) and probs.shape == (3, 1008)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    mean255 = ((images + 1) * 127.5).mean(axis=(1, 2))  # resizing keeps the mean colour closely
+    np.testing.assert_allclose(pool, mean255 @ proj, rtol=2e-2, atol=0.5)
+    (tmp_path / "bad.pb").write_bytes(b"not a graph")
+    with pytest.raises(EvalError, match="bad.pb"):
+        InceptionGraph2015(str(tmp_path / "bad.pb"))
+
+
+# --- the commands on the smoke run ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def evaluated(trained_run, tmp_path_factory):  # noqa: F811
+    run_dir, _ = trained_run
+    weights = tmp_path_factory.mktemp("inception") / "inception_v3_notop.weights.h5"
+    import keras
+
+    keras.applications.InceptionV3(include_top=False, weights=None, pooling="avg").save_weights(str(weights))
+    args = ["--run-dir", run_dir, "--num-images", 24, "--folds", 2, "--classifier-steps", 20,
+            "--inception-weights", weights, "--batch-size", 12]
+    first = _cli("mirrorgan_tf.evaluate", *args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    from mirrorgan_tf.evaluate import main
+
+    assert main([*map(str, args), "--metrics", "attributes,r_precision"]) == 0  # again, in this process
+    return run_dir, first.stdout, metrics, json.loads((run_dir / "metrics.json").read_text()), weights
+
+
+def test_evaluate_prints_a_table_and_writes_metrics_json_with_settings(evaluated):
+    run_dir, stdout, metrics, _, _ = evaluated
+    test = metrics["test"]
+    assert set(test) == {"attributes", "r_precision", "fid"}
+    for r in test.values():
+        assert r["settings"]["images"] == 24 and r["settings"]["split"] == "test"
+    rp = test["r_precision"]
+    assert rp["folds"] == 2 and rp["candidates"] == 100 and len(rp["per_fold"]) == 2
+    assert 0.0 <= rp["value"] <= 1.0 and 0.0 <= rp["real"]["value"] <= 1.0 and rp["damsm_is_the_runs_own"]
+    assert "flatters" in rp["note"]
+    acc = test["attributes"]["value"]
+    assert sum(g["images"] for g in acc.values()) == 24
+    assert set(acc["seen"]) == {"colour", "shape", "size", "position", "all", "images"}
+    assert "seen" in test["attributes"]["real"]["value"]
+    fid = test["fid"]
+    assert np.isfinite(fid["value"]) and fid["value"] >= 0 and fid["features"] == "keras.applications.InceptionV3"
+    assert fid["reference_images"] == 48 and os.path.exists(fid["reference_cache"])
+    assert "not comparable" in fid["note"]
+    for text in ("attributes/seen", "r_precision:", "fid:", "written to"):
+        assert text in stdout
+
+
+def test_evaluate_is_reproducible_for_a_seed(evaluated):
+    _, _, first, second, _ = evaluated
+    for name in ("attributes", "r_precision"):
+        a, b = dict(first["test"][name]), dict(second["test"][name])
+        a.pop("settings"), b.pop("settings")
+        assert a == b, name
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--metrics", "fid"], "needs Inception weights"),
+    (["--metrics", "fid", "--inception-weights", "/nonexistent/w.h5"], "/nonexistent/w.h5: no such file"),
+    (["--metrics", "is"], "--is-classifier"),
+    (["--metrics", "r_precision", "--num-images", "3", "--folds", "10"], "at least one image per fold"),
+    (["--metrics", "bleu"], "unknown bleu"),
+    (["--metrics", "r_precision", "--damsm-run", "/nonexistent-run"], "not a run directory"),
+])
+def test_evaluate_bad_input_fails_fast_with_a_clear_error(trained_run, args, message, capsys):  # noqa: F811
+    from mirrorgan_tf.evaluate import main
+
+    run_dir, _ = trained_run
+    assert main(["--run-dir", str(run_dir), *map(str, args)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_evaluate_needs_a_trained_generator(trained_run, tmp_path, capsys):  # noqa: F811
+    from mirrorgan_tf.evaluate import main
+
+    run_dir, _ = trained_run
+    empty = tmp_path / "untrained"
+    empty.mkdir()
+    (empty / "config.yaml").write_text((run_dir / "config.yaml").read_text())
+    assert main(["--run-dir", str(empty)]) == 2
+    assert "no gan checkpoint" in capsys.readouterr().err
+    assert main(["--run-dir", str(tmp_path / "nothing")]) == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def test_sample_writes_stage_grids_and_attention_reproducibly(trained_run, tmp_path):  # noqa: F811
+    run_dir, _ = trained_run
+    captions = ["a small red circle on the left", "a huge blue block at the top"]
+    args = ["--run-dir", run_dir, "--num", 3, "--caption", captions[0], "--caption", captions[1]]
+    from mirrorgan_tf.sample import main
+
+    outs = {}
+    for name, seed in (("a", 5), ("b", 5), ("c", 6)):
+        if name == "a":  # the command itself once; the same function in this process after
+            r = _cli("mirrorgan_tf.sample", *args, "--seed", seed, "--out", tmp_path / name)
+            assert r.returncode == 0, r.stderr[-3000:]
+        else:
+            assert main([*map(str, args), "--seed", str(seed), "--out", str(tmp_path / name)]) == 0
+        outs[name] = {p: (tmp_path / name / p).read_bytes() for p in sorted(os.listdir(tmp_path / name))}
+    assert list(outs["a"]) == ["000-a-small-red-circle-on-the-left-attention.png",
+                               "000-a-small-red-circle-on-the-left.png",
+                               "001-a-huge-blue-block-at-the-top-attention.png", "001-a-huge-blue-block-at-the-top.png"]
+    grid = tf.io.decode_png(outs["a"]["000-a-small-red-circle-on-the-left.png"]).numpy()
+    assert grid.shape == (3 * 64, 3 * 64, 3)  # 3 stages x 3 samples at the final 64 px
+    attention = tf.io.decode_png(outs["a"]["001-a-huge-blue-block-at-the-top-attention.png"]).numpy()
+    assert attention.shape[1] == (1 + 7) * 64  # the image, then one tile per word (7 words)
+    assert outs["a"] == outs["b"]  # same seed, same pictures
+    assert outs["a"]["000-a-small-red-circle-on-the-left.png"] != outs["c"]["000-a-small-red-circle-on-the-left.png"]
+
+
+def test_sample_bad_input(trained_run, tmp_path, capsys):  # noqa: F811
+    from mirrorgan_tf.sample import main
+
+    run_dir = str(trained_run[0])
+    assert main(["--run-dir", run_dir, "--caption", "a red circle", "--caption", "zzz qqq", "--out",
+                 str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "'zzz qqq'" in err and "vocabulary" in err
+    assert not (tmp_path / "o").exists()  # nothing written for a request that cannot be met
+    assert main(["--run-dir", run_dir, "--captions-file", str(tmp_path / "none.txt"), "--out", str(tmp_path)]) == 2
+    assert "none.txt: no such file" in capsys.readouterr().err
+    assert main(["--run-dir", run_dir, "--caption", "a red circle", "--num", "0", "--out", str(tmp_path)]) == 2
+    assert "--num 0" in capsys.readouterr().err
