@@ -209,6 +209,12 @@ def test_rest_status_and_metadata(server):
     assert rest(server, "GET", "/v1/models/mirrorgan/versions/1/metadata")[0] == 200
 
 
+def _without_dtype():
+    request = predict_request(["a red circle"])
+    request.inputs["captions"].ClearField("dtype")
+    return request
+
+
 def _truncated_noise():
     request = predict_request(["a red circle"] * 2, fixed_noise(2), "generate")
     request.inputs["noise"].tensor_content = request.inputs["noise"].tensor_content[:-4]  # 15 floats for [2, 8]
@@ -242,6 +248,7 @@ GRPC_MALFORMED = {
                                  INVALID, ["'noise'", "DT_FLOAT", "DT_DOUBLE"]),
     "unknown output": (lambda: predict_request(["a red circle"], output_filter=["masks"]), INVALID, ["'masks'", "images"]),
     "truncated tensor": (_truncated_noise, INVALID, ["'noise'", "not a valid TensorProto"]),
+    "tensor without dtype": (_without_dtype, INVALID, ["'captions'", "no valid dtype"]),
     "message over the cap": (lambda: predict_request(["red " * (MAX_MESSAGE_MB * 2**18 + 10)]),
                              grpc.StatusCode.RESOURCE_EXHAUSTED, ["larger than max"]),
 }

@@ -81,7 +81,8 @@ def dtype_name(dtype: tf.DType) -> str:
 
 
 def shape_text(shape) -> str:
-    return "[" + ", ".join("?" if d is None else str(d) for d in tf.TensorShape(shape).as_list()) + "]"
+    dims = shape.as_list() if isinstance(shape, tf.TensorShape) else list(shape)
+    return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
 
 
 # --------------------------------------------------------------------------------------------
@@ -186,10 +187,12 @@ class ModelRegistry:
         else:  # nothing served yet, or the served version's folder was removed
             candidates = list(found)
         for version in sorted(candidates, reverse=True):
-            if self._try_load(version, found[version], current):
+            if self._try_load(version, found[version], current.version if current else None):
+                del current
+                gc.collect()  # loaded modules hold reference cycles: free the old version's memory now
                 return
 
-    def _try_load(self, version: int, path: str, current: LoadedVersion | None) -> bool:
+    def _try_load(self, version: int, path: str, current: int | None) -> bool:
         try:
             stamp = _tree_stamp(path)
         except tf.errors.OpError:  # removed while we looked
@@ -204,17 +207,14 @@ class ModelRegistry:
         except Exception as e:  # noqa: BLE001  (any failure leaves the current version serving)
             message = f"{type(e).__name__}: {e}".strip()
             log.error("version %d of %s failed to load, %s: %s", version, self.name,
-                      f"still serving version {current.version}" if current else "nothing to serve", message)
+                      f"still serving version {current}" if current else "nothing to serve", message)
             with self._lock:
                 self._failed[version] = (stamp, message)
             return False
         with self._lock:
             self._current = loaded
             self._failed.pop(version, None)
-        log.info("serving %s version %d%s", self.name, version,
-                 f" (was version {current.version})" if current else "")
-        del current
-        gc.collect()  # loaded modules hold reference cycles; free the old version's memory now
+        log.info("serving %s version %d%s", self.name, version, f" (was version {current})" if current else "")
         return True
 
     def get(self, version: int | None = None) -> LoadedVersion:
@@ -324,7 +324,7 @@ class RequestValidator:
                 raise invalid(f"input '{name}' must be {dtype_name(spec.dtype)}, got {dtype_name(dtype)}")
             if any(d < 0 for d in shape):
                 raise invalid(f"input '{name}' has a negative dimension: {shape_text(shape)}")
-            if len(shape) != spec.shape.rank:
+            if spec.shape.rank is not None and len(shape) != spec.shape.rank:
                 raise invalid(f"input '{name}' must have rank {spec.shape.rank} (shape {shape_text(spec.shape)}), "
                               f"got rank {len(shape)} (shape {shape_text(shape)})")
             if not spec.shape.is_compatible_with(shape):
