@@ -641,7 +641,7 @@ class RestHandler(http.server.BaseHTTPRequestHandler):
         except Exception as e:  # noqa: BLE001  (the server must keep serving)
             log.exception("%s %s failed", self.command, self.path)
             status, body = 500, {"error": f"internal error: {type(e).__name__}: {e}"}
-        if not self._body_read and int(self.headers.get("Content-Length") or 0) > 0:
+        if not self._body_read and self.headers.get("Content-Length", "0").strip() != "0":
             self.close_connection = True  # the unread body would be taken for the next request
         data = json.dumps(body).encode("utf-8")
         self.send_response(status)
