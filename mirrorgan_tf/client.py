@@ -1,0 +1,129 @@
+"""python -m mirrorgan_tf.client --server HOST:PORT --caption "a small red circle" [--caption ...]
+       [--out DIR] [--model-name mirrorgan] [--signature serving_default] [--seed N] [--timeout S]
+
+Asks a model server for one image per caption through TensorFlow Serving's gRPC API and writes
+them as PNG files (index and caption in the name), printing their paths. It uses only the stubs
+of tensorflow-serving-api, so it works the same against our server and the stock
+tensorflow_model_server. With `--signature generate` the noise comes from --seed (its size from
+the model's metadata), so the same command gives the same images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+
+MAX_MESSAGE_BYTES = 256 * 2**20
+
+
+class ClientError(Exception):
+    pass
+
+
+def slug(caption: str, limit: int = 48) -> str:
+    words = re.findall(r"\w+", caption.lower())
+    return "-".join(words)[:limit].rstrip("-") or "caption"
+
+
+def _call(server: str, method, request, timeout: float):
+    import grpc
+
+    try:
+        return method(request, timeout=timeout)
+    except grpc.RpcError as e:
+        code, details = e.code(), e.details()
+        if code == grpc.StatusCode.UNAVAILABLE:
+            raise ClientError(f"cannot reach the model server at {server}: {details}") from None
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            raise ClientError(f"the model server at {server} did not answer within {timeout:g} s") from None
+        raise ClientError(f"the model server at {server} answered {code.name}: {details}") from None
+
+
+def _noise_size(server: str, stub, model_name: str, signature: str, timeout: float) -> dict[str, int]:
+    """Inputs other than captions: the float noise vectors the signature takes, and their size."""
+    from tensorflow_serving.apis import get_model_metadata_pb2
+
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = model_name
+    response = _call(server, stub.GetModelMetadata, request, timeout)
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    response.metadata["signature_def"].Unpack(signatures)
+    if signature not in signatures.signature_def:
+        raise ClientError(f"the model server at {server} has no signature '{signature}' for model '{model_name}'; "
+                          f"it has: {', '.join(sorted(n for n in signatures.signature_def if not n.startswith('__')))}")
+    sizes = {}
+    for name, info in signatures.signature_def[signature].inputs.items():
+        if name == "captions":
+            continue
+        dims = [d.size for d in info.tensor_shape.dim]
+        if len(dims) != 2 or dims[1] <= 0:
+            raise ClientError(f"signature '{signature}' takes input '{name}' of shape {dims}, which this client "
+                              "cannot fill (it sends captions and [N, size] noise)")
+        sizes[name] = dims[1]
+    return sizes
+
+
+def generate(server: str, captions: list[str], model_name: str = "mirrorgan", signature: str = "serving_default",
+             seed: int = 0, timeout: float = 60.0):
+    """Images (uint8 [N, H, W, 3]) for the captions, from the server."""
+    import grpc
+    import numpy as np
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+               ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
+    with grpc.insecure_channel(server, options=options) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model_name
+        request.model_spec.signature_name = signature
+        request.inputs["captions"].CopyFrom(tf.make_tensor_proto(captions, dtype=tf.string))
+        if signature != "serving_default":
+            rng = np.random.default_rng(seed)
+            for name, size in _noise_size(server, stub, model_name, signature, timeout).items():
+                noise = rng.standard_normal((len(captions), size)).astype(np.float32)
+                request.inputs[name].CopyFrom(tf.make_tensor_proto(noise))
+        response = _call(server, stub.Predict, request, timeout)
+    if "images" not in response.outputs:
+        raise ClientError(f"the answer of {server} has no 'images' output (it has {sorted(response.outputs)})")
+    images = tf.make_ndarray(response.outputs["images"])
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] != len(captions) or images.shape[-1] != 3:
+        raise ClientError(f"the answer of {server} is not {len(captions)} RGB uint8 images: "
+                          f"{images.dtype} {list(images.shape)}")
+    return images, response.model_spec.version.value
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m mirrorgan_tf.client", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--server", required=True, help="HOST:PORT of the gRPC endpoint")
+    p.add_argument("--caption", action="append", required=True, help="repeat for several images")
+    p.add_argument("--out", default=".", help="folder for the PNG files")
+    p.add_argument("--model-name", default="mirrorgan")
+    p.add_argument("--signature", default="serving_default")
+    p.add_argument("--seed", type=int, default=0, help="noise seed for signatures that take noise")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each answer")
+    a = p.parse_args(argv)
+    if not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[\w.-]+):\d+", a.server):
+        p.error(f"--server must be HOST:PORT, got {a.server!r}")
+    try:
+        images, version = generate(a.server, a.caption, a.model_name, a.signature, a.seed, a.timeout)
+    except ClientError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from PIL import Image
+
+    os.makedirs(a.out, exist_ok=True)
+    for i, (caption, image) in enumerate(zip(a.caption, images)):
+        path = os.path.join(a.out, f"{i:02d}-{slug(caption)}.png")
+        Image.fromarray(image).save(path)
+        print(path)
+    print(f"{len(images)} image(s) from {a.server}, model '{a.model_name}' version {version}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
