@@ -4,6 +4,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before anything imports Te
 
 import pickle
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,24 @@ def prepared_shapes(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shapes") / "shapes"
     prepare("shapes", str(out), num_train=96, num_test=48, workers=1, shard_size_mb=1)
     return out
+
+
+def smoke_train(run_dir, data_dir, *args, **kwargs):
+    """python -m mirrorgan_tf.train on the smoke config, exporting to <run_dir>-export."""
+    cmd = [sys.executable, "-m", "mirrorgan_tf.train", "--config", str(CONFIGS / "shapes_smoke.yaml"),
+           "--run-dir", str(run_dir), "--export-dir", f"{run_dir}-export", "--set", f"data.dir={data_dir}", *args]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=600, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def trained_run(prepared_shapes, tmp_path_factory):
+    """The whole smoke pipeline through the command line (data -> damsm -> stream -> gan ->
+    export), once per session: training, export, serving and evaluation tests read it."""
+    run_dir = tmp_path_factory.mktemp("run") / "smoke"
+    r = smoke_train(run_dir, prepared_shapes)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return run_dir, r.stdout
 
 
 def make_mini_cub(sample: Path, dest: Path, train: int = 4, test: int = 3) -> Path:

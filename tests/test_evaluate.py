@@ -17,7 +17,6 @@ from mirrorgan_tf.metrics.inception import InceptionGraph2015
 from mirrorgan_tf.metrics.inception_score import inception_score
 from mirrorgan_tf.metrics.r_precision import draw_mismatches, r_precision
 from tests.conftest import REPO
-from tests.test_training import trained_run  # noqa: F401  (the smoke-trained run fixture)
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
@@ -125,7 +124,7 @@ def test_the_2015_inception_graph_loader_batches_and_applies_its_softmax(tmp_pat
 # --- the commands on the smoke run ---------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def evaluated(trained_run, tmp_path_factory):  # noqa: F811
+def evaluated(trained_run, tmp_path_factory):
     run_dir, _ = trained_run
     weights = tmp_path_factory.mktemp("inception") / "inception_v3_notop.weights.h5"
     import keras
@@ -180,7 +179,7 @@ def test_evaluate_is_reproducible_for_a_seed(evaluated):
     (["--metrics", "bleu"], "unknown bleu"),
     (["--metrics", "r_precision", "--damsm-run", "/nonexistent-run"], "not a run directory"),
 ])
-def test_evaluate_bad_input_fails_fast_with_a_clear_error(trained_run, args, message, capsys):  # noqa: F811
+def test_evaluate_bad_input_fails_fast_with_a_clear_error(trained_run, args, message, capsys):
     from mirrorgan_tf.evaluate import main
 
     run_dir, _ = trained_run
@@ -188,7 +187,7 @@ def test_evaluate_bad_input_fails_fast_with_a_clear_error(trained_run, args, mes
     assert message in capsys.readouterr().err
 
 
-def test_evaluate_needs_a_trained_generator(trained_run, tmp_path, capsys):  # noqa: F811
+def test_evaluate_needs_a_trained_generator(trained_run, tmp_path, capsys):
     from mirrorgan_tf.evaluate import main
 
     run_dir, _ = trained_run
@@ -201,7 +200,7 @@ def test_evaluate_needs_a_trained_generator(trained_run, tmp_path, capsys):  # n
     assert "not a run directory" in capsys.readouterr().err
 
 
-def test_sample_writes_stage_grids_and_attention_reproducibly(trained_run, tmp_path):  # noqa: F811
+def test_sample_writes_stage_grids_and_attention_reproducibly(trained_run, tmp_path):
     run_dir, _ = trained_run
     captions = ["a small red circle on the left", "a huge blue block at the top"]
     args = ["--run-dir", run_dir, "--num", 3, "--caption", captions[0], "--caption", captions[1]]
@@ -226,7 +225,7 @@ def test_sample_writes_stage_grids_and_attention_reproducibly(trained_run, tmp_p
     assert outs["a"]["000-a-small-red-circle-on-the-left.png"] != outs["c"]["000-a-small-red-circle-on-the-left.png"]
 
 
-def test_sample_bad_input(trained_run, tmp_path, capsys):  # noqa: F811
+def test_sample_bad_input(trained_run, tmp_path, capsys):
     from mirrorgan_tf.sample import main
 
     run_dir = str(trained_run[0])

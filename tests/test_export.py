@@ -7,9 +7,7 @@ import subprocess
 import sys
 import textwrap
 
-
 from tests.conftest import REPO
-from tests.test_training import trained_run  # noqa: F401  (the smoke-trained run fixture)
 
 LOADER = textwrap.dedent("""
     import json, sys
@@ -38,7 +36,7 @@ LOADER = textwrap.dedent("""
 """)
 
 
-def test_export_loads_and_runs_without_the_project(trained_run, tmp_path):  # noqa: F811
+def test_export_loads_and_runs_without_the_project(trained_run, tmp_path):
     run_dir, _ = trained_run
     stages = json.loads((run_dir / "stages.json").read_text())
     version = stages["export"]["path"]
@@ -55,7 +53,7 @@ def test_export_loads_and_runs_without_the_project(trained_run, tmp_path):  # no
     assert "no word in the vocabulary" in out["error"] and "zzz qqq" in out["error"]
 
 
-def test_saved_model_cli_lists_both_signatures(trained_run):  # noqa: F811
+def test_saved_model_cli_lists_both_signatures(trained_run):
     run_dir, _ = trained_run
     version = json.loads((run_dir / "stages.json").read_text())["export"]["path"]
     cli = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
@@ -66,7 +64,7 @@ def test_saved_model_cli_lists_both_signatures(trained_run):  # noqa: F811
         assert text in r.stdout
 
 
-def test_export_cli_writes_the_next_version_atomically(trained_run, tmp_path):  # noqa: F811
+def test_export_cli_writes_the_next_version_atomically(trained_run, tmp_path):
     run_dir, _ = trained_run
     base = tmp_path / "models"
     cmd = [sys.executable, "-m", "mirrorgan_tf.export", "--run-dir", str(run_dir), "--export-dir", str(base)]

@@ -28,7 +28,6 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
                                      prediction_service_pb2_grpc)
 
 from tests.conftest import REPO
-from tests.test_training import trained_run  # noqa: F401  (the smoke-trained run fixture)
 
 MAX_BATCH = 8
 MAX_MESSAGE_MB = 1
@@ -54,7 +53,7 @@ class Server:
 
 
 @pytest.fixture(scope="module")
-def server(trained_run, tmp_path_factory):  # noqa: F811
+def server(trained_run, tmp_path_factory):
     run_dir, _ = trained_run
     export = json.loads((run_dir / "stages.json").read_text())["export"]["path"]
     root = tmp_path_factory.mktemp("serve")

@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from mirrorgan_tf.config import load_config
 from mirrorgan_tf.training import loop
-from tests.conftest import CONFIGS, REPO
+from tests.conftest import CONFIGS, REPO, smoke_train
 
 
 def _smoke(data_dir, *overrides):
@@ -22,19 +22,7 @@ def _smoke(data_dir, *overrides):
 
 
 def _cli(run_dir, data_dir, *args, **kwargs):
-    cmd = [sys.executable, "-m", "mirrorgan_tf.train", "--config", str(CONFIGS / "shapes_smoke.yaml"),
-           "--run-dir", str(run_dir), "--export-dir", f"{run_dir}-export", "--set", f"data.dir={data_dir}", *args]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=600, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def trained_run(prepared_shapes, tmp_path_factory):
-    """The whole smoke pipeline through the command line: data -> damsm -> stream -> gan."""
-    run_dir = tmp_path_factory.mktemp("run") / "smoke"
-    r = _cli(run_dir, prepared_shapes)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return run_dir, r.stdout
+    return smoke_train(run_dir, data_dir, *args, **kwargs)
 
 
 def test_end_to_end_writes_checkpoints_samples_and_events(trained_run):

@@ -8,7 +8,6 @@ non-comparable numbers). Nothing is downloaded.
 
 from __future__ import annotations
 
-import numpy as np
 import tensorflow as tf
 
 from mirrorgan_tf.metrics.base import EvalError
