@@ -176,3 +176,17 @@ def test_checkpoints_hold_every_weight_of_every_network(nets, tmp_path):
         prefix = tf.train.Checkpoint(model=model).write(str(tmp_path / name))
         saved = [n for n, _ in tf.train.list_variables(prefix) if n != "_CHECKPOINTABLE_OBJECT_GRAPH"]
         assert len(saved) == len({id(w) for w in model.weights}), name
+
+
+def test_the_small_cnn_code_knows_where_the_object_is():
+    # Shifting an interior pattern by a multiple of the total stride (16) leaves a plain
+    # conv + average-pool code unchanged; the coordinate channels must make it differ.
+    from mirrorgan_tf.models.backbones import SmallCNN
+
+    keras.utils.set_random_seed(0)
+    cnn = SmallCNN(8)
+    left = np.zeros((1, 128, 128, 3), "float32")
+    left[:, 56:72, 40:56] = 1.0
+    right = np.roll(left, 32, axis=2)
+    code_left, code_right = cnn(left)[1].numpy(), cnn(right)[1].numpy()
+    assert np.abs(code_left - code_right).max() > 1e-3
