@@ -77,7 +77,7 @@ def stage_grid(stages: list[np.ndarray]) -> np.ndarray:
 
 def attention_picture(image: np.ndarray, maps: list[np.ndarray], words: list[str]) -> np.ndarray:
     """image [s, s, 3] in [-1, 1]; maps: per stage [h, w, words_num]; -> uint8 picture, a row per
-    stage: the image, then each word's attention (normalised to its maximum) blended over it, the
+    stage: the image, then each word's attention (stretched to its own min..max) blended over it, the
     word written underneath."""
     from PIL import Image, ImageDraw
 
@@ -88,7 +88,7 @@ def attention_picture(image: np.ndarray, maps: list[np.ndarray], words: list[str
         tiles = [base]
         for w in range(len(words)):
             a = attn[..., w]
-            a = a / (a.max() + 1e-8)
+            a = (a - a.min()) / (a.max() - a.min() + 1e-8)  # each word's map is nearly flat: stretch it
             a = np.asarray(Image.fromarray((a * 255).astype(np.uint8)).resize((size, size), Image.BILINEAR),
                            np.float32)[..., None] / 255.0
             heat = np.concatenate([a * 255, a * 96, (1 - a) * 64], axis=-1)  # bright where attended
