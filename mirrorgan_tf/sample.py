@@ -64,17 +64,6 @@ def _to_uint8(images) -> np.ndarray:
     return np.clip((np.asarray(images) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
 
 
-def _upscale(images, size):
-    k = size // images.shape[1]
-    return np.repeat(np.repeat(images, k, axis=1), k, axis=2)
-
-
-def stage_grid(stages: list[np.ndarray]) -> np.ndarray:
-    """stages: per stage [num, s, s, 3] in [-1, 1] -> uint8 grid, a row per stage."""
-    size = stages[-1].shape[1]
-    return np.concatenate([np.concatenate(list(_to_uint8(_upscale(s, size))), axis=1) for s in stages], axis=0)
-
-
 def attention_picture(image: np.ndarray, maps: list[np.ndarray], words: list[str]) -> np.ndarray:
     """image [s, s, 3] in [-1, 1]; maps: per stage [h, w, words_num]; -> uint8 picture, a row per
     stage: the image, then each word's attention (stretched to its own min..max) blended over it, the
@@ -113,6 +102,7 @@ def sample(run_dir: str, captions: list[str], out: str, num: int = 8, seed: int 
     from PIL import Image
 
     from mirrorgan_tf.evaluation.generator import TrainedGenerator
+    from mirrorgan_tf.training.loop import image_grid
 
     if num < 1:
         raise SampleError(f"--num {num}: must be at least 1")
@@ -127,7 +117,7 @@ def sample(run_dir: str, captions: list[str], out: str, num: int = 8, seed: int 
         result = generator(np.repeat(ids[i:i + 1], num, 0), np.repeat(lengths[i:i + 1], num, 0), index, seed)
         stages = [x.numpy() for x in result["images"]]
         name = os.path.join(out, f"{i:03d}-{slug(caption)}")
-        Image.fromarray(stage_grid(stages)).save(f"{name}.png")
+        Image.fromarray(image_grid(stages)).save(f"{name}.png")  # a row per stage, upscaled to the last
         written.append(f"{name}.png")
         if result["word_attention"]:
             maps = [a.numpy()[0] for a in result["word_attention"]]

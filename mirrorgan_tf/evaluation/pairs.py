@@ -55,13 +55,12 @@ def load_pairs(cfg, split: str = "test") -> Pairs:
         for i, ex in enumerate(per_image):
             if r < len(ex["text"]) and len(ex["ids"][r]):
                 rows.append((i, r))
-    ids = np.zeros((len(rows), words_num), np.int32)
+    ids = np.full((len(rows), words_num), text.END_ID, np.int32)
     lengths = np.zeros(len(rows), np.int32)
     for k, (i, r) in enumerate(rows):
         caption = per_image[i]["ids"][r][:words_num]
         ids[k, : len(caption)] = caption
         lengths[k] = len(caption)
-    assert text.END_ID == 0  # ids is zero-padded
     return Pairs(
         image_index=np.array([i for i, _ in rows], np.int64),
         caption_index=np.array([r for _, r in rows], np.int64),
