@@ -63,6 +63,10 @@ class ModelConfig:
     # (= c, condition_dim), as both the paper's equations and the released code have it, or the
     # raw sentence embedding s (embedding_dim), an alternative of ours (it changes the parameter count).
     global_attention_input: Literal["condition", "sentence"] = "condition"
+    # The scale of STEM's word and sentence features where the generator and the discriminators
+    # take them in: "none" as the original, "rms" each vector at unit root mean square (ours; see
+    # models/stem.py normalize_text: without it a short run's condition is mostly noise).
+    text_norm: Literal["none", "rms"] = "none"
 
 
 @dataclass

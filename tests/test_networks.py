@@ -190,3 +190,45 @@ def test_the_small_cnn_code_knows_where_the_object_is():
     right = np.roll(left, 32, axis=2)
     code_left, code_right = cnn(left)[1].numpy(), cnn(right)[1].numpy()
     assert np.abs(code_left - code_right).max() > 1e-3
+
+
+
+def test_text_norm_rms_gives_unit_scale_and_keeps_padding_zero():
+    from mirrorgan_tf.models.glam import GLAM
+    from mirrorgan_tf.models.stem import normalize_text
+
+    rng = np.random.default_rng(0)
+    words = (0.1 * rng.normal(size=(B, T, 8))).astype("float32")
+    words[:, 5:] = 0.0
+    out = np.asarray(normalize_text(words, "rms"))
+    np.testing.assert_allclose(np.sqrt((out[:, :5] ** 2).mean(-1)), 1.0, rtol=1e-4)
+    assert not out[:, 5:].any()
+    ratio = out[:, :5] / words[:, :5]  # one positive factor per vector: the direction is kept
+    np.testing.assert_allclose(ratio, np.broadcast_to(ratio[..., :1], ratio.shape), rtol=1e-5)
+    assert np.all(ratio > 0)
+    assert normalize_text(words, "none") is words
+    with pytest.raises(ValueError, match="model.text_norm"):
+        GLAM(text_norm="unit")
+
+
+def test_text_norm_makes_the_generator_and_discriminators_blind_to_text_scale(cfg, nets):
+    from dataclasses import replace
+
+    keras.utils.set_random_seed(0)
+    rms_nets = build_networks(replace(cfg, model=replace(cfg.model, text_norm="rms")), VOCAB, batch=B)
+    ids, lengths = _captions()
+    z = np.random.default_rng(1).normal(size=(B, cfg.model.z_dim)).astype("float32")
+    eps = np.random.default_rng(2).normal(size=(B, cfg.model.condition_dim)).astype("float32")
+
+    def outputs(n):
+        words, sentence, mask = n.stem(ids, lengths)
+        images = [n.glam(z, k * sentence, k * words, mask, eps=eps)["images"][-1] for k in (1.0, 7.0)]
+        logits = [n.discriminators[-1](images[0], k * sentence)[1] for k in (1.0, 7.0)]
+        return images, logits
+
+    (a, b), (la, lb) = outputs(rms_nets)
+    np.testing.assert_allclose(a, b, atol=1e-4)  # float32 round-off of the rescaling only
+    np.testing.assert_allclose(la, lb, atol=1e-4)
+    (a, b), (la, lb) = outputs(nets)  # "none", the original: the scale reaches the outputs
+    assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-2
+    assert np.abs(np.asarray(la) - np.asarray(lb)).max() > 1e-2

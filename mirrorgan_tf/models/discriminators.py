@@ -16,6 +16,7 @@ import keras
 from keras import layers, ops
 
 from mirrorgan_tf.models.layers import Block3x3LeakyReLU, DownBlock, batch_norm, conv
+from mirrorgan_tf.models.stem import normalize_text
 
 
 def _encode_x16(df_dim: int) -> keras.Sequential:
@@ -28,8 +29,9 @@ def _encode_x16(df_dim: int) -> keras.Sequential:
 
 
 class Logits(layers.Layer):
-    def __init__(self, df_dim: int, kernel: int, conditional: bool, name: str):
+    def __init__(self, df_dim: int, kernel: int, conditional: bool, name: str, text_norm: str = "none"):
         super().__init__(name=name)
+        self.text_norm = text_norm
         self.joint = Block3x3LeakyReLU(df_dim * 8, name="joint_conv") if conditional else None
         # PyTorch's default Conv2d has a bias here (and only here in D).
         self.out = layers.Conv2D(1, kernel, strides=kernel, padding="valid", use_bias=True,
@@ -37,7 +39,7 @@ class Logits(layers.Layer):
 
     def call(self, h, sentence=None, training=None):
         if self.joint is not None:
-            s = ops.cast(sentence, h.dtype)[:, None, None, :]
+            s = ops.cast(normalize_text(sentence, self.text_norm), h.dtype)[:, None, None, :]
             s = ops.broadcast_to(s, (ops.shape(h)[0], ops.shape(h)[1], ops.shape(h)[2], s.shape[-1]))
             h = self.joint(ops.concatenate([h, s], axis=-1), training=training)
         return ops.cast(ops.reshape(self.out(h), (-1,)), "float32")
@@ -49,7 +51,8 @@ class Discriminator(keras.Model):
     For the "wrong pair" term, encode once with `encode` and apply `cond_logits` with other
     sentences."""
 
-    def __init__(self, stage: int, df_dim: int = 64, base_size: int = 64, name=None, **kwargs):
+    def __init__(self, stage: int, df_dim: int = 64, base_size: int = 64, text_norm: str = "none", name=None,
+                 **kwargs):
         super().__init__(name=name or f"d{base_size * 2**stage}", **kwargs)
         blocks = [_encode_x16(df_dim)]
         blocks += [DownBlock(df_dim * 16 * 2**i, name=f"img_code_s{32 * 2**i}") for i in range(stage)]
@@ -58,7 +61,7 @@ class Discriminator(keras.Model):
         self.encoder = keras.Sequential(blocks, name="encoder")
         kernel = base_size // 16
         self.uncond = Logits(df_dim, kernel, conditional=False, name="uncond_dnet")
-        self.cond = Logits(df_dim, kernel, conditional=True, name="cond_dnet")
+        self.cond = Logits(df_dim, kernel, conditional=True, name="cond_dnet", text_norm=text_norm)
 
     def encode(self, images, training=None):
         return self.encoder(images, training=training)
@@ -76,4 +79,4 @@ class Discriminator(keras.Model):
 
 def build_discriminators(cfg) -> list[Discriminator]:
     m = cfg.model
-    return [Discriminator(i, m.df_dim, m.base_size) for i in range(m.stages)]
+    return [Discriminator(i, m.df_dim, m.base_size, m.text_norm) for i in range(m.stages)]

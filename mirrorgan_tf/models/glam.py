@@ -16,6 +16,7 @@ from keras import layers, ops
 
 from mirrorgan_tf.models.attention import SentenceAttention, WordAttention
 from mirrorgan_tf.models.layers import LayerSequence, ResBlock, UpBlock, batch_norm, conv, dense, glu
+from mirrorgan_tf.models.stem import normalize_text
 
 
 class ConditioningAugmentation(layers.Layer):
@@ -102,12 +103,15 @@ class GLAM(keras.Model):
 
     def __init__(self, stages: int = 3, base_size: int = 64, gf_dim: int = 32, z_dim: int = 100,
                  condition_dim: int = 100, r_num: int = 2, global_attention_softmax: str = "positions",
-                 global_attention_input: str = "condition", seed=None, name: str = "glam", **kwargs):
+                 global_attention_input: str = "condition", text_norm: str = "none", seed=None,
+                 name: str = "glam", **kwargs):
         super().__init__(name=name, **kwargs)
         if global_attention_input not in ("condition", "sentence"):
             raise ValueError(f"global_attention_input must be 'condition' or 'sentence', got {global_attention_input!r}")
         self.z_dim = z_dim
         self.global_attention_input = global_attention_input
+        normalize_text(ops.zeros((1, 1)), text_norm)  # reject an unknown name here, not at the first call
+        self.text_norm = text_norm
         self.ca = ConditioningAugmentation(condition_dim, seed=seed)
         self.init_stage = InitStage(gf_dim, base_size)
         self.next_stages = LayerSequence(self, "next_stage", [
@@ -118,9 +122,10 @@ class GLAM(keras.Model):
     def from_config_obj(cls, cfg, seed=None):
         m = cfg.model
         return cls(m.stages, m.base_size, m.gf_dim, m.z_dim, m.condition_dim, m.r_num,
-                   m.global_attention_softmax, m.global_attention_input, seed=seed)
+                   m.global_attention_softmax, m.global_attention_input, m.text_norm, seed=seed)
 
     def call(self, z, sentence, words, mask, eps=None, training=None):
+        words, sentence = normalize_text(words, self.text_norm), normalize_text(sentence, self.text_norm)
         c, mu, logvar = self.ca(sentence, eps=eps)
         attend_with = c if self.global_attention_input == "condition" else ops.cast(sentence, c.dtype)
         h = self.init_stage(z, c, training=training)

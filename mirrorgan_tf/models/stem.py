@@ -39,3 +39,23 @@ class STEM(keras.Model):
         words = words * ops.cast(mask, words.dtype)[..., None]
         sentence = ops.concatenate([fw_h, bw_h], axis=-1)
         return words, sentence, mask
+
+
+
+TEXT_NORMS = ("none", "rms")
+
+
+def normalize_text(features, how: str):
+    """The scale at which STEM's features reach the GAN (`model.text_norm`), along the last axis.
+
+    DAMSM trains STEM through cosine similarities, which ignore a feature's length, so the length
+    STEM ends at is arbitrary; ours end near 0.1 per dimension. "none" (the original) hands the
+    features on as they are. "rms" rescales each word vector and each sentence vector to unit root
+    mean square: the direction DAMSM learned, at the scale of the generator's noise, so that the
+    conditioning augmentation's mean, the word attention and the discriminators' sentence input
+    are not drowned by unit-variance noise from the first step. Padded (zero) words stay zero."""
+    if how == "none":
+        return features
+    if how != "rms":
+        raise ValueError(f"model.text_norm must be one of {TEXT_NORMS}, got {how!r}")
+    return features * ops.rsqrt(ops.mean(ops.square(features), axis=-1, keepdims=True) + 1e-8)
