@@ -66,7 +66,8 @@ def encode_example(
         "label/class": _ints([class_id]),
         "label/attributes": _ints(list(attributes)),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    # deterministic: protobuf writes a map in hash order, which differs between processes
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 
 
 def parse_example(serialized: tf.Tensor) -> dict:

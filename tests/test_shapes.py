@@ -104,3 +104,21 @@ def test_preparation_is_byte_identical_across_runs_and_worker_counts(tmp_path):
     assert names == sorted(p.name for p in b.iterdir())
     match, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
     assert not mismatch and not errors and len(match) == len(names) == 4
+
+
+def test_preparation_is_byte_identical_across_processes(tmp_path):
+    """Protobuf serialises a map in hash order, and Python's string hashes change per process."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    for seed in ("1", "2"):
+        code = f"from pipelines.prepare import prepare; prepare('shapes', {str(tmp_path / seed)!r}, num_train=4, num_test=2)"
+        env = {**os.environ, "PYTHONHASHSEED": seed}
+        r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+    names = sorted(p.name for p in (tmp_path / "1").iterdir())
+    match, mismatch, errors = filecmp.cmpfiles(tmp_path / "1", tmp_path / "2", names, shallow=False)
+    assert not mismatch and not errors and len(match) == len(names) == 4
