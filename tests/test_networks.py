@@ -211,11 +211,13 @@ def test_text_norm_rms_gives_unit_scale_and_keeps_padding_zero():
         GLAM(text_norm="unit")
 
 
-def test_text_norm_makes_the_generator_and_discriminators_blind_to_text_scale(cfg, nets):
+def test_text_norm_makes_the_generator_and_discriminators_blind_to_text_scale(cfg):
     from dataclasses import replace
 
-    keras.utils.set_random_seed(0)
-    rms_nets = build_networks(replace(cfg, model=replace(cfg.model, text_norm="rms")), VOCAB, batch=B)
+    def build(text_norm):
+        keras.utils.set_random_seed(0)
+        return build_networks(replace(cfg, model=replace(cfg.model, text_norm=text_norm)), VOCAB, batch=B)
+
     ids, lengths = _captions()
     z = np.random.default_rng(1).normal(size=(B, cfg.model.z_dim)).astype("float32")
     eps = np.random.default_rng(2).normal(size=(B, cfg.model.condition_dim)).astype("float32")
@@ -226,9 +228,9 @@ def test_text_norm_makes_the_generator_and_discriminators_blind_to_text_scale(cf
         logits = [n.discriminators[-1](images[0], k * sentence)[1] for k in (1.0, 7.0)]
         return images, logits
 
-    (a, b), (la, lb) = outputs(rms_nets)
+    (a, b), (la, lb) = outputs(build("rms"))
     np.testing.assert_allclose(a, b, atol=1e-4)  # float32 round-off of the rescaling only
     np.testing.assert_allclose(la, lb, atol=1e-4)
-    (a, b), (la, lb) = outputs(nets)  # "none", the original: the scale reaches the outputs
+    (a, b), (la, lb) = outputs(build("none"))  # the original: the scale reaches the outputs
     assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-2
     assert np.abs(np.asarray(la) - np.asarray(lb)).max() > 1e-2

@@ -58,4 +58,6 @@ def normalize_text(features, how: str):
         return features
     if how != "rms":
         raise ValueError(f"model.text_norm must be one of {TEXT_NORMS}, got {how!r}")
-    return features * ops.rsqrt(ops.mean(ops.square(features), axis=-1, keepdims=True) + 1e-8)
+    # In float32: under mixed_float16 the epsilon underflows and a padded word would give 0 x inf.
+    x = ops.cast(features, "float32")
+    return ops.cast(x * ops.rsqrt(ops.mean(ops.square(x), axis=-1, keepdims=True) + 1e-8), features.dtype)
