@@ -192,7 +192,6 @@ def test_the_small_cnn_code_knows_where_the_object_is():
     assert np.abs(code_left - code_right).max() > 1e-3
 
 
-
 def test_text_norm_rms_gives_unit_scale_and_keeps_padding_zero():
     from mirrorgan_tf.models.glam import GLAM
     from mirrorgan_tf.models.stem import normalize_text

@@ -16,7 +16,7 @@ import keras
 from keras import layers, ops
 
 from mirrorgan_tf.models.layers import Block3x3LeakyReLU, DownBlock, batch_norm, conv
-from mirrorgan_tf.models.stem import normalize_text
+from mirrorgan_tf.models.stem import check_text_norm, normalize_text
 
 
 def _encode_x16(df_dim: int) -> keras.Sequential:
@@ -31,7 +31,7 @@ def _encode_x16(df_dim: int) -> keras.Sequential:
 class Logits(layers.Layer):
     def __init__(self, df_dim: int, kernel: int, conditional: bool, name: str, text_norm: str = "none"):
         super().__init__(name=name)
-        self.text_norm = text_norm
+        self.text_norm = check_text_norm(text_norm)
         self.joint = Block3x3LeakyReLU(df_dim * 8, name="joint_conv") if conditional else None
         # PyTorch's default Conv2d has a bias here (and only here in D).
         self.out = layers.Conv2D(1, kernel, strides=kernel, padding="valid", use_bias=True,

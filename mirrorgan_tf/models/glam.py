@@ -16,7 +16,7 @@ from keras import layers, ops
 
 from mirrorgan_tf.models.attention import SentenceAttention, WordAttention
 from mirrorgan_tf.models.layers import LayerSequence, ResBlock, UpBlock, batch_norm, conv, dense, glu
-from mirrorgan_tf.models.stem import normalize_text
+from mirrorgan_tf.models.stem import check_text_norm, normalize_text
 
 
 class ConditioningAugmentation(layers.Layer):
@@ -110,8 +110,7 @@ class GLAM(keras.Model):
             raise ValueError(f"global_attention_input must be 'condition' or 'sentence', got {global_attention_input!r}")
         self.z_dim = z_dim
         self.global_attention_input = global_attention_input
-        normalize_text(ops.zeros((1, 1)), text_norm)  # reject an unknown name here, not at the first call
-        self.text_norm = text_norm
+        self.text_norm = check_text_norm(text_norm)
         self.ca = ConditioningAugmentation(condition_dim, seed=seed)
         self.init_stage = InitStage(gf_dim, base_size)
         self.next_stages = LayerSequence(self, "next_stage", [

@@ -41,8 +41,13 @@ class STEM(keras.Model):
         return words, sentence, mask
 
 
-
 TEXT_NORMS = ("none", "rms")
+
+
+def check_text_norm(how: str) -> str:
+    if how not in TEXT_NORMS:
+        raise ValueError(f"model.text_norm must be one of {TEXT_NORMS}, got {how!r}")
+    return how
 
 
 def normalize_text(features, how: str):
@@ -54,10 +59,8 @@ def normalize_text(features, how: str):
     mean square: the direction DAMSM learned, at the scale of the generator's noise, so that the
     conditioning augmentation's mean, the word attention and the discriminators' sentence input
     are not drowned by unit-variance noise from the first step. Padded (zero) words stay zero."""
-    if how == "none":
+    if check_text_norm(how) == "none":
         return features
-    if how != "rms":
-        raise ValueError(f"model.text_norm must be one of {TEXT_NORMS}, got {how!r}")
     # In float32: under mixed_float16 the epsilon underflows and a padded word would give 0 x inf.
     x = ops.cast(features, "float32")
     return ops.cast(x * ops.rsqrt(ops.mean(ops.square(x), axis=-1, keepdims=True) + 1e-8), features.dtype)
