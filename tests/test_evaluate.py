@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mirrorgan_tf.metrics.attributes import accuracies, unseen_mask
+from mirrorgan_tf.metrics.attributes import AttributeClassifier, accuracies, foreground, unseen_mask
 from mirrorgan_tf.metrics.base import EvalError
 from mirrorgan_tf.metrics.fid import frechet_distance, statistics
 from mirrorgan_tf.metrics.inception import InceptionGraph2015
@@ -81,6 +81,50 @@ def test_inception_score_by_hand():
     expected = np.exp(-np.sum(p_y * np.log(p_y, where=p_y > 0, out=np.zeros(8))))
     mean, std = inception_score(onehot, splits=4)
     assert mean == pytest.approx(expected) and std == pytest.approx(0.0, abs=1e-12)
+
+
+def test_the_foreground_map_does_not_depend_on_the_objects_colour():
+    import dataclasses
+
+    from pipelines import shapes
+
+    scene, _ = shapes.sample_scene("test", 3)
+    maps = []
+    for colour in ("red", "yellow", "purple", "orange"):
+        pixels = shapes.render(dataclasses.replace(scene, rgb=shapes.COLOURS[colour]))
+        maps.append(foreground(pixels[None].astype(np.float32) / 127.5 - 1.0).numpy()[0, ..., 0])
+    inside = maps[0] > 0.5
+    assert 0.01 < inside.mean() < 0.5  # an object, not the background
+    for m in maps[1:]:
+        assert np.abs(m - maps[0]).max() < 0.12 and np.abs(m - maps[0]).mean() < 0.01
+    empty = np.full((1, 64, 64, 3), 0.6, np.float32) + np.random.default_rng(0).normal(0, 0.02, (1, 64, 64, 3))
+    assert foreground(empty.astype(np.float32)).numpy().max() < 0.3  # noise is not amplified into an object
+
+
+def _flat_scene(rgb, box=(20, 36, 24, 44)):
+    image = np.full((64, 64, 3), 0.7, np.float32)
+    y0, y1, x0, x1 = box
+    image[y0:y1, x0:x1] = np.array(rgb, np.float32) / 127.5 - 1.0
+    return image
+
+
+def test_the_attribute_classifier_reads_colour_without_shape_and_shape_without_colour():
+    names = ["colour", "shape", "size", "position"]
+    model = AttributeClassifier(names, [6, 3, 2, 5])
+    red, green = _flat_scene((210, 35, 35)), _flat_scene((35, 150, 60))
+    out = [t.numpy() for t in model(tf.constant(np.stack([red, green])), training=False)]
+    for spatial in out[1:]:  # same foreground map: the same shape, size and position logits
+        np.testing.assert_allclose(spatial[0], spatial[1], atol=1e-5)
+    assert np.abs(out[0][0] - out[0][1]).max() > 1e-3  # the colour logits see the colour
+    # Rearranging the inner pixels (the border fixes the background) moves nothing the colour head sees.
+    rng = np.random.default_rng(0)
+    shuffled = red.copy()
+    inner = shuffled[1:-1, 1:-1].reshape(-1, 3)
+    shuffled[1:-1, 1:-1] = inner[rng.permutation(len(inner))].reshape(62, 62, 3)
+    colour = model(tf.constant(np.stack([red, shuffled])), training=False)[0].numpy()
+    np.testing.assert_allclose(colour[0], colour[1], atol=1e-5)
+    spatial = model(tf.constant(np.stack([red, shuffled])), training=False)[1].numpy()
+    assert np.abs(spatial[0] - spatial[1]).max() > 1e-4  # while the shape logits do see it
 
 
 def test_attribute_accuracy_splits_seen_and_unseen_pairs():

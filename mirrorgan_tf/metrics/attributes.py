@@ -4,6 +4,16 @@ attribute off the generated image; accuracy is reported per attribute and for al
 for seen and for held-out (unseen) colour-shape pairs separately. The same classifier's accuracy
 on the real test images is the ceiling.
 
+The classifier is factorised so that it cannot learn the training split's colour-shape
+correlations: the held-out pairs are exactly where such a shortcut would misjudge an image. A
+joint CNN (our first design) did: on the 98 real unseen test images it called 5 orange circles
+squares and 7 purple triangles red or blue (85.7 % all four, against 100 % on seen pairs).
+- Colour is read by per-pixel layers (1x1 convolutions) pooled over the foreground: it sees the
+  object's pixel colours and nothing of their arrangement, so it cannot see the shape.
+- Shape, size and position are read by a CNN from the foreground map alone: each pixel's colour
+  distance from the background (the median of the image border), divided by the object's contrast.
+  Whatever the object's colour, that map is ~1 inside it and falls to 0 at its edge.
+
 The classifier is trained once per dataset and cached in <data.dir>/eval_cache (weights and a
 JSON record of how it was trained and how well it does on real test images).
 """
@@ -27,11 +37,36 @@ TRAIN_STEPS = 500
 BATCH = 64
 
 
-class AttributeClassifier(keras.Model):
-    """images [-1, 1] -> one logit vector per attribute."""
+DESIGN = "factorised"  # part of the cache name: a cache of another design is never loaded
+COLOUR = "colour"
 
-    def __init__(self, classes: list[int], name: str = "attribute_classifier", **kwargs):
+
+def foreground(images):
+    """images [B, S, S, 3] in [-1, 1] -> float32 [B, S, S, 1] in [0, 1], colour-blind.
+
+    The background is flat and the object never covers most of the border, so the border's
+    per-channel median is the background colour. The contrast is the mean distance of the 1 %
+    most distant pixels (inside even the smallest object), floored so that an empty image stays
+    near 0 instead of amplifying its noise."""
+    images = tf.convert_to_tensor(images, tf.float32)
+    border = tf.concat([images[:, 0], images[:, -1], images[:, 1:-1, 0], images[:, 1:-1, -1]], axis=1)
+    n = tf.shape(border)[1]
+    background = tf.sort(border, axis=1)[:, n // 2]  # [B, 3]
+    distance = tf.norm(images - background[:, None, None, :], axis=-1)  # [B, S, S]
+    flat = tf.reshape(distance, (tf.shape(images)[0], -1))
+    k = tf.maximum(tf.shape(flat)[1] // 100, 1)
+    contrast = tf.maximum(tf.reduce_mean(tf.math.top_k(flat, k).values, axis=1), 0.5)
+    return tf.clip_by_value(distance / contrast[:, None, None], 0.0, 1.0)[..., None]
+
+
+class AttributeClassifier(keras.Model):
+    """images [-1, 1] -> one logit vector per attribute (in `names` order), factorised as the
+    module says: colour from foreground-pooled per-pixel features, the rest from the foreground map."""
+
+    def __init__(self, names: list[str], classes: list[int], name: str = "attribute_classifier", **kwargs):
         super().__init__(name=name, **kwargs)
+        self.names = list(names)
+        self.pixel = [layers.Conv2D(32, 1, activation="relu"), layers.Conv2D(32, 1, activation="relu")]
         self.body = [layer for width in (32, 64, 128, 128)
                      for layer in (layers.Conv2D(width, 3, strides=2, padding="same", use_bias=False),
                                    layers.BatchNormalization(), layers.ReLU())]
@@ -40,11 +75,18 @@ class AttributeClassifier(keras.Model):
         self.heads = [layers.Dense(n, name=f"head{i}") for i, n in enumerate(classes)]
 
     def call(self, images, training=None):
-        x = tf.image.resize(images, (SIZE, SIZE), method="bilinear", antialias=True)
+        images = tf.image.resize(images, (SIZE, SIZE), method="bilinear", antialias=True)
+        mask = foreground(images)
+        weights = tf.square(mask)  # the object's inside more than its anti-aliased rim
+        pixels = images
+        for layer in self.pixel:
+            pixels = layer(pixels)
+        colour = tf.reduce_sum(pixels * weights, axis=(1, 2)) / (tf.reduce_sum(weights, axis=(1, 2)) + 1e-3)
+        x = mask
         for layer in self.body:
             x = layer(x, training=training)
-        x = self.hidden(self.flatten(x))
-        return [head(x) for head in self.heads]
+        spatial = self.hidden(self.flatten(x))
+        return [head(colour if name == COLOUR else spatial) for name, head in zip(self.names, self.heads)]
 
 
 def _classes(manifest) -> tuple[list[str], list[int]]:
@@ -84,7 +126,7 @@ def train_classifier(cfg, manifest, path: str, steps: int = TRAIN_STEPS, seed: i
     """Train on the real training images, measure on the real test images, save atomically."""
     names, classes = _classes(manifest)
     keras.utils.set_random_seed(seed)
-    model = AttributeClassifier(classes)
+    model = AttributeClassifier(names, classes)
     ds = (data.eval_images(cfg, "train", 256, size=SIZE).unbatch()
           .shuffle(4096, seed=seed).repeat().batch(BATCH).prefetch(data.AUTOTUNE))
     opt = keras.optimizers.Adam(1e-3)
@@ -109,7 +151,7 @@ def train_classifier(cfg, manifest, path: str, steps: int = TRAIN_STEPS, seed: i
         truth.append(batch["attributes"].numpy())
     predicted, truth = np.concatenate(predicted), np.concatenate(truth)
     info = {"attributes": names, "image_size": SIZE, "train_steps": steps, "batch_size": BATCH,
-            "seed": seed, "trained_on": "real train split",
+            "seed": seed, "trained_on": "real train split", "design": DESIGN,
             "real_test_accuracy": accuracies(predicted, truth, names, unseen_mask(manifest, truth))}
     tf.io.gfile.makedirs(os.path.dirname(path))
     tag = secrets.token_hex(4)
@@ -123,14 +165,14 @@ def train_classifier(cfg, manifest, path: str, steps: int = TRAIN_STEPS, seed: i
 
 def load_classifier(cfg, manifest, steps: int = TRAIN_STEPS):
     """The cached classifier of this dataset, trained first if there is none."""
-    path = os.path.join(cfg.data.dir, "eval_cache", f"attribute_classifier-{SIZE}px-{steps}steps")
+    path = os.path.join(cfg.data.dir, "eval_cache", f"attribute_classifier-{DESIGN}-{SIZE}px-{steps}steps")
     if not (os.path.exists(f"{path}.json") and os.path.exists(f"{path}.weights.h5")):
         print(f"attribute classifier: training on {cfg.data.dir} (cached at {path})", flush=True)
         train_classifier(cfg, manifest, path, steps)
     with open(f"{path}.json") as f:
         info = json.load(f)
-    _, classes = _classes(manifest)
-    model = AttributeClassifier(classes)
+    names, classes = _classes(manifest)
+    model = AttributeClassifier(names, classes)
     model(tf.zeros((1, SIZE, SIZE, 3)))
     model.load_weights(f"{path}.weights.h5")
     return model, info, path
