@@ -121,9 +121,8 @@ def test_the_attribute_classifier_reads_colour_without_shape_and_shape_without_c
     shuffled = red.copy()
     inner = shuffled[1:-1, 1:-1].reshape(-1, 3)
     shuffled[1:-1, 1:-1] = inner[rng.permutation(len(inner))].reshape(62, 62, 3)
-    colour = model(tf.constant(np.stack([red, shuffled])), training=False)[0].numpy()
+    colour, spatial = [t.numpy() for t in model(tf.constant(np.stack([red, shuffled])), training=False)[:2]]
     np.testing.assert_allclose(colour[0], colour[1], atol=1e-5)
-    spatial = model(tf.constant(np.stack([red, shuffled])), training=False)[1].numpy()
     assert np.abs(spatial[0] - spatial[1]).max() > 1e-4  # while the shape logits do see it
 
 

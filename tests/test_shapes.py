@@ -100,6 +100,10 @@ def test_preparation_is_byte_identical_across_runs_and_worker_counts(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     prepare("shapes", str(a), num_train=20, num_test=6, workers=1)
     prepare("shapes", str(b), num_train=20, num_test=6, workers=2)
+    _assert_identical_datasets(a, b)
+
+
+def _assert_identical_datasets(a, b):
     names = sorted(p.name for p in a.iterdir())
     assert names == sorted(p.name for p in b.iterdir())
     match, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
@@ -119,6 +123,4 @@ def test_preparation_is_byte_identical_across_processes(tmp_path):
         env = {**os.environ, "PYTHONHASHSEED": seed}
         r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-2000:]
-    names = sorted(p.name for p in (tmp_path / "1").iterdir())
-    match, mismatch, errors = filecmp.cmpfiles(tmp_path / "1", tmp_path / "2", names, shallow=False)
-    assert not mismatch and not errors and len(match) == len(names) == 4
+    _assert_identical_datasets(tmp_path / "1", tmp_path / "2")
