@@ -1,5 +1,5 @@
-"""The built-in `shapes` dataset, rendered per docs SHAPES_DATASET.md (a copy of the spec's facts
-lives in this module's constants).
+"""The built-in `shapes` dataset, rendered per its specification, docs/shapes_dataset.md (whose
+numbers are this module's constants).
 
 Every image is a pure function of (split, index): its random generator is seeded with
 (SEED, split, index), so the dataset is byte-identical on every run, a smaller dataset

@@ -1,4 +1,4 @@
-"""The built-in dataset against its specification (docs SHAPES_DATASET.md)."""
+"""The built-in dataset against its specification (docs/shapes_dataset.md)."""
 
 import filecmp
 import io
