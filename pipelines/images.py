@@ -139,14 +139,16 @@ def encode(img: Image.Image, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def prepare_file(job: tuple[str, Optional[Sequence[float]]], background=DEFAULT_BACKGROUND):
-    """Worker: (path, optional CUB bbox) -> ("ok", bytes, format, height, width) | ("error", why).
+def prepare_file(job: tuple):
+    """Worker: (path, optional CUB bbox[, background (r, g, b)]) -> ("ok", bytes, format, height,
+    width) | ("error", why). The background (default white) is what transparency is composited onto.
 
     An upright RGB JPEG that needs no crop is kept byte for byte; everything else is re-encoded as
     JPEG after `decode_rgb`. A CUB bounding box is applied to the upright picture (CUB's photos
     carry no EXIF rotation, so there both are the same).
     """
-    path, bbox = job
+    path, bbox = job[:2]
+    background = job[2] if len(job) > 2 else DEFAULT_BACKGROUND
     try:
         data = read_bytes(path)
     except OSError as e:

@@ -22,7 +22,8 @@ def _coco(root, per_image=(5, 6), val=1):
         imgs, anns = [], []
         for i in range(count):
             name = f"COCO_{folder}_{i:012d}.jpg"
-            _image(root / folder / name, (10 * i, 100, 200))
+            # val images differ from train ones: a byte-identical pair is a train/test overlap
+            _image(root / folder / name, (10 * i, 100 if folder == "train2014" else 50, 200))
             imgs.append({"id": i + 1, "file_name": name})
             n = per_image[i] if folder == "train2014" else 5
             for j in range(n):
