@@ -2,7 +2,9 @@
 
 Reads a raw dataset, checks it, and writes sharded TFRecords, vocab.txt and manifest.json to DIR.
 By default the first bad input stops everything before DIR exists; `--on-error skip` converts the
-rest and lists every skipped item in the manifest.
+rest and lists every skipped item in the manifest. `--vocab FILE` prepares with a given vocabulary
+(e.g. AttnGAN's, converted from its captions.pickle) instead of building one; `--background`
+is the colour transparent pixels are composited onto (default white).
 """
 
 from __future__ import annotations
