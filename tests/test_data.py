@@ -229,3 +229,14 @@ def test_check_prepared_accepts_a_dataset_that_fits_and_names_a_missing_shard(pr
     shard = manifest["splits"]["test"]["shards"][0]
     (copy / shard).unlink()
     assert f"the test split's shard {shard} is missing" in _refusal(_cfg(copy))
+
+
+def test_a_record_refuses_a_caption_without_word_ids():
+    from mirrorgan_tf import records
+
+    with pytest.raises(ValueError, match="k1: caption 'zebra' has no word ids"):
+        records.encode_example(key="k1", image=b"x", image_format="png", height=1, width=1,
+                               captions=["a bird", "zebra"], caption_ids=[[2, 3], []])
+    ok = records.encode_example(key="k1", image=b"x", image_format="png", height=1, width=1,
+                                captions=["a bird"], caption_ids=[[2, 3]])
+    assert records.parse_example(ok)["caption_ids"].to_list() == [[2, 3]]
