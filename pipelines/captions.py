@@ -9,7 +9,9 @@ captions per image:
 
 CSV: a header with `image,caption` and optionally `split` and `label` columns. `split` is `train`
 or `test`; when no row gives one, a deterministic `test_fraction` of the images (chosen by a hash
-of the path) becomes the test split. `label` is an optional integer class id.
+of the path) becomes the test split. `label` is an optional integer class id. Image paths are
+normalised first (`normalise_image_path`), so two spellings of one image are one image; a file
+may start with a UTF-8 byte-order mark (Excel's "CSV UTF-8").
 """
 
 from __future__ import annotations

@@ -146,3 +146,15 @@ def test_cub_text_files_with_a_byte_order_mark(cub_sample, tmp_path):
     prepare("cub", str(tmp_path / "out"), str(root), workers=1)
     first = _examples(tmp_path / "out", "train")[0]
     assert [c.decode() for c in first["captions"].numpy()] == lines  # no "\ufeff" before the first caption
+
+
+def test_a_name_listed_twice_in_one_split_is_reported(cub_sample, tmp_path):
+    root = make_mini_cub(cub_sample, tmp_path / "birds", train=3, test=2)
+    names = mini_cub_names(root)
+    classes = pickle.load(open(root / "train" / "class_info.pickle", "rb"))
+    pickle.dump(names + [names[0]], open(root / "train" / "filenames.pickle", "wb"), protocol=2)
+    pickle.dump(classes + [classes[0]], open(root / "train" / "class_info.pickle", "wb"), protocol=2)
+    manifest = prepare("cub", str(tmp_path / "out"), str(root), workers=1, on_error="skip")
+    assert [(s["key"], s["problem"]) for s in manifest["skipped"]] == [
+        (names[0], f"{names[0]} is listed twice in the train split")]
+    assert [e["key"].numpy().decode() for e in _examples(tmp_path / "out", "train")] == names
