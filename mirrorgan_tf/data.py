@@ -32,6 +32,10 @@ from mirrorgan_tf.config import Config
 AUTOTUNE = tf.data.AUTOTUNE
 MANIFEST = "manifest.json"
 LOAD_SCALE = 76 / 64  # the original resizes to 76/64 of the final size, then crops
+# The GAN stage's sampler draws one batch of this many fixed test captions (the first test
+# images, in manifest order, no batch remainder), so the test split must hold at least this many.
+SAMPLE_CAPTIONS = 8
+TRAINING_STAGES = ("damsm", "stream", "gan")
 
 
 class DataError(ValueError):
@@ -61,6 +65,67 @@ def vocab_size(cfg: Config) -> int:
         raise DataError(f"data.vocab_size={cfg.data.vocab_size}, but {os.path.join(cfg.data.dir, MANIFEST)} "
                         f"says the vocabulary has {size} words")
     return size
+
+
+def check_prepared(cfg: Config, stages=TRAINING_STAGES, num_replicas: int = 1) -> dict:
+    """Refuse, before any stage runs, a prepared dataset too small for what `stages` will do with
+    it; returns the manifest.
+
+    Checked (every failure is listed in one DataError, each naming the split, its count and the
+    config key or constant that asks for more):
+    - the train split holds at least each stage's global batch (damsm.batch_size,
+      stream.batch_size, train.batch_size): batches have a static shape (drop_remainder) over a
+      repeated stream, so a smaller split repeats images within a batch, and DAMSM would take an
+      image's own caption as its negative;
+    - each stage's global batch divides over `num_replicas`, and DAMSM keeps at least two
+      captions per replica (its negatives are the other captions of the replica's batch);
+    - for "gan": the test split holds at least SAMPLE_CAPTIONS images (the sampler's one batch;
+      fewer ended the stage with StopIteration after DAMSM and STREAM had trained);
+    - data.vocab_size, when set, equals the manifest's; every listed shard exists.
+    `stages`: the training stages that will run (a subset of TRAINING_STAGES).
+    """
+    path = os.path.join(cfg.data.dir, MANIFEST)
+    manifest = load_manifest(cfg.data.dir)
+    unknown = [s for s in stages if s not in TRAINING_STAGES]
+    if unknown:
+        raise ValueError(f"check_prepared: unknown stages {unknown} (known: {', '.join(TRAINING_STAGES)})")
+    splits = manifest.get("splits") or {}
+
+    def count(split):
+        return int((splits.get(split) or {}).get("examples", 0))
+
+    problems = []
+    batches = {"damsm": ("damsm.batch_size", cfg.damsm.batch_size),
+               "stream": ("stream.batch_size", cfg.stream.batch_size),
+               "gan": ("train.batch_size", cfg.train.batch_size)}
+    train = count("train")
+    for stage in stages:
+        key, batch = batches[stage]
+        if train < batch:
+            problems.append(f"the train split has {train} images, fewer than {key}={batch} (one {stage} batch "
+                            f"of distinct images): lower {key} or prepare more training images")
+        if batch % num_replicas:
+            problems.append(f"{key}={batch} does not divide over {num_replicas} replicas")
+    if "damsm" in stages and cfg.damsm.batch_size // num_replicas < 2:
+        problems.append(f"damsm.batch_size={cfg.damsm.batch_size} leaves {cfg.damsm.batch_size // num_replicas} "
+                        f"caption(s) per replica on {num_replicas} replica(s); DAMSM's contrastive loss needs "
+                        "at least 2 (its negatives are the other captions of a replica's batch)")
+    if "gan" in stages and count("test") < SAMPLE_CAPTIONS:
+        problems.append(f"the test split has {count('test')} images, fewer than the {SAMPLE_CAPTIONS} fixed sample "
+                        f"captions the gan stage draws from it (mirrorgan_tf.data.SAMPLE_CAPTIONS): prepare more "
+                        "test images (pipelines.prepare --num-test, --test-fraction, or a longer test split list)")
+    if cfg.data.vocab_size and cfg.data.vocab_size != manifest.get("vocab_size"):
+        problems.append(f"data.vocab_size={cfg.data.vocab_size}, but the vocabulary has {manifest.get('vocab_size')} "
+                        "words (set data.vocab_size=0 to take it from the manifest)")
+    for split in ("train", "test"):
+        missing = [s for s in (splits.get(split) or {}).get("shards", [])
+                   if not tf.io.gfile.exists(os.path.join(cfg.data.dir, s))]
+        if missing:
+            problems.append(f"the {split} split's shard {missing[0]} is missing"
+                            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    if problems:
+        raise DataError(f"{path}: this dataset cannot be trained on as configured:\n  - " + "\n  - ".join(problems))
+    return manifest
 
 
 def _shards(data_dir: str, manifest: dict, split: str) -> list[str]:
@@ -119,8 +184,8 @@ class _Example:
         """A random caption among those with at least one known word."""
         pick_seed, words_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         usable = tf.where(ids.row_lengths() > 0)[:, 0]
-        # A prepared example always has a caption with words; if every one lost its words to the
-        # vocabulary (possible only for test captions) fall back to the first: an empty caption.
+        # Preparation refuses captions without an in-vocabulary word; data prepared before that
+        # rule may still hold an image with none: fall back to its first caption (empty).
         usable = tf.cond(tf.size(usable) > 0, lambda: usable, lambda: tf.zeros([1], tf.int64))
         choice = tf.random.stateless_uniform([], pick_seed, 0, tf.size(usable, tf.int64), dtype=tf.int64)
         index = usable[choice]

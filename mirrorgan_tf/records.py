@@ -52,8 +52,14 @@ def encode_example(
     class_id: int = NO_CLASS,
     attributes: list[int] = (),
 ) -> bytes:
+    """One image and its captions -> a serialized tf.train.Example (schema above). Raises
+    ValueError for a caption count that does not match the id lists, no caption, or a caption
+    with no word ids (training would condition on nothing; preparation refuses those earlier)."""
     if len(captions) != len(caption_ids) or not captions:
         raise ValueError(f"{key}: need one id list per caption and at least one caption")
+    empty = [c for c, ids in zip(captions, caption_ids) if len(ids) == 0]
+    if empty:
+        raise ValueError(f"{key}: caption {empty[0]!r} has no word ids")
     feature = {
         "key": _bytes([key.encode("utf-8")]),
         "image/encoded": _bytes([image]),

@@ -6,6 +6,11 @@ original AttnGAN/MirrorGAN code: lower-case, `\\w+` tokens, index 0 is the end/p
 words outside the vocabulary are dropped. Unlike the original we apply Unicode NFKC
 normalisation first and build the vocabulary from the training split only (the original counted
 test captions too, which leaks test words into training).
+
+A vocabulary file has one word per line; the line number is the id. Line 0 is always `<end>`.
+The files `build_vocabulary` writes hold `<unk>` at line 1; a vocabulary taken from AttnGAN's
+released `captions.pickle` (ixtoword) has no `<unk>`: its id 1 is a real word. Both are read;
+in both, unknown words are dropped, and the vocabulary size is the number of lines.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ UNK_TOKEN = "<unk>"
 END_ID = 0
 UNK_ID = 1
 RESERVED = (END_TOKEN, UNK_TOKEN)
+# What the lookup table returns for a word that is not in the file: no id a vocabulary can hold
+# (UNK_ID is a real word in a vocabulary without `<unk>`).
+_MISSING = -1
 
 # RE2 has no Unicode-aware \w; this class is Python's `\w` for the characters captions contain.
 _NON_WORD = r"[^\p{L}\p{N}_]+"
@@ -53,13 +61,40 @@ def write_vocabulary(words: list[str], path: str) -> None:
 
 
 def read_vocabulary(path: str) -> list[str]:
-    with tf.io.gfile.GFile(path, "r") as f:
-        words = f.read().split("\n")
+    """The words of a vocabulary file, in id order (id = line number).
+
+    Accepted: line 0 `<end>`, optionally `<unk>` at line 1, then one word per line (LF or CRLF
+    line ends, an optional UTF-8 byte-order mark). Raises ValueError naming the file and line for
+    anything a lookup table would get wrong: a missing `<end>`, a reserved token elsewhere, an empty
+    line, a line holding whitespace, a word listed twice.
+    """
+    with tf.io.gfile.GFile(path, "rb") as f:
+        data = f.read()
+    try:
+        content = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+    words = content.replace("\r\n", "\n").split("\n")
     if words and words[-1] == "":
         words.pop()
-    if tuple(words[: len(RESERVED)]) != RESERVED:
-        raise ValueError(f"{path}: not a vocabulary file (its first lines must be {RESERVED})")
+    if not words or words[0] != END_TOKEN:
+        raise ValueError(f"{path}: not a vocabulary file (its first line must be {END_TOKEN}, "
+                         f"got {words[0] if words else 'nothing'!r})")
+    seen: dict[str, int] = {}
+    for i, w in enumerate(words):
+        if not w or w != w.strip() or any(c.isspace() for c in w):
+            raise ValueError(f"{path}:{i + 1}: a vocabulary line must be one word, got {w!r}")
+        if w in RESERVED and (w, i) not in ((END_TOKEN, END_ID), (UNK_TOKEN, UNK_ID)):
+            raise ValueError(f"{path}:{i + 1}: {w} may only stand at line {RESERVED.index(w) + 1}")
+        if w in seen:
+            raise ValueError(f"{path}:{i + 1}: {w!r} is already at line {seen[w] + 1}")
+        seen[w] = i
     return words
+
+
+def has_unknown_token(words: list[str]) -> bool:
+    """Whether a vocabulary (as read by `read_vocabulary`) reserves id 1 for `<unk>`."""
+    return len(words) > UNK_ID and words[UNK_ID] == UNK_TOKEN
 
 
 class Tokenizer(tf.Module):
@@ -67,7 +102,8 @@ class Tokenizer(tf.Module):
     ship the vocabulary as an asset.
 
     `drop_unknown=True` (the original behaviour) removes out-of-vocabulary words; otherwise they
-    map to UNK_ID.
+    map to UNK_ID, which needs a vocabulary with `<unk>` (ValueError otherwise). Every word of the
+    file keeps its id: the lookup's miss value is -1, not an id.
     """
 
     def __init__(self, vocab_path: str, drop_unknown: bool = True, name: str = "tokenizer"):
@@ -75,6 +111,16 @@ class Tokenizer(tf.Module):
         self.vocab_path = vocab_path
         self.words = read_vocabulary(vocab_path)
         self.drop_unknown = drop_unknown
+        self.has_unknown_token = has_unknown_token(self.words)
+        if not drop_unknown and not self.has_unknown_token:
+            raise ValueError(f"{vocab_path}: has no {UNK_TOKEN} at line 2, so unknown words can only be dropped")
+        # The table reads the file itself (so a SavedModel ships it as an asset); a CRLF file or a
+        # byte-order mark would give it keys no word matches.
+        with tf.io.gfile.GFile(vocab_path, "rb") as f:
+            raw = f.read()
+        if raw.startswith(b"\xef\xbb\xbf") or b"\r" in raw:
+            raise ValueError(f"{vocab_path}: write it with LF line ends and no byte-order mark "
+                             "(pipelines.prepare --vocab does this when it copies a vocabulary)")
         initializer = tf.lookup.TextFileInitializer(
             vocab_path,
             key_dtype=tf.string,
@@ -82,7 +128,7 @@ class Tokenizer(tf.Module):
             value_dtype=tf.int64,
             value_index=tf.lookup.TextFileIndex.LINE_NUMBER,
         )
-        self.table = tf.lookup.StaticHashTable(initializer, default_value=UNK_ID)
+        self.table = tf.lookup.StaticHashTable(initializer, default_value=_MISSING)
 
     @property
     def vocab_size(self) -> int:
@@ -93,8 +139,8 @@ class Tokenizer(tf.Module):
         words = split_words(captions)
         ids = tf.ragged.map_flat_values(self.table.lookup, words)
         if self.drop_unknown:
-            ids = tf.ragged.boolean_mask(ids, tf.not_equal(ids, UNK_ID))
-        return ids
+            return tf.ragged.boolean_mask(ids, tf.not_equal(ids, _MISSING))
+        return tf.ragged.map_flat_values(lambda v: tf.where(tf.not_equal(v, _MISSING), v, UNK_ID), ids)
 
     def decode(self, ids: Iterable[int]) -> str:
         """Word ids -> text, stopping at the first END_ID (for inspecting captions)."""

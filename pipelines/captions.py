@@ -9,7 +9,9 @@ captions per image:
 
 CSV: a header with `image,caption` and optionally `split` and `label` columns. `split` is `train`
 or `test`; when no row gives one, a deterministic `test_fraction` of the images (chosen by a hash
-of the path) becomes the test split. `label` is an optional integer class id.
+of the path) becomes the test split. `label` is an optional integer class id. Image paths are
+normalised first (`normalise_image_path`), so two spellings of one image are one image; a file
+may start with a UTF-8 byte-order mark (Excel's "CSV UTF-8").
 """
 
 from __future__ import annotations
@@ -18,9 +20,10 @@ import csv
 import hashlib
 import io
 import json
+import posixpath
 
 from pipelines import images
-from pipelines.source import DatasetError, NO_CLASS, Problems, RawExample, Source, exists, join
+from pipelines.source import DatasetError, NO_CLASS, Problems, RawExample, Source, decode_text, exists, join
 
 NAMES = ("captions.jsonl", "captions.csv")
 SPLITS = ("train", "test")
@@ -41,10 +44,7 @@ def _find_file(source: str) -> str:
 
 def _rows(path: str) -> list[tuple[str, dict]]:
     """(where, row) pairs from a JSONL or CSV file."""
-    try:
-        text = images.read_bytes(path).decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+    text = decode_text(images.read_bytes(path), path)  # Excel's "CSV UTF-8" starts with a BOM
     rows = []
     if path.lower().endswith(".csv"):
         reader = csv.DictReader(io.StringIO(text))
@@ -66,19 +66,31 @@ def _rows(path: str) -> list[tuple[str, dict]]:
     return rows
 
 
+def normalise_image_path(image: str) -> str:
+    """The one spelling of an image path: `/` separators (a CSV written on Windows has `\\`),
+    no `.` or empty parts, `..` resolved where it can be. So `./img/a.jpg`, `img//a.jpg` and
+    `img\\a.jpg` are all the image `img/a.jpg`."""
+    return posixpath.normpath(image.replace("\\", "/"))
+
+
 def _in_test(image: str, fraction: float) -> bool:
     digest = hashlib.sha1(image.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
-def read(source: str, problems: Problems, test_fraction: float = 0.1) -> Source:
+def read(source: str, problems: Problems, test_fraction: float = 0.1,
+         background=images.DEFAULT_BACKGROUND) -> Source:
+    """Read and check a captions file. Rows naming the same image (after `normalise_image_path`)
+    are one image with all their captions. An image given both splits is reported (skip mode:
+    kept in train only, and listed). Raises DatasetError for a malformed file."""
     path = _find_file(source)
     base = path.rsplit("/", 1)[0] if "/" in path else "."
     grouped: dict[str, dict] = {}
     for where, row in _rows(path):
         image = row.get("image")
-        if not isinstance(image, str) or not image:
+        if not isinstance(image, str) or not image.strip():
             raise DatasetError(f"{where}: missing 'image' field")
+        image = normalise_image_path(image.strip())
         if "captions" in row:
             caps = row["captions"]
             if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
@@ -87,16 +99,16 @@ def read(source: str, problems: Problems, test_fraction: float = 0.1) -> Source:
             caps = [row["caption"]]
         else:
             raise DatasetError(f"{where}: missing 'caption' (a string) or 'captions' (a list)")
-        entry = grouped.setdefault(image, {"captions": [], "origins": [], "split": None, "label": NO_CLASS})
+        entry = grouped.setdefault(image, {"captions": [], "origins": [], "split": None, "label": NO_CLASS,
+                                           "split_at": {}})
         entry["captions"] += [c.strip() for c in caps]
         entry["origins"] += [where] * len(caps)
         split = row.get("split") or None
         if split is not None:
             if split not in SPLITS:
                 raise DatasetError(f"{where}: 'split' must be one of {SPLITS}, got {split!r}")
-            if entry["split"] not in (None, split):
-                raise DatasetError(f"{where}: {image} is in both {entry['split']} and {split}")
-            entry["split"] = split
+            entry["split_at"].setdefault(split, where)
+            entry["split"] = entry["split"] or split
         label = row.get("label")
         if label not in (None, ""):
             try:
@@ -110,6 +122,11 @@ def read(source: str, problems: Problems, test_fraction: float = 0.1) -> Source:
     examples = []
     for image, entry in sorted(grouped.items()):
         split = entry["split"] or ("test" if _in_test(image, test_fraction) else "train")
+        if len(entry["split_at"]) > 1:
+            at = entry["split_at"]
+            problems.report(at["test"], f"{image} is in both the train ({at['train']}) and the test split; "
+                                        "an image may be in one only (skip: kept in train)", image)
+            split = "train"
         image_path = join(base, image)
         if not exists(image_path):
             problems.report(image_path, f"image file missing (listed in {path})", image)
@@ -119,8 +136,10 @@ def read(source: str, problems: Problems, test_fraction: float = 0.1) -> Source:
             split=split,
             captions=entry["captions"],
             caption_origins=entry["origins"],
-            image_job=(image_path, None),
+            image_job=(image_path, None, tuple(background)),
             class_id=entry["label"],
+            image_path=image_path,
+            listed_in=entry["origins"][0],
         ))
     return Source(
         name="captions",
@@ -128,5 +147,5 @@ def read(source: str, problems: Problems, test_fraction: float = 0.1) -> Source:
         examples=examples,
         image_worker=images.prepare_file,
         captions_per_image=None,
-        extra={"test_fraction": test_fraction if not with_split else None},
+        extra={"test_fraction": test_fraction if not with_split else None, "background": list(background)},
     )

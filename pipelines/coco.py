@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 
 from pipelines import images
-from pipelines.source import DatasetError, Problems, RawExample, Source, exists, join
+from pipelines.source import DatasetError, Problems, RawExample, Source, decode_text, exists, join
 
 CAPTIONS_PER_IMAGE = 5
 SPLITS = {"train": "train2014", "test": "val2014"}
@@ -26,9 +26,7 @@ def _annotations(path: str) -> dict:
     except Exception as e:
         raise DatasetError(f"{path}: cannot read annotation file ({getattr(e, 'strerror', None) or e})") from None
     try:
-        obj = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+        obj = json.loads(decode_text(data, path))
     except json.JSONDecodeError as e:
         raise DatasetError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
     for field in ("images", "annotations"):
@@ -37,7 +35,7 @@ def _annotations(path: str) -> dict:
     return obj
 
 
-def read(root: str, problems: Problems) -> Source:
+def read(root: str, problems: Problems, background=images.DEFAULT_BACKGROUND) -> Source:
     examples = []
     for split, folder in SPLITS.items():
         ann_path = join(root, "annotations", f"captions_{folder}.json")
@@ -63,7 +61,9 @@ def read(root: str, problems: Problems) -> Source:
                 split=split,
                 captions=caps,
                 caption_origins=[f"{ann_path} (image id {image['id']}, caption {i + 1})" for i in range(len(caps))],
-                image_job=(image_path, None),
+                image_job=(image_path, None, tuple(background)),
+                image_path=image_path,
+                listed_in=ann_path,
             ))
     return Source(
         name="coco",
@@ -71,4 +71,5 @@ def read(root: str, problems: Problems) -> Source:
         examples=examples,
         image_worker=images.prepare_file,
         captions_per_image=CAPTIONS_PER_IMAGE,
+        extra={"background": list(background)},
     )

@@ -23,6 +23,10 @@ class RawExample:
     image_job: Any
     class_id: int = NO_CLASS
     attributes: list[int] = field(default_factory=list)
+    # The image file, where there is one (rendered datasets have none): for overlap checks.
+    image_path: Optional[str] = None
+    # Where the source lists this example ("path" or "path:line"), for error messages.
+    listed_in: str = ""
 
 
 @dataclass
@@ -55,9 +59,26 @@ class Problems:
         self.skipped.append({"key": key, "file": path, "problem": problem})
 
 
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def decode_text(data: bytes, path: str) -> str:
+    """UTF-8 bytes -> text, without the byte-order mark Excel and Notepad put in front ("CSV
+    UTF-8"). Raises DatasetError naming the file and the byte for anything else, and says so when
+    the file is UTF-16 (Excel's "Unicode Text")."""
+    if data.startswith(_UTF16_BOMS):
+        raise DatasetError(f"{path}: UTF-16 text (it starts with a UTF-16 byte-order mark); save it as UTF-8")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DatasetError(f"{path}: not valid UTF-8 (byte {e.start}, line {line}: {data[e.start:e.start + 4]!r})") from None
+
+
 def read_text(path: str, problems: Problems, key: Optional[str] = None,
               opener: Optional[Callable[[str], bytes]] = None) -> Optional[str]:
-    """Read a UTF-8 text file; report a missing file or bytes that are not UTF-8."""
+    """Read a UTF-8 text file (a leading byte-order mark is dropped); report a missing file or
+    bytes that are not UTF-8."""
     from pipelines.images import read_bytes
 
     try:
@@ -69,10 +90,9 @@ def read_text(path: str, problems: Problems, key: Optional[str] = None,
         problems.report(path, f"cannot read file ({e})", key)
         return None
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        problems.report(path, f"not valid UTF-8 (byte {e.start}, line {line}: {data[e.start:e.start + 4]!r})", key)
+        return decode_text(data, path)
+    except DatasetError as e:
+        problems.report(path, str(e)[len(path) + 2:], key)
         return None
 
 

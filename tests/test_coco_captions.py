@@ -22,7 +22,8 @@ def _coco(root, per_image=(5, 6), val=1):
         imgs, anns = [], []
         for i in range(count):
             name = f"COCO_{folder}_{i:012d}.jpg"
-            _image(root / folder / name, (10 * i, 100, 200))
+            # val images differ from train ones: a byte-identical pair is a train/test overlap
+            _image(root / folder / name, (10 * i, 100 if folder == "train2014" else 50, 200))
             imgs.append({"id": i + 1, "file_name": name})
             n = per_image[i] if folder == "train2014" else 5
             for j in range(n):
@@ -113,3 +114,147 @@ def test_own_captions_need_a_caption_file(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="no captions.jsonl or captions.csv"):
         prepare("captions", str(tmp_path / "out"), str(tmp_path / "empty"))
+
+
+def _own(root, rows, images):
+    """A captions.jsonl with `rows` and a distinct image per name in `images`."""
+    for i, name in enumerate(images):
+        _image(root / name, (7 * i, 255 - 7 * i, 90))
+    (root / "captions.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return root
+
+
+def _ids(out, split):
+    return {e["key"].numpy().decode(): e["caption_ids"].to_list() for e in _examples(out, split)}
+
+
+def test_a_caption_whose_words_are_all_rare_is_bad_input(tmp_path):
+    rows = [{"image": f"{n}.png", "caption": "a red card", "split": "train"} for n in "abc"]
+    rows += [{"image": "d.png", "captions": ["a red card", "zebra quokka"], "split": "train"},
+             {"image": "t.png", "caption": "a red card", "split": "test"}]
+    root = _own(tmp_path / "mine", rows, ["a.png", "b.png", "c.png", "d.png", "t.png"])
+    with pytest.raises(DatasetError) as e:
+        prepare("captions", str(tmp_path / "out"), str(root), workers=1, min_count=2)
+    assert "captions.jsonl:4: no word of this caption is in the vocabulary" in str(e.value)
+    assert "--min-count 2" in str(e.value) and "'zebra quokka'" in str(e.value)
+    assert not (tmp_path / "out").exists()
+    manifest = prepare("captions", str(tmp_path / "out"), str(root), workers=1, min_count=2, on_error="skip")
+    assert [s["key"] for s in manifest["skipped"]] == ["d.png"]
+    assert manifest["splits"]["train"]["examples"] == 3
+    assert all(all(ids) for ids in _ids(tmp_path / "out", "train").values())
+
+
+def test_dropping_an_example_can_make_another_caption_all_rare(tmp_path):
+    # min_count 2: "w" occurs twice, once in a.png, whose other caption is all rare. Once a.png
+    # is dropped, "w" occurs once, and b.png's only caption has no word left.
+    rows = [{"image": "a.png", "captions": ["zebra", "w"]}, {"image": "b.png", "caption": "w"},
+            {"image": "c.png", "caption": "a red card"}, {"image": "d.png", "caption": "a red card"}]
+    for r in rows:
+        r["split"] = "train"
+    rows.append({"image": "t.png", "caption": "a card", "split": "test"})
+    root = _own(tmp_path / "mine", rows, ["a.png", "b.png", "c.png", "d.png", "t.png"])
+    manifest = prepare("captions", str(tmp_path / "out"), str(root), workers=1, min_count=2, on_error="skip")
+    assert [s["key"] for s in manifest["skipped"]] == ["a.png", "b.png"]
+    assert (tmp_path / "out" / "vocab.txt").read_text().split() == ["<end>", "<unk>", "a", "card", "red"]
+    assert _ids(tmp_path / "out", "test") == {"t.png": [[2, 3]]}
+
+
+def test_a_test_caption_with_no_word_seen_in_training_is_bad_input(tmp_path):
+    rows = [{"image": "a.png", "caption": "a red card", "split": "train"},
+            {"image": "t.png", "captions": ["a card", "purple hexagon"], "split": "test"}]
+    root = _own(tmp_path / "mine", rows, ["a.png", "t.png"])
+    with pytest.raises(DatasetError, match="captions.jsonl:2: no word of this caption .*'purple hexagon'"):
+        prepare("captions", str(tmp_path / "out"), str(root), workers=1)
+
+
+def test_one_image_spelt_two_ways_in_train_and_test_is_refused(tmp_path):
+    rows = [{"image": "img/a.jpg", "caption": "a red card", "split": "train"},
+            {"image": "img/b.jpg", "caption": "a blue card", "split": "train"},
+            {"image": "./img/a.jpg", "caption": "a card", "split": "test"},
+            {"image": "img/c.jpg", "caption": "a red card", "split": "test"}]
+    root = _own(tmp_path / "mine", rows, ["img/a.jpg", "img/b.jpg", "img/c.jpg"])
+    with pytest.raises(DatasetError) as e:
+        prepare("captions", str(tmp_path / "out"), str(root), workers=1)
+    assert "captions.jsonl:3: img/a.jpg is in both the train (" in str(e.value)
+    manifest = prepare("captions", str(tmp_path / "out"), str(root), workers=1, on_error="skip")
+    assert [(s["key"], s["file"].rsplit("/", 1)[1]) for s in manifest["skipped"]] == [("img/a.jpg", "captions.jsonl:3")]
+    train = _examples(tmp_path / "out", "train")
+    assert [e["key"].numpy().decode() for e in train] == ["img/a.jpg", "img/b.jpg"]
+    assert [c.decode() for c in train[0]["captions"].numpy()] == ["a red card", "a card"]
+    assert [e["key"].numpy().decode() for e in _examples(tmp_path / "out", "test")] == ["img/c.jpg"]
+
+
+def test_paths_are_normalised_before_images_are_grouped_and_split():
+    from pipelines.captions import normalise_image_path
+
+    for spelling in ("img/a.jpg", "./img/a.jpg", "img//a.jpg", "img/./a.jpg", "img\\a.jpg", "x/../img/a.jpg"):
+        assert normalise_image_path(spelling) == "img/a.jpg"
+
+
+def test_the_same_file_under_another_name_in_test_is_refused(tmp_path):
+    rows = [{"image": "a.png", "caption": "a red card", "split": "train"},
+            {"image": "b.png", "caption": "a red card", "split": "train"},
+            {"image": "copy.png", "caption": "a card", "split": "test"},
+            {"image": "link.png", "caption": "a card", "split": "test"}]
+    root = _own(tmp_path / "mine", rows, ["a.png", "b.png"])
+    (root / "copy.png").write_bytes((root / "a.png").read_bytes())
+    (root / "link.png").symlink_to(root / "b.png")
+    with pytest.raises(DatasetError, match="copy.png is in the test split and, as a byte-identical copy of .*a.png"):
+        prepare("captions", str(tmp_path / "out"), str(root), workers=1)
+    manifest = prepare("captions", str(tmp_path / "out"), str(root), workers=1, on_error="skip")
+    assert [s["key"] for s in manifest["skipped"]] == ["copy.png", "link.png"]
+    assert "as the same file as" in manifest["skipped"][1]["problem"]
+    assert manifest["splits"]["test"]["examples"] == 0 and manifest["splits"]["train"]["examples"] == 2
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_byte_order_mark_from_excel_is_accepted(tmp_path, suffix):
+    root = tmp_path / "mine"
+    _image(root / "a.png", (200, 0, 0))
+    _image(root / "t.png", (0, 0, 200))
+    if suffix == ".csv":
+        body = "image,caption,split\r\na.png,a red card,train\r\nt.png,a card,test\r\n"
+    else:
+        body = '{"image": "a.png", "caption": "a red card", "split": "train"}\n' \
+               '{"image": "t.png", "caption": "a card", "split": "test"}\n'
+    (root / f"captions{suffix}").write_bytes(b"\xef\xbb\xbf" + body.encode("utf-8"))
+    manifest = prepare("captions", str(tmp_path / "out"), str(root), workers=1)
+    assert manifest["splits"]["train"]["examples"] == 1
+    assert [c.decode() for c in _examples(tmp_path / "out", "train")[0]["captions"].numpy()] == ["a red card"]
+
+
+def test_utf16_caption_files_are_named_as_such(tmp_path):
+    root = tmp_path / "mine"
+    _image(root / "a.png", (200, 0, 0))
+    (root / "captions.csv").write_bytes("image,caption\na.png,a red card\n".encode("utf-16"))
+    with pytest.raises(DatasetError, match="captions.csv: UTF-16 text .* save it as UTF-8"):
+        prepare("captions", str(tmp_path / "out"), str(root), workers=1)
+
+
+def test_coco_annotations_with_a_byte_order_mark_are_read(tmp_path):
+    root = _coco(tmp_path / "coco")
+    path = root / "annotations" / "captions_val2014.json"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    manifest = prepare("coco", str(tmp_path / "out"), str(root), workers=1)
+    assert manifest["splits"]["test"]["examples"] == 1
+
+
+def test_background_option_reaches_the_stored_image(tmp_path):
+    root = tmp_path / "mine"
+    root.mkdir()
+    Image.new("RGBA", (8, 8), (0, 0, 0, 0)).save(root / "clear.png")
+    _image(root / "t.png", (0, 0, 200))
+    (root / "captions.jsonl").write_text('{"image": "clear.png", "caption": "nothing", "split": "train"}\n'
+                                         '{"image": "t.png", "caption": "nothing", "split": "test"}\n')
+    import io
+
+    import numpy as np
+
+    for background, rgb in (("white", (255, 255, 255)), ("#204060", (32, 64, 96))):
+        out = tmp_path / f"out-{rgb[0]}"
+        manifest = prepare("captions", str(out), str(root), workers=1, background=background)
+        stored = np.asarray(Image.open(io.BytesIO(_examples(out, "train")[0]["image"].numpy())))
+        np.testing.assert_allclose(stored.reshape(-1, 3).mean(0), rgb, atol=1.5)
+        assert manifest["details"]["background"] == list(rgb)
+    with pytest.raises(DatasetError, match="--background"):
+        prepare("captions", str(tmp_path / "bad"), str(root), workers=1, background="nope")

@@ -77,3 +77,84 @@ def test_grayscale_and_cmyk_images_become_rgb(cub_sample, tmp_path):
         assert stored[name].ndim == 3 and stored[name].shape[2] == 3
     gray = stored[names[0]].astype(int)
     assert np.abs(gray[..., 0] - gray[..., 1]).max() <= 8  # grey stays grey
+
+
+def test_a_name_in_both_split_lists_is_refused_or_kept_in_train_only(cub_sample, tmp_path):
+    import pytest
+
+    from pipelines.source import DatasetError
+
+    root = make_mini_cub(cub_sample, tmp_path / "birds", train=3, test=2)
+    shared = mini_cub_names(root, "train")[1]
+    names = mini_cub_names(root, "test") + [shared]
+    classes = pickle.load(open(root / "test" / "class_info.pickle", "rb")) + [7]
+    pickle.dump(names, open(root / "test" / "filenames.pickle", "wb"), protocol=2)
+    pickle.dump(classes, open(root / "test" / "class_info.pickle", "wb"), protocol=2)
+    with pytest.raises(DatasetError) as e:
+        prepare("cub", str(tmp_path / "out"), str(root), workers=1)
+    message = str(e.value)
+    assert message.startswith(f"{root / 'test' / 'filenames.pickle'}: {shared} is in the test split")
+    assert str(root / "train" / "filenames.pickle") in message
+    manifest = prepare("cub", str(tmp_path / "out"), str(root), workers=1, on_error="skip")
+    assert [s["key"] for s in manifest["skipped"]] == [shared]
+    assert manifest["splits"]["train"]["examples"] == 3 and manifest["splits"]["test"]["examples"] == 2
+    assert shared not in [e["key"].numpy().decode() for e in _examples(tmp_path / "out", "test")]
+
+
+def test_split_pickles_with_bytes_names_and_numpy_classes_are_read(cub_sample, tmp_path):
+    root = make_mini_cub(cub_sample, tmp_path / "birds", train=3, test=2)
+    names = mini_cub_names(root, "train")
+    classes = pickle.load(open(root / "train" / "class_info.pickle", "rb"))
+    pickle.dump([n.encode("utf-8") for n in names], open(root / "train" / "filenames.pickle", "wb"))
+    pickle.dump(np.array(classes, np.int64), open(root / "train" / "class_info.pickle", "wb"))
+    test_names = mini_cub_names(root, "test")
+    pickle.dump(np.array(test_names), open(root / "test" / "filenames.pickle", "wb"))  # NumPy str_ names
+    manifest = prepare("cub", str(tmp_path / "out"), str(root), workers=1)
+    assert manifest["splits"]["train"]["examples"] == 3
+    train = _examples(tmp_path / "out", "train")
+    assert [e["key"].numpy().decode() for e in train] == names
+    assert [int(e["class_id"]) for e in train] == classes
+    assert [e["key"].numpy().decode() for e in _examples(tmp_path / "out", "test")] == test_names
+
+
+def test_split_pickles_of_another_shape_are_named(cub_sample, tmp_path):
+    import pytest
+
+    from pipelines.source import DatasetError
+
+    root = make_mini_cub(cub_sample, tmp_path / "birds", train=3, test=2)
+    names_path = root / "train" / "filenames.pickle"
+    classes_path = root / "train" / "class_info.pickle"
+    pickle.dump(np.zeros((3, 2), np.int64), open(classes_path, "wb"))
+    with pytest.raises(DatasetError, match=r"class_info.pickle: expected one class number per name in .* "
+                                           r"\(3 names\), found a numpy.ndarray of shape \(3, 2\)"):
+        prepare("cub", str(tmp_path / "out"), str(root), workers=1)
+    pickle.dump({"names": mini_cub_names(root, "test")}, open(names_path, "wb"))
+    with pytest.raises(DatasetError, match="filenames.pickle: expected a list of names .*, found a dict of 1"):
+        prepare("cub", str(tmp_path / "out"), str(root), workers=1)
+
+
+def test_cub_text_files_with_a_byte_order_mark(cub_sample, tmp_path):
+    root = make_mini_cub(cub_sample, tmp_path / "birds", train=3, test=2)
+    name = mini_cub_names(root)[0]
+    caption_file = root / "text" / (name + ".txt")
+    lines = caption_file.read_text().strip().split("\n")
+    caption_file.write_bytes(b"\xef\xbb\xbf" + caption_file.read_bytes())
+    for meta in ("images.txt", "bounding_boxes.txt"):
+        path = root / "CUB_200_2011" / meta
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    prepare("cub", str(tmp_path / "out"), str(root), workers=1)
+    first = _examples(tmp_path / "out", "train")[0]
+    assert [c.decode() for c in first["captions"].numpy()] == lines  # no "\ufeff" before the first caption
+
+
+def test_a_name_listed_twice_in_one_split_is_reported(cub_sample, tmp_path):
+    root = make_mini_cub(cub_sample, tmp_path / "birds", train=3, test=2)
+    names = mini_cub_names(root)
+    classes = pickle.load(open(root / "train" / "class_info.pickle", "rb"))
+    pickle.dump(names + [names[0]], open(root / "train" / "filenames.pickle", "wb"), protocol=2)
+    pickle.dump(classes + [classes[0]], open(root / "train" / "class_info.pickle", "wb"), protocol=2)
+    manifest = prepare("cub", str(tmp_path / "out"), str(root), workers=1, on_error="skip")
+    assert [(s["key"], s["problem"]) for s in manifest["skipped"]] == [
+        (names[0], f"{names[0]} is listed twice in the train split")]
+    assert [e["key"].numpy().decode() for e in _examples(tmp_path / "out", "train")] == names

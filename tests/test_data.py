@@ -144,3 +144,99 @@ def test_distribution_through_mirrored_strategy_on_two_cpus(prepared_shapes):
         assert step["replicas"] == 2
         assert step["shapes"] == [[4, 64, 64, 3], [4, 64, 64, 3]]  # global 8 = 2 x 4
         assert not set(step["keys"][0]) & set(step["keys"][1])  # each replica its own images
+
+
+def _prepared(tmp_path, name, **kwargs):
+    from pipelines.prepare import prepare
+
+    out = tmp_path / name
+    prepare(kwargs.pop("dataset", "shapes"), str(out), kwargs.pop("source", None), workers=1, **kwargs)
+    return out
+
+
+def _refusal(cfg, **kwargs) -> str:
+    with pytest.raises(data.DataError) as e:
+        data.check_prepared(cfg, **kwargs)
+    return str(e.value)
+
+
+def test_sample_captions_is_the_number_the_check_asks_for():
+    assert data.SAMPLE_CAPTIONS == 8
+
+
+def test_check_prepared_refuses_a_test_split_smaller_than_the_samplers_batch(tmp_path):
+    # The case: pipelines.prepare --dataset shapes --num-train 64 --num-test 5, default config.
+    out = _prepared(tmp_path, "tiny", num_train=64, num_test=5)
+    cfg = _cfg(out, "shapes.yaml")
+    message = _refusal(cfg)
+    assert message.startswith(f"{out / 'manifest.json'}: this dataset cannot be trained on as configured")
+    assert "the test split has 5 images, fewer than the 8 fixed sample captions the gan stage draws" in message
+    assert "SAMPLE_CAPTIONS" in message and "--num-test" in message
+    assert message.count("\n  - ") == 1  # the train split (64) covers every batch of shapes.yaml
+    # Stages that never read the test split are not held up by it.
+    assert data.check_prepared(cfg, stages=("damsm", "stream"))["splits"]["test"]["examples"] == 5
+
+
+def test_check_prepared_refuses_an_own_dataset_whose_hash_split_left_no_test_images(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "mine"
+    root.mkdir()
+    rows = []
+    for i in range(12):
+        Image.new("RGB", (16, 16), (20 * i, 0, 0)).save(root / f"{i}.png")
+        rows.append(json.dumps({"image": f"{i}.png", "caption": f"a red square number {i}"}))
+    (root / "captions.jsonl").write_text("\n".join(rows) + "\n")
+    out = _prepared(tmp_path, "mine-out", dataset="captions", source=str(root), test_fraction=0.0)
+    cfg = _cfg(out, "shapes_smoke.yaml", "data.dataset=captions")
+    assert "the test split has 0 images, fewer than the 8 fixed sample captions" in _refusal(cfg)
+
+
+@pytest.mark.parametrize("key, value", [("damsm.batch_size", 100), ("stream.batch_size", 97),
+                                        ("train.batch_size", 128)])
+def test_check_prepared_refuses_a_train_split_smaller_than_a_stage_batch(prepared_shapes, key, value):
+    message = _refusal(_cfg(prepared_shapes, "shapes_smoke.yaml", f"{key}={value}"))
+    assert f"the train split has 96 images, fewer than {key}={value}" in message
+    assert message.count("\n  - ") == 1
+
+
+def test_check_prepared_lists_every_problem_at_once(prepared_shapes):
+    cfg = _cfg(prepared_shapes, "shapes_smoke.yaml", "damsm.batch_size=100", "train.batch_size=128",
+               "data.vocab_size=7")
+    message = _refusal(cfg)
+    assert "fewer than damsm.batch_size=100" in message and "fewer than train.batch_size=128" in message
+    assert "data.vocab_size=7, but the vocabulary has" in message
+    # A stage that will not run does not count.
+    assert "damsm" not in _refusal(cfg, stages=("stream", "gan"))
+
+
+def test_check_prepared_refuses_batches_that_do_not_split_over_replicas(prepared_shapes):
+    message = _refusal(_cfg(prepared_shapes, "shapes_smoke.yaml", "damsm.batch_size=3"), num_replicas=2)
+    assert "damsm.batch_size=3 does not divide over 2 replicas" in message
+    assert "damsm.batch_size=3 leaves 1 caption(s) per replica" in message
+    message = _refusal(_cfg(prepared_shapes, "shapes_smoke.yaml", "damsm.batch_size=2"), num_replicas=2)
+    assert "leaves 1 caption(s) per replica on 2 replica(s)" in message
+
+
+def test_check_prepared_accepts_a_dataset_that_fits_and_names_a_missing_shard(prepared_shapes, tmp_path):
+    import shutil
+
+    cfg = _cfg(prepared_shapes)
+    manifest = data.check_prepared(cfg, num_replicas=2)
+    assert manifest["splits"]["train"]["examples"] == 96 and manifest["splits"]["test"]["examples"] == 48
+    copy = tmp_path / "copy"
+    shutil.copytree(prepared_shapes, copy)
+    shard = manifest["splits"]["test"]["shards"][0]
+    (copy / shard).unlink()
+    assert f"the test split's shard {shard} is missing" in _refusal(_cfg(copy))
+
+
+def test_a_record_refuses_a_caption_without_word_ids():
+    from mirrorgan_tf import records
+
+    with pytest.raises(ValueError, match="k1: caption 'zebra' has no word ids"):
+        records.encode_example(key="k1", image=b"x", image_format="png", height=1, width=1,
+                               captions=["a bird", "zebra"], caption_ids=[[2, 3], []])
+    ok = records.encode_example(key="k1", image=b"x", image_format="png", height=1, width=1,
+                                captions=["a bird"], caption_ids=[[2, 3]])
+    assert records.parse_example(ok)["caption_ids"].to_list() == [[2, 3]]

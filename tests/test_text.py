@@ -91,3 +91,52 @@ def test_training_cut_keeps_a_random_in_order_subset():
     ids, n = text.fit_caption(tf.constant([4, 3, 9], tf.int64), 8, seed=tf.constant([1, 2]))
     assert ids.numpy().tolist() == [4, 3, 9, 0, 0, 0, 0, 0]
     np.testing.assert_equal(int(n), 3)
+
+
+def _write(path, lines, newline="\n"):
+    path.write_bytes(newline.join(lines).encode("utf-8") + newline.encode())
+    return str(path)
+
+
+def test_a_vocabulary_without_unk_keeps_every_word_id(tmp_path):
+    # AttnGAN's released captions.pickle: id 0 is <end>, ids 1.. are words, there is no <unk>.
+    path = _write(tmp_path / "attngan.txt", ["<end>", "bird", "a", "red", "wings"])
+    assert text.read_vocabulary(path) == ["<end>", "bird", "a", "red", "wings"]
+    tok = text.Tokenizer(path)
+    assert tok.vocab_size == 5 and not tok.has_unknown_token
+    # "bird" is id 1: a real word, never dropped as unknown; "blue" is unknown and dropped.
+    assert tok(["A red bird with blue wings", "bird", "blue"]).to_list() == [[2, 3, 1, 4], [1], []]
+    assert tok.decode([2, 3, 1, 0, 4]) == "a red bird"
+    with pytest.raises(ValueError, match="no <unk>"):
+        text.Tokenizer(path, drop_unknown=False)
+
+
+def test_a_vocabulary_with_unk_maps_unknown_words_to_it_only_on_request(tmp_path):
+    path = _write(tmp_path / "v.txt", ["<end>", "<unk>", "bird", "a"])
+    assert text.Tokenizer(path)(["a blue bird"]).to_list() == [[3, 2]]
+    assert text.Tokenizer(path, drop_unknown=False)(["a blue bird"]).to_list() == [[3, 1, 2]]
+
+
+@pytest.mark.parametrize("lines, message", [
+    (["bird", "<end>"], "first line must be <end>"),
+    (["<end>", "a", "<unk>"], ":3: <unk> may only stand at line 2"),
+    (["<end>", "a", "bird", "a"], ":4: 'a' is already at line 2"),
+    (["<end>", "a", "", "b"], ":3: a vocabulary line must be one word"),
+    (["<end>", "a bird"], ":2: a vocabulary line must be one word"),
+])
+def test_read_vocabulary_names_the_line_a_table_would_get_wrong(tmp_path, lines, message):
+    path = _write(tmp_path / "v.txt", lines)
+    with pytest.raises(ValueError, match=message):
+        text.read_vocabulary(path)
+
+
+def test_crlf_or_bom_vocabulary_reads_but_the_table_refuses_it(tmp_path):
+    crlf = _write(tmp_path / "crlf.txt", ["<end>", "bird"], newline="\r\n")
+    assert text.read_vocabulary(crlf) == ["<end>", "bird"]
+    with pytest.raises(ValueError, match="LF line ends"):
+        text.Tokenizer(crlf)
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes(b"\xef\xbb\xbf<end>\nbird\n")
+    assert text.read_vocabulary(str(bom)) == ["<end>", "bird"]
+    with pytest.raises(ValueError, match="byte-order mark"):
+        text.Tokenizer(str(bom))
