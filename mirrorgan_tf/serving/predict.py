@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Callable
 
 import grpc
 import numpy as np
@@ -58,8 +59,9 @@ class RequestValidator:
             raise invalid(f"{'; '.join(problems)}: signature '{signature.name}' takes "
                           f"{', '.join(sorted(expected))}")
 
-    def inputs(self, signature: Signature, given: dict[str, tuple[tf.DType, tuple]]) -> None:
-        """given: input name -> (dtype, shape) as the request declares them."""
+    def inputs(self, signature: Signature, given: dict[str, tuple[tf.DType, tuple]]) -> int | None:
+        """given: input name -> (dtype, shape) as the request declares them. Returns the batch
+        size (the inputs' common first dimension), None when no input has a batch dimension."""
         self.input_names(signature, given)
         batch = {}
         for name, spec in sorted(signature.inputs.items()):
@@ -76,7 +78,7 @@ class RequestValidator:
             if spec.shape.rank and spec.shape[0] is None:
                 batch[name] = shape[0]
         if not batch:
-            return
+            return None
         if len(set(batch.values())) > 1:
             raise invalid("inputs disagree on the batch size (first dimension): "
                           + ", ".join(f"'{n}' has {b}" for n, b in sorted(batch.items())))
@@ -86,6 +88,36 @@ class RequestValidator:
         if size > self.max_batch:
             raise invalid(f"batch too large: input '{name}' has {size} elements; this server takes at most "
                           f"{self.max_batch} per request (--max-batch)")
+        return size
+
+    def text(self, signature: Signature, arrays: dict[str, np.ndarray]) -> None:
+        """Every element of a DT_STRING input must be UTF-8 text: the string inputs of this
+        project's models are captions, and the tokenizer would otherwise drop the bytes it cannot
+        read without a word (or fail inside the graph). Raises INVALID_ARGUMENT naming the input,
+        the element and the first bad byte."""
+        for name in sorted(arrays):
+            if signature.inputs[name].dtype != tf.string:
+                continue
+            array = arrays[name]
+            for index, value in np.ndenumerate(array):
+                try:
+                    value.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise invalid(f"input '{name}' {element_text(index, array.ndim)} is not UTF-8 text: byte "
+                                  f"0x{value[e.start]:02x} at offset {e.start} ({e.reason}); captions must be "
+                                  "UTF-8") from None
+
+    def response_fits(self, batch: int, size_of: Callable[[int], int | None], cap: int, encoding: str) -> None:
+        """Refuses (INVALID_ARGUMENT) a batch whose answer would exceed cap bytes, before the
+        model runs. size_of(batch) is an upper bound on the answer's size in bytes (None:
+        unknown, nothing is checked); encoding names it in the message, e.g. "as a gRPC message"."""
+        size = size_of(batch)
+        if size is None or size <= cap:
+            return
+        fits = largest_batch(size_of, cap, batch)
+        raise invalid(f"the answer to {batch} examples would take up to {size} bytes {encoding}, more than "
+                      f"the cap of {cap} bytes (--max-message-mb {cap / 2**20:g}); send at most {fits} per "
+                      "request")
 
     def outputs(self, signature: Signature, output_filter) -> list[str]:
         names = list(output_filter)
@@ -96,6 +128,38 @@ class RequestValidator:
         if len(set(names)) != len(names):
             raise invalid(f"output_filter names an output twice: {names}")
         return names or sorted(signature.outputs)
+
+
+def element_text(index: tuple, ndim: int) -> str:
+    """How messages name one element of an input: "element 3" (rank 1), "element [1, 2]"."""
+    if ndim == 1:
+        return f"element {index[0]}"
+    return "element [" + ", ".join(str(i) for i in index) + "]" if ndim else "(a scalar)"
+
+
+def output_bytes(spec: tf.TensorSpec, batch: int) -> int | None:
+    """Bytes of one output's values for a batch: batch x the other dimensions x the dtype's
+    size (uint8 images [None, 64, 64, 3]: batch x 12288). None when that is not known in
+    advance: a string dtype, an unknown rank, or an unknown dimension besides the batch."""
+    if spec.dtype == tf.string or spec.shape.rank is None or spec.shape.rank == 0:
+        return None
+    rest = spec.shape.as_list()[1:]
+    if any(d is None for d in rest):
+        return None
+    return batch * int(np.prod(rest, dtype=np.int64)) * spec.dtype.size
+
+
+def largest_batch(size_of: Callable[[int], int | None], cap: int, limit: int) -> int:
+    """The largest batch b in [0, limit] with size_of(b) <= cap, for a size_of that grows with
+    b (binary search); 0 when not even one example fits."""
+    low, high = 0, limit
+    while low < high:
+        mid = (low + high + 1) // 2
+        if (size_of(mid) or 0) <= cap:
+            low = mid
+        else:
+            high = mid - 1
+    return low
 
 
 def runtime_error_text(message: str) -> str:

@@ -92,6 +92,8 @@ class ModelRegistry:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._warned_empty = False
+        # Called with each version once it is served (after the swap); what it raises is logged.
+        self.on_loaded: Callable[[LoadedVersion], None] | None = None
 
     def scan(self) -> dict[int, str]:
         if not tf.io.gfile.isdir(self.base_path):
@@ -150,6 +152,11 @@ class ModelRegistry:
             self._current = loaded
             self._failed.pop(version, None)
         log.info("serving %s version %d%s", self.name, version, f" (was version {current})" if current else "")
+        if self.on_loaded is not None:
+            try:
+                self.on_loaded(loaded)
+            except Exception:  # noqa: BLE001  (the version is served already; a check must not undo that)
+                log.exception("checking version %d of %s failed", version, self.name)
         return True
 
     def get(self, version: int | None = None) -> LoadedVersion:

@@ -24,18 +24,57 @@ Layers, bottom up, one module each:
 from __future__ import annotations
 
 import dataclasses
+import logging
+import math
 import threading
 from concurrent import futures
 
 import grpc
 import tensorflow as tf
-from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from mirrorgan_tf.serving.grpc_service import PredictionServicer
+from mirrorgan_tf.serving.errors import ServingError
+from mirrorgan_tf.serving.grpc_service import PredictionServicer, add_to_server, response_bytes
 from mirrorgan_tf.serving.http_server import RestServer
-from mirrorgan_tf.serving.predict import Predictor
-from mirrorgan_tf.serving.registry import ModelRegistry
-from mirrorgan_tf.serving.rest import RestApi
+from mirrorgan_tf.serving.predict import Predictor, largest_batch
+from mirrorgan_tf.serving.registry import LoadedVersion, ModelRegistry
+from mirrorgan_tf.serving.rest import RestApi, json_response_bound
+
+log = logging.getLogger("mirrorgan_tf.serve")
+
+
+def message_cap_problems(loaded: LoadedVersion, model_name: str, max_batch: int,
+                         max_bytes: int) -> tuple[str | None, str | None]:
+    """Whether --max-batch examples' answers fit the --max-message-mb cap (max_bytes) for this
+    version: (gRPC problem, REST problem), each None when it fits, else a message naming both
+    flags, the signature with the largest answer and the values that would fit. gRPC sizes are
+    the PredictResponse bound (response_bytes), REST ones the JSON bound (json_response_bound)."""
+    mb = max_bytes / 2**20
+
+    def worst(size_of):
+        rows = []
+        for name, signature in sorted(loaded.signatures.items()):
+            outputs = sorted(signature.outputs)
+            size = size_of(signature, outputs, max_batch)
+            if size is not None and size > max_bytes:
+                fits = largest_batch(lambda b: size_of(signature, outputs, b), max_bytes, max_batch)
+                rows.append((fits, name, size))
+        return min(rows) if rows else None
+
+    problems = []
+    grpc_worst = worst(lambda s, o, b: response_bytes(s, o, b, model_name, loaded.version))
+    rest_worst = worst(json_response_bound)
+    for found, encoding in ((grpc_worst, "as a gRPC message"), (rest_worst, "as JSON over REST")):
+        if found is None:
+            problems.append(None)
+            continue
+        fits, name, size = found
+        need = math.ceil(size / 2**20 * 100) / 100
+        remedy = (f"lower --max-batch to {fits} or raise --max-message-mb to {need:g}" if fits else
+                  f"not even one example fits: raise --max-message-mb to {need:g}")
+        problems.append(f"--max-batch {max_batch} and --max-message-mb {mb:g} do not fit together: the answer to "
+                        f"{max_batch} examples of signature '{name}' (version {loaded.version}) takes up to {size} "
+                        f"bytes {encoding}, more than the cap of {max_bytes}; {remedy}")
+    return problems[0], problems[1]
 
 
 @dataclasses.dataclass
@@ -68,14 +107,25 @@ class ModelServer:
 
     def start(self) -> None:
         c = self.config
-        self.registry.refresh()  # the first version loads before the ports open, as in TF Serving
-        self.registry.start()
         max_bytes = int(c.max_message_mb * 2**20)
+        self.registry.refresh()  # the first version loads before the ports open, as in TF Serving
+        try:
+            first = self.registry.get()
+        except ServingError:  # nothing to serve yet: the watcher checks the caps when it loads
+            first = None
+        if first is not None:
+            grpc_problem, rest_problem = message_cap_problems(first, c.model_name, c.max_batch, max_bytes)
+            if grpc_problem:  # the flags contradict each other for the main API: refuse to start
+                raise ValueError(grpc_problem)
+            if rest_problem:  # JSON is 4-6x larger: REST may take smaller batches than gRPC
+                log.warning("%s; until then larger REST batches are refused", rest_problem)
+        self.registry.on_loaded = lambda loaded: self._warn_caps(loaded, max_bytes)
+        self.registry.start()
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=c.workers, thread_name_prefix="grpc"),
             options=[("grpc.max_receive_message_length", max_bytes), ("grpc.max_send_message_length", max_bytes),
                      ("grpc.so_reuseport", 0)])  # a port in use must fail, not be shared
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(self.predictor), self._grpc)
+        add_to_server(PredictionServicer(self.predictor, max_bytes), self._grpc)
         address = f"[{c.host}]:{c.port}" if ":" in c.host else f"{c.host}:{c.port}"
         try:
             self.grpc_port, reason = self._grpc.add_insecure_port(address), ""
@@ -85,7 +135,7 @@ class ModelServer:
             self.stop()
             raise OSError(f"cannot listen for gRPC on {address}{reason}")
         try:
-            self._rest = RestServer((c.host, c.rest_port), RestApi(self.predictor), max_bytes)
+            self._rest = RestServer((c.host, c.rest_port), RestApi(self.predictor, max_bytes), max_bytes)
         except OSError as e:
             self.stop()
             raise OSError(f"cannot listen for REST on {c.host}:{c.rest_port}: {e}") from None
@@ -93,6 +143,13 @@ class ModelServer:
         self._grpc.start()
         self._rest_thread = threading.Thread(target=self._rest.serve_forever, name="rest", daemon=True)
         self._rest_thread.start()
+
+    def _warn_caps(self, loaded: LoadedVersion, max_bytes: int) -> None:
+        """A version picked up live whose answers do not fit the caps is served all the same (the
+        server is running already); requests over the caps are refused one by one."""
+        for problem in message_cap_problems(loaded, self.config.model_name, self.config.max_batch, max_bytes):
+            if problem:
+                log.warning("%s; until then larger batches are refused", problem)
 
     def stop(self, grace: float = 5.0) -> None:
         if self._rest is not None:
