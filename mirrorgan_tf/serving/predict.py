@@ -116,7 +116,7 @@ class RequestValidator:
             return
         fits = largest_batch(size_of, cap, batch)
         raise invalid(f"the answer to {batch} examples would take up to {size} bytes {encoding}, more than "
-                      f"the cap of {cap} bytes (--max-message-mb {cap / 2**20:g}); send at most {fits} per "
+                      f"the cap of {cap} bytes (--max-message-mb {cap / 2**20:.3g}); send at most {fits} per "
                       "request")
 
     def outputs(self, signature: Signature, output_filter) -> list[str]:

@@ -277,7 +277,7 @@ class RestApi:
             size = len(json.dumps(answer))
             if size > self.max_body:
                 raise invalid(f"the answer takes {size} bytes as JSON, more than the cap of {self.max_body} bytes "
-                              f"(--max-message-mb {self.max_body / 2**20:g}); send fewer examples")
+                              f"(--max-message-mb {self.max_body / 2**20:.3g}); send fewer examples")
         return answer
 
     def get(self, path: str) -> dict:

@@ -48,7 +48,7 @@ def message_cap_problems(loaded: LoadedVersion, model_name: str, max_batch: int,
     version: (gRPC problem, REST problem), each None when it fits, else a message naming both
     flags, the signature with the largest answer and the values that would fit. gRPC sizes are
     the PredictResponse bound (response_bytes), REST ones the JSON bound (json_response_bound)."""
-    mb = max_bytes / 2**20
+    mb = f"{max_bytes / 2**20:.3g}"
 
     def worst(size_of):
         rows = []
@@ -71,7 +71,7 @@ def message_cap_problems(loaded: LoadedVersion, model_name: str, max_batch: int,
         need = math.ceil(size / 2**20 * 100) / 100
         remedy = (f"lower --max-batch to {fits} or raise --max-message-mb to {need:g}" if fits else
                   f"not even one example fits: raise --max-message-mb to {need:g}")
-        problems.append(f"--max-batch {max_batch} and --max-message-mb {mb:g} do not fit together: the answer to "
+        problems.append(f"--max-batch {max_batch} and --max-message-mb {mb} do not fit together: the answer to "
                         f"{max_batch} examples of signature '{name}' (version {loaded.version}) takes up to {size} "
                         f"bytes {encoding}, more than the cap of {max_bytes}; {remedy}")
     return problems[0], problems[1]
