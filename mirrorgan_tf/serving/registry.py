@@ -1,5 +1,6 @@
 """The servable versions of one model: loading a SavedModel version, finding versions under the
-base path, swapping in a new one, and TF Serving's model status. No gRPC or HTTP here."""
+base path, swapping in a new one, and TF Serving's model status. No gRPC service and no HTTP
+here (grpc only lends ServingError its status codes)."""
 
 from __future__ import annotations
 

@@ -117,7 +117,7 @@ class ModelServer:
             grpc_problem, rest_problem = message_cap_problems(first, c.model_name, c.max_batch, max_bytes)
             if grpc_problem:  # the flags contradict each other for the main API: refuse to start
                 raise ValueError(grpc_problem)
-            if rest_problem:  # JSON is 4-6x larger: REST may take smaller batches than gRPC
+            if rest_problem:  # JSON is up to 5.7x the raw bytes: REST may take fewer than gRPC
                 log.warning("%s; until then larger REST batches are refused", rest_problem)
         self.registry.on_loaded = lambda loaded: self._warn_caps(loaded, max_bytes)
         self.registry.start()
