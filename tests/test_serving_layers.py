@@ -5,6 +5,9 @@ checked before the model runs (in-process servers for the gRPC ones)."""
 import json
 import logging
 import os
+import shutil
+import subprocess
+import sys
 
 import grpc
 import numpy as np
@@ -18,6 +21,7 @@ from mirrorgan_tf.serving.predict import Predictor
 from mirrorgan_tf.serving.registry import ModelRegistry
 from mirrorgan_tf.serving.rest import RestApi, json_response_bound
 from mirrorgan_tf.serving.server import ModelServer, ServerConfig
+from tests.conftest import REPO
 from tests.serving_models import Z_DIM, PainterExports
 
 KIB = 1024
@@ -84,7 +88,7 @@ def test_registry_versions_appear_fail_and_swap(painters, tmp_path, caplog):
     assert old.signatures["serving_default"].function(captions=tf.constant(["abc"]))["images"].numpy()[0, 0, 0, 0] == 3
 
     for version in (3, 2):  # the served folder removed: the highest left is served
-        os.system(f"rm -r {base / str(version)}")
+        shutil.rmtree(base / str(version))
     registry.refresh()
     assert served(registry) == 1
 
@@ -239,3 +243,15 @@ def test_grpc_answers_over_the_cap_are_refused_before_the_model(painters, tmp_pa
         channel.close()
     finally:
         server.stop()
+
+
+def test_the_serve_command_refuses_flags_that_do_not_fit(painters, tmp_path):
+    base = tmp_path / "model"
+    painters.version(base, 1, size=64)
+    cmd = [sys.executable, "-m", "mirrorgan_tf.serve", "--model-base-path", str(base), "--port", "0",
+           "--rest-port", "0", "--max-batch", "32", "--max-message-mb", "0.25"]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "--max-batch 32 and --max-message-mb 0.25 do not fit together" in r.stderr
+    assert "serving model" not in r.stdout
