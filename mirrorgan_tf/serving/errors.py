@@ -30,18 +30,22 @@ class ServingError(Exception):
 
 
 def invalid(message: str) -> ServingError:
+    """INVALID_ARGUMENT (HTTP 400): the request itself is wrong; message says how."""
     return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
 def not_found(message: str) -> ServingError:
+    """NOT_FOUND (HTTP 404): no such model, version, version label or route."""
     return ServingError(grpc.StatusCode.NOT_FOUND, message)
 
 
 def dtype_name(dtype: tf.DType) -> str:
+    """The DataType enum name messages use, as TF Serving's do: tf.float32 -> "DT_FLOAT"."""
     return types_pb2.DataType.Name(dtype.as_datatype_enum)
 
 
 def shape_text(shape) -> str:
+    """A shape for messages, unknown dimensions as "?": TensorShape([None, 8]) -> "[?, 8]"."""
     dims = shape.as_list() if isinstance(shape, tf.TensorShape) else list(shape)
     return "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
 
