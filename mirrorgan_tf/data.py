@@ -28,14 +28,15 @@ import tensorflow as tf
 
 from mirrorgan_tf import records, text
 from mirrorgan_tf.config import Config
+from mirrorgan_tf.errors import MirrorganError
 
 AUTOTUNE = tf.data.AUTOTUNE
 MANIFEST = "manifest.json"
 LOAD_SCALE = 76 / 64  # the original resizes to 76/64 of the final size, then crops
 
 
-class DataError(ValueError):
-    pass
+class DataError(MirrorganError, ValueError):
+    """A prepared dataset is missing, incomplete or does not fit the config; names the file."""
 
 
 def load_manifest(data_dir: str) -> dict:

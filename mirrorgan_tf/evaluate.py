@@ -151,18 +151,15 @@ def save(run_dir: str, split: str, results: dict) -> str:
 
 def main(argv=None) -> int:
     a = parse(argv)
-    from mirrorgan_tf.config import ConfigError
-    from mirrorgan_tf.data import DataError
-    from mirrorgan_tf.metrics import EvalError
+    from mirrorgan_tf.errors import run_cli
 
-    try:
+    def body() -> int:
         results = evaluate(a)
-    except (EvalError, ConfigError, DataError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(table(results))
-    print(f"written to {save(a.run_dir, a.split, results)}")
-    return 0
+        print(table(results))
+        print(f"written to {save(a.run_dir, a.split, results)}")
+        return 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mirrorgan_tf.errors import MirrorganError
 
-class EvalError(ValueError):
+
+class EvalError(MirrorganError, ValueError):
     """Evaluation cannot start: names the argument, file or run that is wrong."""
 
 
