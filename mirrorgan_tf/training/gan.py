@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from mirrorgan_tf import data, losses
+from mirrorgan_tf.config import ConfigError
 from mirrorgan_tf.models.damsm import DamsmImageEncoder
 from mirrorgan_tf.models.discriminators import build_discriminators
 from mirrorgan_tf.models.glam import GLAM
@@ -122,8 +123,8 @@ def make_train_step(cfg, strategy: tf.distribute.Strategy, state: GanState):
     t = cfg.train
     m, opt_g, opts_d = state.models, state.opt_g, state.opts_d
     if t.xla and strategy.num_replicas_in_sync > 1:
-        raise ValueError("train.xla=true needs a single replica: under MirroredStrategy a jit-compiled step "
-                         "cannot apply gradients (TF_NOTES.md); use --strategy one_device or xla=false")
+        raise ConfigError("train.xla=true needs a single replica: under MirroredStrategy a jit-compiled step "
+                          "cannot apply gradients; use --strategy one_device or xla=false")
     gammas = (cfg.damsm.gamma1, cfg.damsm.gamma2, cfg.damsm.gamma3)
 
     @tf.autograph.experimental.do_not_convert  # plain Python loops over stages: nothing to convert
