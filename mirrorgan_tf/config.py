@@ -25,7 +25,7 @@ import dataclasses
 import os
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Dict, List, Literal, Optional, get_args, get_origin
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -159,12 +159,77 @@ class TrainConfig:
 
 
 @dataclass
+class TuneParam:
+    """One searched key of `tune.space`: how Keras Tuner draws its value.
+
+    kind  float: a number in [min, max] (log: sampled evenly in log space; min must be > 0)
+          int:   an integer in [min, max] (step: the spacing, default 1)
+          choice: one of `values`, each a value the key itself accepts
+          bool:  true or false
+    """
+
+    kind: Literal["float", "int", "choice", "bool"] = "float"
+    min: Optional[float] = None
+    max: Optional[float] = None
+    step: Optional[float] = None
+    log: bool = False
+    values: Optional[List[Any]] = None
+
+
+def _default_space() -> dict:
+    # The CUB reference's default space: the GAN stage's learning rates around the published 2e-4,
+    # and lambda around the released 10 over the paper's ablation range (5, 10, 20).
+    return {"train": {"g_learning_rate": {"kind": "float", "min": 5e-5, "max": 1e-3, "log": True},
+                      "d_learning_rate": {"kind": "float", "min": 5e-5, "max": 1e-3, "log": True},
+                      "stream_weight": {"kind": "float", "min": 2.0, "max": 40.0, "log": True}}}
+
+
+@dataclass
+class TuneConfig:
+    """`python -m mirrorgan_tf.tune`: the hyperparameter search over the GAN stage (README, Tuning).
+    Each command-line flag of `tune` sets the key of the same name."""
+
+    # random, bayesian (needs scikit-learn and scipy: pip install .[tuner]) or hyperband.
+    tuner: Literal["random", "bayesian", "hyperband"] = "bayesian"
+    # What a trial is scored by, on the first `eval_captions` test captions (fixed noise):
+    # attributes (shapes: all four attributes right, seen and unseen pairs as one figure),
+    # attributes_seen, attributes_unseen, r_precision (an independent DAMSM), fid (minimised);
+    # auto = attributes where the dataset has attribute labels, else r_precision.
+    objective: Literal["auto", "attributes", "attributes_seen", "attributes_unseen", "r_precision",
+                       "fid"] = "auto"
+    max_trials: int = 8  # random and bayesian; hyperband sizes its own brackets
+    trial_steps: int = 0  # GAN steps per trial (hyperband: the most a trial gets); 0 = train.max_steps
+    executions_per_trial: int = 1  # trainings per trial (seeds train.seed + k); the objective is their mean
+    eval_captions: int = 1000
+    hyperband_factor: int = 3
+    # Hyperband's resource is GAN steps, in units of this many steps (its `max_epochs` is
+    # trial_steps / hyperband_unit_steps, so a first round trains trial_steps / factor^k steps).
+    hyperband_unit_steps: int = 100
+    # The search stops after this many failed trials in a row (Keras Tuner's
+    # max_consecutive_failed_trials): a space that only fails is a mistake worth stopping for.
+    max_consecutive_failures: int = 3
+    seed: int = 0  # the oracle's random draws
+    # r_precision: a run directory or checkpoint of an independently trained DAMSM; "" = the search
+    # trains one once (damsm stage with train.seed + 1 and data.seed + 1).
+    eval_damsm: str = ""
+    # fid: classify_image_graph_def.pb (the published 2015 graph) or a Keras InceptionV3 weights file.
+    inception: str = ""
+    classifier_steps: int = 500  # attributes: training steps of the cached attribute classifier
+    # section -> key -> the fields of a TuneParam (checked by `search_space`, like every key). A
+    # later file or --set that gives a key a mapping with `kind` defines its search anew; a mapping
+    # without `kind` edits the fields it names; null drops the key from the search (so a file can
+    # search less than its base).
+    space: Dict[str, Dict[str, Any]] = field(default_factory=_default_space)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     damsm: DamsmConfig = field(default_factory=DamsmConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     @property
     def image_sizes(self) -> list[int]:
@@ -215,6 +280,14 @@ def _check_values(values: Any, cls: Any, prefix: str, source: str) -> None:
 def _merge(cfg: DictConfig, values: Any, source: str) -> DictConfig:
     """`values` (plain YAML data) merged over the structured config `cfg`; errors name `source`."""
     _check_values(values, Config, "", source)
+    space = (values.get("tune") or {}).get("space") if isinstance(values.get("tune"), dict) else None
+    if isinstance(space, dict):
+        # A parameter given anew (with its `kind`) replaces the base's whole, instead of merging
+        # into it (a choice must not keep the min and max of the float range it replaces).
+        for section, keys in space.items():
+            for key, param in (keys or {}).items() if isinstance(keys, dict) else ():
+                if isinstance(param, dict) and "kind" in param and key in cfg.tune.space.get(section, {}):
+                    del cfg.tune.space[section][key]
     try:
         return OmegaConf.merge(cfg, values)
     except ConfigKeyError as e:
@@ -293,8 +366,13 @@ def apply_overrides(cfg: Config, overrides: list[str] | None) -> Config:
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field checks that no single type annotation can express. Raises ConfigError naming
-    the key."""
+    """Cross-field checks that no single type annotation can express, and the `tune` section's
+    search space (`search_space`). Raises ConfigError naming the key."""
+    _check_fields(cfg)
+    search_space(cfg)
+
+
+def _check_fields(cfg: Config) -> None:
     checks = [
         (cfg.data.words_num > 0, "data.words_num must be positive"),
         (cfg.data.vocab_size >= 0, "data.vocab_size must be >= 0 (0 = from the manifest)"),
@@ -309,10 +387,160 @@ def validate(cfg: Config) -> None:
                                     "losses need other captions of the batch as negatives)"),
         (cfg.stream.batch_size >= 1, f"stream.batch_size must be >= 1, got {cfg.stream.batch_size}"),
         (0.0 <= cfg.train.ema_decay < 1.0, "train.ema_decay must be in [0, 1)"),
+        (cfg.tune.max_trials >= 1, f"tune.max_trials must be >= 1, got {cfg.tune.max_trials}"),
+        (cfg.tune.trial_steps >= 0, f"tune.trial_steps must be >= 0 (0 = train.max_steps), got {cfg.tune.trial_steps}"),
+        (cfg.tune.executions_per_trial >= 1,
+         f"tune.executions_per_trial must be >= 1, got {cfg.tune.executions_per_trial}"),
+        (cfg.tune.eval_captions >= 1, f"tune.eval_captions must be >= 1, got {cfg.tune.eval_captions}"),
+        (cfg.tune.hyperband_factor >= 2, f"tune.hyperband_factor must be >= 2, got {cfg.tune.hyperband_factor}"),
+        (cfg.tune.hyperband_unit_steps >= 1,
+         f"tune.hyperband_unit_steps must be >= 1, got {cfg.tune.hyperband_unit_steps}"),
+        (cfg.tune.max_consecutive_failures >= 1,
+         f"tune.max_consecutive_failures must be >= 1, got {cfg.tune.max_consecutive_failures}"),
+        (cfg.tune.classifier_steps >= 1, f"tune.classifier_steps must be >= 1, got {cfg.tune.classifier_steps}"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+_PARAM_FIELDS = {f.name for f in dataclasses.fields(TuneParam)}
+_KIND_FIELDS = {"float": {"min", "max", "step", "log"}, "int": {"min", "max", "step", "log"},
+                "choice": {"values"}, "bool": set()}
+
+
+def _number(value: Any) -> Optional[float]:
+    """A YAML number (or YAML 1.1's string form of one, such as '1e-4'), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _key_accepts(tp: Any, value: Any) -> tuple[bool, Any]:
+    """(whether a key declared as `tp` accepts `value`, the value as that key holds it)."""
+    if get_origin(tp) is Literal:
+        return value in get_args(tp), value
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        number = _number(value)
+        return number is not None, number
+    if tp is str:
+        return isinstance(value, str), value
+    return False, value
+
+
+def _with_value(cfg: Config, dotted: str, value: Any) -> Config:
+    section, key = dotted.split(".")
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **{key: value})})
+
+
+def search_space(cfg: Config) -> dict[str, TuneParam]:
+    """The `tune.space` section checked and parsed: {"section.key": TuneParam}, in file order,
+    without the keys set to null.
+
+    Each searched key must be a scalar key of the config outside `tune` (bool, int, float, str or
+    one of a fixed set of words), and its range one that key can take: `float` only for float keys,
+    `int` for int or float keys, `bool` for bool keys; every choice, and both ends of a range, must
+    pass the key's type and the config's cross-field checks (a `train.batch_size` range from 1
+    fails, as `--set train.batch_size=1` would). Raises ConfigError naming the tune key and the
+    searched key."""
+    out: dict[str, TuneParam] = {}
+    space = cfg.tune.space or {}
+    for section, keys in space.items():
+        if keys is None:
+            continue
+        if not isinstance(keys, dict):
+            raise ConfigError(f"tune.space.{section}: expected a mapping of {section}'s keys to searches, got {keys!r}")
+        for key, spec in keys.items():
+            where = f"tune.space.{section}.{key}"
+            target = f"{section}.{key}"
+            if spec is None:
+                continue
+            tp = _field_type(Config, target) if section != "tune" else None
+            if tp is None or dataclasses.is_dataclass(tp) or get_origin(tp) in (list, dict):
+                known = ", ".join(f.name for f in dataclasses.fields(Config) if f.name != "tune")
+                raise ConfigError(f"{where}: '{target}' is not a key the search can set (a scalar key of one of "
+                                  f"the sections {known})")
+            if not isinstance(spec, dict):
+                raise ConfigError(f"{where}: expected a mapping (kind, and min/max/log or values), got {spec!r}")
+            unknown = sorted(set(spec) - _PARAM_FIELDS)
+            if unknown:
+                raise ConfigError(f"{where}: unknown field '{unknown[0]}' (known: {', '.join(sorted(_PARAM_FIELDS))})")
+            kind = spec.get("kind")
+            if kind not in _KIND_FIELDS:
+                raise ConfigError(f"{where}.kind: expected one of float, int, choice, bool, got {kind!r}")
+            stray = sorted(k for k in spec if k != "kind" and spec[k] not in (None, False) and k not in _KIND_FIELDS[kind])
+            if stray:
+                raise ConfigError(f"{where}: '{stray[0]}' does not apply to kind {kind}")
+            type_name = _type_name(tp)
+            if kind == "bool" and tp is not bool:
+                raise ConfigError(f"{where}: kind bool, but '{target}' takes {type_name}")
+            if kind == "float" and tp is not float:
+                raise ConfigError(f"{where}: kind float (a real range), but '{target}' takes {type_name}")
+            if kind == "int" and tp not in (int, float):
+                raise ConfigError(f"{where}: kind int (an integer range), but '{target}' takes {type_name}")
+            param = TuneParam(kind=kind, log=bool(spec.get("log", False)))
+            if not isinstance(spec.get("log", False), bool):
+                raise ConfigError(f"{where}.log: expected true or false, got {spec['log']!r}")
+            candidates: list = []
+            if kind in ("float", "int"):
+                bounds = {}
+                for name in ("min", "max", "step"):
+                    raw = spec.get(name)
+                    if raw is None:
+                        if name != "step":
+                            raise ConfigError(f"{where}: kind {kind} needs '{name}'")
+                        continue
+                    number = _number(raw)
+                    if number is None or number != number or abs(number) == float("inf"):
+                        raise ConfigError(f"{where}.{name}: expected a finite number, got {raw!r}")
+                    if kind == "int" and number != int(number):
+                        raise ConfigError(f"{where}.{name}: kind int needs an integer, got {raw!r}")
+                    bounds[name] = number
+                if bounds["min"] >= bounds["max"]:
+                    raise ConfigError(f"{where}: min ({bounds['min']:g}) must be below max ({bounds['max']:g})")
+                if param.log and bounds["min"] <= 0:
+                    raise ConfigError(f"{where}: log scale needs min > 0, got {bounds['min']:g}")
+                if "step" in bounds and bounds["step"] <= 0:
+                    raise ConfigError(f"{where}.step: must be > 0, got {bounds['step']:g}")
+                param.min, param.max, param.step = bounds["min"], bounds["max"], bounds.get("step")
+                if kind == "int":
+                    candidates = [int(param.min), int(param.max)]
+                else:
+                    candidates = [param.min, param.max]
+            elif kind == "choice":
+                values = spec.get("values")
+                if not isinstance(values, list) or not values:
+                    raise ConfigError(f"{where}.values: kind choice needs a non-empty list, got {values!r}")
+                converted = []
+                for v in values:
+                    ok, v2 = _key_accepts(tp, v)
+                    if not ok:
+                        raise ConfigError(f"{where}.values: {v!r} is not a value '{target}' takes ({type_name})")
+                    converted.append(v2)
+                if len(set(map(repr, converted))) != len(converted):
+                    raise ConfigError(f"{where}.values: a value is listed twice ({values!r})")
+                param.values = converted
+                candidates = converted
+            else:
+                candidates = [False, True]
+            for value in candidates:
+                try:
+                    _check_fields(_with_value(cfg, target, value))
+                except ConfigError as e:
+                    raise ConfigError(f"{where}: '{target}' cannot take {value!r}: {e}") from None
+            out[target] = param
+    return out
 
 
 def check_replica_batches(cfg: Config, replicas: int) -> None:
