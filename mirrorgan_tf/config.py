@@ -365,6 +365,19 @@ def apply_overrides(cfg: Config, overrides: list[str] | None) -> Config:
     return _resolve([(to_dict(cfg), "config"), *[(_parse_override(t), f"--set {t}") for t in overrides or []]])
 
 
+def with_values(cfg: Config, values: dict[str, Any], source: str) -> Config:
+    """A copy of `cfg` with {"section.key": value} set, typed and validated as a file would be;
+    errors name `source` (e.g. the search trial the values came from)."""
+    nested: dict = {}
+    for dotted, value in values.items():
+        node = nested
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return _resolve([(to_dict(cfg), "config"), (nested, source)])
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks that no single type annotation can express, and the `tune` section's
     search space (`search_space`). Raises ConfigError naming the key."""

@@ -45,15 +45,30 @@ def prepare_data(cfg, chief: bool = True) -> None:
 
 
 def train(cfg, run_dir: str, stage: str = "all", strategy_kind: str = "auto",
-          export_dir: str | None = None) -> dict:
-    """Run the requested stages; returns {stage: LoopResult} (and {"export": path})."""
+          export_dir: str | None = None, strategy=None) -> dict:
+    """Run the requested stages; returns {stage: LoopResult} (and {"export": path}).
+
+    `strategy`: a tf.distribute.Strategy already built (the search builds one per process and
+    trains every trial under it); None builds one of `strategy_kind`. The Keras mixed-precision
+    policy `train.mixed_precision` asks for is process-wide: it is set for these stages only and the
+    previous policy restored on return, so whatever runs next in the process starts as before."""
+    import keras
+
+    previous_policy = keras.mixed_precision.global_policy()
+    try:
+        return _train(cfg, run_dir, stage, strategy_kind, export_dir, strategy)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+
+def _train(cfg, run_dir, stage, strategy_kind, export_dir, strategy) -> dict:
     import keras
 
     from mirrorgan_tf import config as config_lib
     from mirrorgan_tf.distribute import build_strategy
     from mirrorgan_tf.training import damsm, gan, loop, stream
 
-    strategy = build_strategy(strategy_kind)
+    strategy = strategy or build_strategy(strategy_kind)
     chief = loop.is_chief(strategy)
     run = loop.RunDir(run_dir)
     if chief:
