@@ -35,6 +35,12 @@ def hyperparameters(cfg: Config) -> keras_tuner.HyperParameters:
             lo, hi = int(p.min), int(p.max)
             default = int(current) if lo <= current <= hi else None
             hp.Int(name, lo, hi, step=int(p.step) if p.step else None, sampling=sampling, default=default)
+        elif p.kind == "choice" and all(isinstance(v, bool) for v in p.values):
+            # Keras Tuner's Choice stores booleans as 0 and 1; Boolean keeps them booleans.
+            if len(p.values) == 2:
+                hp.Boolean(name, default=bool(current))
+            else:
+                hp.Fixed(name, p.values[0])
         elif p.kind == "choice":
             hp.Choice(name, p.values, default=current if current in p.values else None)
         else:
@@ -46,7 +52,14 @@ def searched_values(cfg: Config, values: dict) -> dict:
     """The values of a trial that set config keys ({"train.g_learning_rate": 3e-4, ...}), without
     Keras Tuner's own bookkeeping (Hyperband's tuner/*)."""
     names = search_space(cfg)
-    return {k: v for k, v in values.items() if k in names}
+    out = {}
+    for k, v in values.items():
+        if k in names:
+            section, key = k.split(".")
+            # Values that come back through Keras Tuner's protos (distributed mode) or its Choice
+            # may be 0/1 for a bool key: give the key its own type.
+            out[k] = bool(v) if isinstance(getattr(getattr(cfg, section), key), bool) else v
+    return out
 
 
 def trial_config(cfg: Config, values: dict, *, steps: int, seed: int, pretrained: dict[str, str],
