@@ -124,13 +124,13 @@ def test_a_search_records_a_diverging_trial_as_failed_and_its_best_config_trains
         trained_run, prepared_shapes, tmp_path):
     run_dir, _ = trained_run
     config = search_config(tmp_path, prepared_shapes, run_dir,
-                           {"train.g_learning_rate": {"kind": "choice", "values": [float("inf"), 0.0002]}})
+                           {"train.g_learning_rate": {"kind": "choice", "values": [0.0002, float("inf")]}})
     root = tmp_path / "R"
     r = run_tune(config, root, "--max-trials", "2")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "objective: attributes (maximised)" in r.stdout
     rows = {row["trial"]: row for row in read_rows(root)}
-    assert list(rows) == ["0", "1"]
+    assert list(rows) == ["0", "1"], rows
     # Seed 0 draws the infinite learning rate first: it fails, and the search goes on.
     failed, done = rows["0"], rows["1"]
     assert failed["train.g_learning_rate"] == "inf" and failed["status"] == "FAILED"
