@@ -8,6 +8,7 @@ CUB photographs. Tolerance: max |keras - torch| <= 1e-4 x max |torch| in float32
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 
@@ -110,8 +111,22 @@ def test_torchvision_inception_v3_from_legacy_pth_matches_pytorch(cub_sample, tm
 
     model = backbones.inception_v3_regions_and_code(str(path))
     assert model.layout == "torchvision" and model.input_convention == "inception" and not model.trainable
-    ours_regions, ours_code = model(backbones.resize_bilinear(images, 299, align_corners=True))
+    inputs = backbones.resize_bilinear(images, 299, align_corners=True)
+    ours_regions, ours_code = model(inputs)
     err_regions = relative_error(ours_regions, regions.permute(0, 2, 3, 1))
     err_code = relative_error(ours_code, code)
     print(f"inception_v3 max abs diff / max abs output: Mixed_6e {err_regions:.2e}, Mixed_7c pooled {err_code:.2e}")
     assert err_regions <= REL_TOL and err_code <= REL_TOL
+
+    # The comparison sees the traps: Keras' default BatchNorm eps, or a BatchNorm without gamma
+    # (keras.applications' InceptionV3 has scale=False), is off by far more than the tolerance.
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in bns:
+        layer.epsilon = 1e-5
+    wrong_eps = relative_error(model(inputs)[1], code)
+    for layer in bns:
+        layer.epsilon = 1e-3
+        layer.gamma.assign(np.ones(layer.gamma.shape, "float32"))
+    no_gamma = relative_error(model(inputs)[1], code)
+    print(f"inception_v3 Mixed_7c with eps 1e-5: {wrong_eps:.2e}; without gamma: {no_gamma:.2e}")
+    assert wrong_eps > 100 * REL_TOL and no_gamma > 100 * REL_TOL
