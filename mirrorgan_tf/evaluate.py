@@ -14,7 +14,6 @@ Every metric is also given on real test images where that means something.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time

@@ -9,7 +9,6 @@ check the house rules.
 """
 
 import ast
-from pathlib import Path
 
 from tests.conftest import REPO
 

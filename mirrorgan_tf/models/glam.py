@@ -100,6 +100,10 @@ class GLAM(keras.Model):
         word_attention   list (one per stage after the first) of float32 [B, H, W, T]
         sentence_attention  likewise, float32 [B, H, W, C]
         mu, logvar       float32 [B, condition_dim], for the KL term
+
+    `seed` seeds the conditioning augmentation's own noise (drawn when no eps is given);
+    `sync_batch_norm` all-reduces every BatchNorm's statistics across replicas. Build it from a
+    config with `models.networks.build_glam`.
     """
 
     def __init__(self, stages: int = 3, base_size: int = 64, gf_dim: int = 32, z_dim: int = 100,
