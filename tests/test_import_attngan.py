@@ -1,8 +1,6 @@
 """Importing AttnGAN's released DAMSM: the PyTorch networks, saved in the legacy format, against
 the imported Keras networks on real CUB captions and photos."""
 
-import struct
-
 import numpy as np
 import pytest
 
@@ -60,38 +58,6 @@ def test_stem_rejects_another_network(cub_sample, tmp_path):
         attngan.load_stem(stem, state, "t.pth")
 
 
-def _py2_pickle(obj) -> bytes:
-    """A protocol-2 pickle as Python 2's cPickle writes it: `str` (bytes here) as SHORT_BINSTRING,
-    `unicode` (str here) as BINUNICODE, small ints as BININT1/BININT."""
-    out = bytearray(b"\x80\x02")
-
-    def put(x):
-        if isinstance(x, bytes):
-            out.extend(b"U" + bytes([len(x)]) + x)
-        elif isinstance(x, str):
-            data = x.encode("utf-8")
-            out.extend(b"X" + struct.pack("<I", len(data)) + data)
-        elif isinstance(x, int):
-            out.extend(b"K" + bytes([x]) if 0 <= x < 256 else b"J" + struct.pack("<i", x))
-        elif isinstance(x, list):
-            out.extend(b"](")
-            for item in x:
-                put(item)
-            out.extend(b"e")
-        elif isinstance(x, dict):
-            out.extend(b"}(")
-            for k, v in x.items():
-                put(k)
-                put(v)
-            out.extend(b"u")
-        else:
-            raise TypeError(type(x))
-
-    put(obj)
-    out.extend(b".")
-    return bytes(out)
-
-
 def test_captions_pickle_gives_the_weights_ids(cub_sample, tmp_path):
     _, tokens, vocab = inputs.cub_captions(cub_sample, 4)
     # As AttnGAN's build_dictionary leaves it: '<end>' a Python 2 byte string, words unicode.
@@ -99,7 +65,7 @@ def test_captions_pickle_gives_the_weights_ids(cub_sample, tmp_path):
     wordtoix = {b"<end>": 0, **{w: i for i, w in enumerate(vocab) if i}}
     train = [[wordtoix[t] for t in toks] for toks in tokens]
     path = tmp_path / "captions.pickle"
-    path.write_bytes(_py2_pickle([train, train[:1], ixtoword, wordtoix]))
+    path.write_bytes(inputs.py2_pickle([train, train[:1], ixtoword, wordtoix]))
     words = attngan.read_captions_pickle(str(path))
     assert words == vocab and words[0] == "<end>" and "<unk>" not in words
     out = tmp_path / "vocab.txt"
@@ -107,6 +73,6 @@ def test_captions_pickle_gives_the_weights_ids(cub_sample, tmp_path):
     assert out.read_text().split("\n")[:-1] == vocab
 
     wordtoix[vocab[3]] = 7  # no longer the inverse
-    path.write_bytes(_py2_pickle([train, train, ixtoword, wordtoix]))
+    path.write_bytes(inputs.py2_pickle([train, train, ixtoword, wordtoix]))
     with pytest.raises(WeightImportError, match="captions.pickle: wordtoix is not the inverse"):
         attngan.read_captions_pickle(str(path))

@@ -4,6 +4,7 @@ dict in PyTorch's legacy (0.3/0.4, non-zip) format as the released files are."""
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -78,3 +79,35 @@ def max_rel_diff(a, b) -> float:
     a, b = np.asarray(a, "float64"), np.asarray(b, "float64")
     assert a.shape == b.shape, (a.shape, b.shape)
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
+
+
+def py2_pickle(obj) -> bytes:
+    """A protocol-2 pickle as Python 2's cPickle writes it: `str` (bytes here) as SHORT_BINSTRING,
+    `unicode` (str here) as BINUNICODE, small ints as BININT1/BININT."""
+    out = bytearray(b"\x80\x02")
+
+    def put(x):
+        if isinstance(x, bytes):
+            out.extend(b"U" + bytes([len(x)]) + x)
+        elif isinstance(x, str):
+            data = x.encode("utf-8")
+            out.extend(b"X" + struct.pack("<I", len(data)) + data)
+        elif isinstance(x, int):
+            out.extend(b"K" + bytes([x]) if 0 <= x < 256 else b"J" + struct.pack("<i", x))
+        elif isinstance(x, list):
+            out.extend(b"](")
+            for item in x:
+                put(item)
+            out.extend(b"e")
+        elif isinstance(x, dict):
+            out.extend(b"}(")
+            for k, v in x.items():
+                put(k)
+                put(v)
+            out.extend(b"u")
+        else:
+            raise TypeError(type(x))
+
+    put(obj)
+    out.extend(b".")
+    return bytes(out)
