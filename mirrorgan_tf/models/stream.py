@@ -49,9 +49,10 @@ class StreamEncoder(keras.Model):
         x = ops.image.resize(ops.cast(images, "float32"), (self.image_size, self.image_size),
                              interpolation="bilinear")
         if self.backbone_kind == "resnet152" and self.imagenet_normalize:
-            # What Keras' ResNet152 weights were trained with ("caffe": BGR, ImageNet means, 0-255).
+            # What the backbone's weights were trained with: "caffe" for Keras' ResNet152 (BGR,
+            # ImageNet means, 0-255), "torch" for a torchvision file (mean / std on [0, 1]).
             # The released code fed raw [-1, 1] images instead (imagenet_normalize: false).
-            x = keras.applications.resnet.preprocess_input((x + 1.0) * 127.5)
+            x = backbones.imagenet_normalize(x, self.backbone.input_convention)
         return x
 
     def call(self, images, training=None):
