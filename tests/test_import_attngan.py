@@ -76,3 +76,31 @@ def test_captions_pickle_gives_the_weights_ids(cub_sample, tmp_path):
     path.write_bytes(inputs.py2_pickle([train, train, ixtoword, wordtoix]))
     with pytest.raises(WeightImportError, match="captions.pickle: wordtoix is not the inverse"):
         attngan.read_captions_pickle(str(path))
+
+
+def test_damsm_image_encoder_matches_cnn_encoder(cub_sample, tmp_path):
+    from mirrorgan_tf.models.damsm import DamsmImageEncoder
+    from tests.torch_reference import inception, init
+    from tests.torch_reference.attngan import ImageEncoder
+
+    images = inputs.cub_images(cub_sample, 256, 2)  # the generator's largest stage, as MirrorGAN feeds it
+    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+    calibration = torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=True)
+    torch.manual_seed(6)
+    ref = ImageEncoder(init.randomize(inception.Inception3(), calibration, seed=6)).eval()
+    path = inputs.save_legacy(ref, tmp_path / "image_encoder200.pth")
+    state = read_state_dict(path)
+    assert not any(k.startswith(("AuxLogits", "fc.")) for k in state)  # CNN_ENCODER's keys only
+    encoder = DamsmImageEncoder(256, "inception_v3", path, 299, resize_align_corners=True)
+    encoder(images)
+    attngan.load_damsm_image_encoder(encoder, state, path)
+    regions, code = encoder(images, training=False)
+    with torch.no_grad():
+        ref_regions, ref_code = ref(x)
+    err_regions = inputs.max_rel_diff(regions, ref_regions.numpy().transpose(0, 2, 3, 1))
+    err_code = inputs.max_rel_diff(code, ref_code.numpy())
+    print(f"DAMSM image encoder: regions {err_regions:.1e}, code {err_code:.1e} of the largest magnitude")
+    assert err_regions < TOL and err_code < TOL
+    # The resize convention is pinned: half-pixel centres give other features.
+    encoder.resize_align_corners = False
+    assert inputs.max_rel_diff(encoder(images, training=False)[1], ref_code.numpy()) > 10 * TOL

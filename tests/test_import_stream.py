@@ -40,3 +40,31 @@ def test_stream_decoder_matches_decoder_rnn(cub_sample, tmp_path):
     bigger(features, ids)
     with pytest.raises(WeightImportError, match=r"'embed.weight' has shape"):
         stream.load_stream_decoder(bigger, state, path)
+
+
+def test_stream_encoder_matches_encoder_cnn(cub_sample, tmp_path):
+    from mirrorgan_tf.models.stream import StreamEncoder
+    from tests.torch_reference import init, resnet
+    from tests.torch_reference.stream import Encoder
+
+    images = inputs.cub_images(cub_sample, 256, 2)
+    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+    calibration = torch.nn.functional.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False)
+    torch.manual_seed(7)
+    ref = Encoder(init.randomize(resnet.resnet152(), calibration, seed=7)).eval()
+    inputs.randomize_batch_norm(ref.bn, seed=7)
+    path = inputs.save_legacy(ref, tmp_path / "encoder-5-3000.ckpt")
+    state = read_state_dict(path)
+    assert "resnet.0.weight" in state and "resnet.7.2.bn3.running_var" in state and "bn.running_mean" in state
+    encoder = StreamEncoder(256, "resnet152", path, 224, imagenet_normalize=False)
+    encoder(images)
+    stream.load_stream_encoder(encoder, state, path)
+    ours = encoder(images, training=False)
+    with torch.no_grad():
+        expected = ref(x).numpy()
+    err = inputs.max_rel_diff(ours, expected)
+    print(f"STREAM encoder: {err:.1e} of the largest magnitude")
+    assert err < TOL
+    state["resnet.9.weight"] = state["linear.weight"]
+    with pytest.raises(WeightImportError, match="resnet.9.weight"):
+        stream.load_stream_encoder(encoder, state, path)

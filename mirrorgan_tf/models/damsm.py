@@ -29,9 +29,13 @@ class DamsmImageEncoder(keras.Model):
     """images in [-1, 1], any size -> regions float32 [B, h, w, D], code float32 [B, D]."""
 
     def __init__(self, embedding_dim: int = 256, backbone: str = "inception_v3", backbone_weights: str = "",
-                 image_size: int = 299, cnn_width: int = 32, name: str = "damsm_image_encoder", **kwargs):
+                 image_size: int = 299, cnn_width: int = 32, resize_align_corners: bool = False,
+                 name: str = "damsm_image_encoder", **kwargs):
         super().__init__(name=name, **kwargs)
         self.image_size = image_size
+        # `damsm.resize_align_corners`: PyTorch before 0.4 (AttnGAN's released DAMSM) resized with
+        # corners aligned; half-pixel centres (False) are PyTorch >= 0.4's and TensorFlow's default.
+        self.resize_align_corners = resize_align_corners
         if backbone == "inception_v3":
             if image_size != 299:
                 raise ValueError(f"damsm.image_size must be 299 for the inception_v3 backbone, got {image_size}")
@@ -48,11 +52,11 @@ class DamsmImageEncoder(keras.Model):
     @classmethod
     def from_config_obj(cls, cfg):
         d = cfg.damsm
-        return cls(cfg.model.embedding_dim, d.backbone, d.backbone_weights, d.image_size, d.cnn_width)
+        return cls(cfg.model.embedding_dim, d.backbone, d.backbone_weights, d.image_size, d.cnn_width,
+                   d.resize_align_corners)
 
     def call(self, images, training=None):
-        x = ops.image.resize(ops.cast(images, "float32"), (self.image_size, self.image_size),
-                             interpolation="bilinear")
+        x = backbones.resize_bilinear(ops.cast(images, "float32"), self.image_size, self.resize_align_corners)
         frozen = not self.backbone.trainable
         regions, code = self.backbone(x, training=False if frozen else training)
         return (ops.cast(self.emb_features(regions), "float32"),

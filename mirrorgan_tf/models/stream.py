@@ -25,9 +25,11 @@ class StreamEncoder(keras.Model):
 
     def __init__(self, embedding_dim: int = 256, backbone: str = "resnet152", backbone_weights: str = "",
                  image_size: int = 224, bn_momentum: float = 0.01, imagenet_normalize: bool = True,
-                 cnn_width: int = 32, name: str = "stream_encoder", **kwargs):
+                 cnn_width: int = 32, resize_align_corners: bool = False, name: str = "stream_encoder", **kwargs):
         super().__init__(name=name, **kwargs)
         self.image_size = image_size
+        # `stream.resize_align_corners`: PyTorch before 0.4 resized with corners aligned.
+        self.resize_align_corners = resize_align_corners
         self.backbone_kind = backbone
         self.imagenet_normalize = imagenet_normalize
         if backbone == "resnet152":
@@ -43,11 +45,10 @@ class StreamEncoder(keras.Model):
     def from_config_obj(cls, cfg):
         s = cfg.stream
         return cls(s.embedding_dim, s.backbone, s.backbone_weights, s.image_size, s.bn_momentum,
-                   s.imagenet_normalize, s.cnn_width)
+                   s.imagenet_normalize, s.cnn_width, s.resize_align_corners)
 
     def preprocess(self, images):
-        x = ops.image.resize(ops.cast(images, "float32"), (self.image_size, self.image_size),
-                             interpolation="bilinear")
+        x = backbones.resize_bilinear(ops.cast(images, "float32"), self.image_size, self.resize_align_corners)
         if self.backbone_kind == "resnet152" and self.imagenet_normalize:
             # What the backbone's weights were trained with: "caffe" for Keras' ResNet152 (BGR,
             # ImageNet means, 0-255), "torch" for a torchvision file (mean / std on [0, 1]).

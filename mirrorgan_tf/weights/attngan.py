@@ -52,6 +52,21 @@ def load_stem(stem, state, source: str = "text encoder") -> None:
     sd.finish()
 
 
+def load_damsm_image_encoder(encoder, state, source: str = "image encoder") -> None:
+    """Fill a built `models.damsm.DamsmImageEncoder` whose backbone has torchvision's Inception-v3
+    layout (`damsm.backbone_weights` a `.pth` file) from a CNN_ENCODER state dict: the trunk's
+    Conv2d_1a_3x3 ... Mixed_7c keys, emb_features (1x1 conv 768 -> D, no bias) and emb_cnn_code
+    (Linear 2048 -> D). Every key must be used. Raises WeightImportError naming the key."""
+    sd = state if isinstance(state, StateDict) else StateDict(state, source)
+    if getattr(encoder.backbone, "layout", None) != "torchvision":
+        raise WeightImportError(f"{sd.source}: the DAMSM image encoder's backbone must have torchvision's "
+                                "layout (damsm.backbone_weights a .pth file), not Keras' InceptionV3")
+    layout.torchvision_layout(encoder.backbone, sd)
+    layout.conv2d(encoder.emb_features, sd, "emb_features")
+    layout.dense(encoder.emb_cnn_code, sd, "emb_cnn_code")
+    sd.finish()
+
+
 def text_encoder_sizes(state, source: str = "text encoder") -> dict:
     """(vocab_size, word_embedding_dim, embedding_dim) of an RNN_ENCODER state dict, read from
     its shapes, so a network can be built to fit before loading."""

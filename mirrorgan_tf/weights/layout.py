@@ -130,3 +130,18 @@ def lstm(layer, sd: StateDict, key: str, suffix: str = "_l0") -> None:
 def embedding(layer, sd: StateDict, key: str) -> None:
     v, d = layer.embeddings.shape
     _assign(layer.embeddings, sd.get(key + ".weight", (v, d)), f"{sd.source}:{key}.weight")
+
+
+def torchvision_layout(model, sd: StateDict, prefix: str = "") -> None:
+    """A Keras network whose layer names are torchvision module paths (`models.backbones`'
+    torchvision layouts) <- the keys `<prefix><layer name>.<param>` of `sd`: every Conv2D and
+    BatchNormalization layer (the only weighted layers of those trunks). Shapes are checked."""
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind == "Conv2D":
+            conv2d(layer, sd, prefix + layer.name)
+        elif kind == "BatchNormalization":
+            batch_norm(layer, sd, prefix + layer.name)
+        elif layer.weights:
+            raise WeightImportError(f"{sd.source}: layer {layer.name} ({kind}) of {model.name} has weights "
+                                    "but no torchvision counterpart")

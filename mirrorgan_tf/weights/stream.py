@@ -49,5 +49,35 @@ def load_stream_decoder(decoder, state, source: str = "STREAM decoder") -> None:
     sd.finish()
 
 
+_RESNET_SEQUENTIAL = {"conv1": "0", "bn1": "1", "layer1": "4", "layer2": "5", "layer3": "6", "layer4": "7"}
+
+
+def load_stream_encoder(encoder, state, source: str = "STREAM encoder") -> None:
+    """Fill a built StreamEncoder whose backbone has torchvision's ResNet-152 layout
+    (`stream.backbone_weights` a `.pth` file) from an EncoderCNN state dict: `resnet.N.*` (the
+    trunk as nn.Sequential numbers torchvision's children), `linear`, `bn`. Every key must be used.
+    Raises WeightImportError naming the key."""
+    sd = _sd(state, source)
+    backbone = encoder.backbone
+    if getattr(backbone, "layout", None) != "torchvision":
+        raise WeightImportError(f"{sd.source}: the STREAM encoder's backbone must have torchvision's layout "
+                                "(stream.backbone_weights a .pth file), not Keras' ResNet152")
+    renamed = {}
+    for key, value in sd.state.items():
+        head, _, rest = key.partition(".")
+        if head == "resnet":
+            index, _, rest = rest.partition(".")
+            names = {v: k for k, v in _RESNET_SEQUENTIAL.items()}
+            if index not in names:
+                raise WeightImportError(f"{sd.source}: '{key}' is no part of ResNet-152's trunk")
+            key = f"{names[index]}.{rest}"
+        renamed[key] = value
+    sd = StateDict(renamed, sd.source)
+    layout.torchvision_layout(backbone, sd)
+    layout.dense(encoder.linear, sd, "linear")
+    layout.batch_norm(encoder.bn, sd, "bn")
+    sd.finish()
+
+
 def encoder_embedding_dim(state, source: str = "STREAM encoder") -> int:
     return int(_sd(state, source).get("linear.weight").shape[0])

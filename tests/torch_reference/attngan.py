@@ -34,3 +34,30 @@ class TextEncoder(nn.Module):
         words = pad_packed_sequence(out, batch_first=True)[0].transpose(1, 2)
         sentence = h.transpose(0, 1).reshape(ids.shape[0], -1)
         return words, sentence
+
+
+class ImageEncoder(nn.Module):
+    """CNN_ENCODER's layout: the Inception-v3 trunk's modules at the top level under torchvision's
+    names (Conv2d_1a_3x3 ... Mixed_7c; no AuxLogits, no fc), `emb_features` (1x1 conv 768 -> D, no
+    bias) and `emb_cnn_code` (Linear 2048 -> D). forward(images [B, 3, s, s] in [-1, 1]) ->
+    regions [B, D, 17, 17], code [B, D], resizing to 299 with corners aligned as PyTorch 0.3's
+    nn.Upsample(mode='bilinear') did."""
+
+    TRUNK = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3", "Mixed_5b",
+             "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a",
+             "Mixed_7b", "Mixed_7c")
+
+    def __init__(self, inception, feature_dim: int = 256):
+        super().__init__()
+        self._inception = [inception]  # a list: not a submodule, so its own keys stay out of ours
+        for name in self.TRUNK:
+            setattr(self, name, getattr(inception, name))
+        self.emb_features = nn.Conv2d(768, feature_dim, 1, bias=False)
+        self.emb_cnn_code = nn.Linear(2048, feature_dim)
+        nn.init.uniform_(self.emb_features.weight, -0.1, 0.1)
+        nn.init.uniform_(self.emb_cnn_code.weight, -0.1, 0.1)
+
+    def forward(self, images):
+        x = torch.nn.functional.interpolate(images, size=(299, 299), mode="bilinear", align_corners=True)
+        regions, code = type(self._inception[0]).regions_and_code(self, x)
+        return self.emb_features(regions), self.emb_cnn_code(code)

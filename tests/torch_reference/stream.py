@@ -26,3 +26,22 @@ class Decoder(nn.Module):
         x = torch.cat([features.unsqueeze(1), self.embed(ids)], 1)
         hidden, _ = self.lstm(x)
         return self.linear(hidden)
+
+
+class Encoder(nn.Module):
+    """EncoderCNN's layout: `resnet` = nn.Sequential of ResNet-152's children but fc (keys
+    resnet.0 conv1, resnet.1 bn1, resnet.4-7 layer1-4), `linear` (2048 -> E), `bn` (BatchNorm1d,
+    momentum 0.01). forward(images [B, 3, s, s] in [-1, 1]) -> [B, E]: resized to 224 and given to
+    the trunk as they are, as MirrorGAN's CAPTION_CNN does."""
+
+    def __init__(self, resnet, embedding_dim: int = 256, align_corners: bool = False):
+        super().__init__()
+        self.resnet = nn.Sequential(*list(resnet.children())[:-1])
+        self.linear = nn.Linear(resnet.fc.in_features, embedding_dim)
+        self.bn = nn.BatchNorm1d(embedding_dim, momentum=0.01)
+        self.align_corners = align_corners
+
+    def forward(self, images):
+        x = torch.nn.functional.interpolate(images, size=(224, 224), mode="bilinear",
+                                            align_corners=self.align_corners)
+        return self.bn(self.linear(self.resnet(x).flatten(1)))
