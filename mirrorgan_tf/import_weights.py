@@ -73,8 +73,13 @@ def _require(cfg, key: str, value, source: str) -> None:
                            f"(use --set {key}={value})")
 
 
-def _apply_settings(cfg, settings: dict, why: str) -> None:
+def _apply_settings(cfg, settings: dict, why: str, overrides=()) -> None:
+    """Set `settings` in the config, printing each with the reason; a key the user gave with
+    --set is left as the user set it (and said so)."""
     for key, value in settings.items():
+        if any(o.split("=", 1)[0].strip() == key for o in overrides):
+            print(f"import: {key}={_get(cfg, key)} as --set says (the import would set {value}: {why})", flush=True)
+            continue
         old = _get(cfg, key)
         _set(cfg, key, value)
         note = "" if old == value else f" (config said {old})"
@@ -91,11 +96,27 @@ def _save_stage(run, stage: str, info: dict, **objects) -> str:
     return path
 
 
-def _copy_stage(src_run: str, run, stage: str) -> None:
-    """Copy a finished stage (its checkpoint folder and stages.json entry) from another run."""
+def _keep_copy(path: str, run, stage: str) -> str:
+    """Copy a weights file into the run (RUN/<stage>/<name>); returns the copy's path. The run is
+    built in a temporary folder renamed at the end; `run_import` renames the path in the config."""
+    os.makedirs(run.path(stage), exist_ok=True)
+    shutil.copy(path, run.path(stage, os.path.basename(path)))
+    run.pending_paths.append(run.path(stage, os.path.basename(path)))
+    return run.path(stage, os.path.basename(path))
+
+
+def _copy_stage(src_run: str, run, stage: str, cfg=None) -> None:
+    """Copy a finished stage (its folder and stages.json entry) from another run. A backbone
+    weights file the stage keeps (an imported encoder's) is then named at its new place in `cfg`."""
     with open(os.path.join(src_run, "stages.json"), encoding="utf-8") as f:
         info = json.load(f)[stage]
     shutil.copytree(os.path.join(src_run, stage), run.path(stage))
+    key = f"{stage}.backbone_weights"
+    if cfg is not None and stage in ("damsm", "stream") and _get(cfg, key):
+        inside = os.path.relpath(os.path.abspath(_get(cfg, key)), os.path.abspath(src_run))
+        if not inside.startswith(".."):
+            _set(cfg, key, run.path(inside))
+            run.pending_paths.append(run.path(inside))
     run.mark_done(stage, {k: v for k, v in info.items() if k != "done"} | {"copied_from": os.path.abspath(src_run)})
 
 
@@ -142,12 +163,21 @@ def import_attngan_damsm(a, run) -> dict:
     attngan.load_stem(stem, text_state, a.text_encoder)
     objects = {"stem": stem}
     if a.image_encoder:
-        from mirrorgan_tf.weights import attngan_image  # needs the torchvision-layout backbone
-
+        # The encoder's backbone is built from its own file (torchvision's layout); the run keeps a
+        # copy, which its config names, so the run does not depend on where the download lies.
+        image_state = read_state_dict(a.image_encoder, "--image-encoder")
+        _require(cfg, "model.embedding_dim", attngan.image_encoder_embedding_dim(image_state, a.image_encoder),
+                 a.image_encoder)
+        _apply_settings(cfg, {"damsm.backbone": "inception_v3"}, "the released image encoder holds Inception-v3",
+                        a.overrides)
+        _apply_settings(cfg, {"damsm.resize_align_corners": True},
+                        "PyTorch 0.3 (the released DAMSM) resized with corners aligned; "
+                        "--set damsm.resize_align_corners=false for an encoder trained with PyTorch >= 0.4",
+                        a.overrides)
+        cfg.damsm.backbone_weights = _keep_copy(a.image_encoder, run, "damsm")
         encoder = DamsmImageEncoder.from_config_obj(cfg)
         encoder(_zeros_images(cfg))
-        attngan_image.load_damsm_image_encoder(encoder, read_state_dict(a.image_encoder, "--image-encoder"),
-                                               a.image_encoder)
+        attngan.load_damsm_image_encoder(encoder, image_state, a.image_encoder)
         objects["image_encoder"] = encoder
     attngan.write_vocabulary_file(words, run.path(VOCAB_FILE))
     info = {"text_encoder": os.path.abspath(a.text_encoder), "captions_pickle": os.path.abspath(a.captions_pickle),
@@ -169,6 +199,7 @@ def _zeros_images(cfg, size=None):
 def import_mirrorgan_gan(a, run):
     import numpy as np
 
+    from mirrorgan_tf.config import load_config
     from mirrorgan_tf.models.discriminators import build_discriminators
     from mirrorgan_tf.models.glam import GLAM
     from mirrorgan_tf.models.networks import stem_from_config
@@ -187,8 +218,8 @@ def import_mirrorgan_gan(a, run):
         d_sizes = mirrorgan.discriminator_sizes(state, path)
         _require(cfg, "model.df_dim", d_sizes["df_dim"], path)
         _require(cfg, "model.embedding_dim", d_sizes["embedding_dim"], path)
-    _apply_settings(cfg, mirrorgan.GENERATOR_SETTINGS, "the released generator computes this")
-    _copy_stage(a.damsm_run, run, "damsm")
+    _apply_settings(cfg, mirrorgan.GENERATOR_SETTINGS, "the released generator computes this", a.overrides)
+    _copy_stage(a.damsm_run, run, "damsm", cfg)
     shutil.copy(os.path.join(a.damsm_run, VOCAB_FILE), run.path(VOCAB_FILE))
     stem = stem_from_config(cfg, cfg.data.vocab_size)
     words, sentence, mask = stem(*_sentence_inputs(cfg))
@@ -207,7 +238,9 @@ def import_mirrorgan_gan(a, run):
             mirrorgan.load_discriminator(d, i, state, path)
             objects[f"d{i}"] = d
     if a.stream_run:
-        _copy_stage(_need_run(a.stream_run, "--stream-run", "stream"), run, "stream")
+        stream_cfg = load_config(os.path.join(a.stream_run, "config.yaml"))
+        cfg.stream = stream_cfg.stream  # how the imported or trained captioner was built
+        _copy_stage(_need_run(a.stream_run, "--stream-run", "stream"), run, "stream", cfg)
     info = {"generator": os.path.abspath(a.generator),
             "discriminators": [os.path.abspath(p) for p in a.discriminators or []]}
     _save_stage(run, "gan", info, **objects)
@@ -228,9 +261,12 @@ def import_stream(a, run):
     _require(cfg, "stream.embedding_dim", sizes["embedding_dim"], a.decoder)
     _require(cfg, "stream.hidden_dim", sizes["hidden_dim"], a.decoder)
     _require(cfg, "stream.embedding_dim", stream.encoder_embedding_dim(enc_state, a.encoder), a.encoder)
-    _apply_settings(cfg, stream.ENCODER_SETTINGS, "the released code captions [-1, 1] images as they are")
-    _copy_stage(a.damsm_run, run, "damsm")
+    _apply_settings(cfg, stream.ENCODER_SETTINGS, "the released code captions [-1, 1] images as they are",
+                    a.overrides)
+    _apply_settings(cfg, {"stream.backbone": "resnet152"}, "the encoder holds ResNet-152", a.overrides)
+    _copy_stage(a.damsm_run, run, "damsm", cfg)
     shutil.copy(os.path.join(a.damsm_run, VOCAB_FILE), run.path(VOCAB_FILE))
+    cfg.stream.backbone_weights = _keep_copy(a.encoder, run, "stream")
     encoder = StreamEncoder.from_config_obj(cfg)
     decoder = StreamDecoder.from_config_obj(cfg, cfg.data.vocab_size)
     ids, _ = _sentence_inputs(cfg)
@@ -313,7 +349,13 @@ def run_import(argv=None) -> str:
     tmp = f"{out}.tmp-{os.getpid()}"
     os.makedirs(tmp)
     try:
-        cfg = KINDS[a.kind](a, RunDir(tmp))
+        run = RunDir(tmp)
+        run.pending_paths = []
+        cfg = KINDS[a.kind](a, run)
+        # Weight files copied into the run are named by where they will be once renamed.
+        for key in ("damsm.backbone_weights", "stream.backbone_weights"):
+            if _get(cfg, key) in run.pending_paths:
+                _set(cfg, key, os.path.join(out, os.path.relpath(_get(cfg, key), tmp)))
         config_lib.save_config(cfg, os.path.join(tmp, "config.yaml"))
         os.rename(tmp, out)
     except BaseException:

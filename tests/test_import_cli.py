@@ -139,3 +139,40 @@ def test_bad_arguments_fail_first(damsm_files, damsm_run, tmp_path, capsys):
     assert import_weights.main(["attngan-damsm", "--text-encoder", text_encoder, "--captions-pickle", pickle_path,
                                 "--config", CUB, "--out", damsm_run]) == 2
     assert "already exists" in capsys.readouterr().err
+
+
+def test_stream_run_loads_back(cub_sample, damsm_run, damsm_files, tmp_path, capsys):
+    from mirrorgan_tf.models.stream import StreamDecoder, StreamEncoder
+    from tests.torch_reference import init, resnet
+    from tests.torch_reference.stream import Decoder, Encoder
+
+    _, _, _, tokens, vocab = damsm_files
+    images = inputs.cub_images(cub_sample, 256, 2)
+    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+    calibration = torch.nn.functional.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False)
+    torch.manual_seed(8)
+    ref_enc = Encoder(init.randomize(resnet.resnet152(), calibration, seed=8)).eval()
+    inputs.randomize_batch_norm(ref_enc.bn, seed=8)
+    ref_dec = Decoder(len(vocab), 256, 512).eval()
+    enc_path = inputs.save_legacy(ref_enc, tmp_path / "encoder-5-3000.ckpt")
+    dec_path = inputs.save_legacy(ref_dec, tmp_path / "decoder-5-3000.ckpt")
+    out = str(tmp_path / "stream_run")
+    assert import_weights.main(["stream", "--encoder", enc_path, "--decoder", dec_path, "--damsm-run", damsm_run,
+                                "--config", CUB, "--out", out]) == 0
+    assert "stream.imagenet_normalize=False" in capsys.readouterr().out
+    cfg = load_config(os.path.join(out, "config.yaml"))
+    # The run keeps its own copy of the encoder file, which its config names.
+    assert cfg.stream.backbone_weights == os.path.join(out, "stream", "encoder-5-3000.ckpt")
+    assert os.path.isfile(cfg.stream.backbone_weights) and not cfg.stream.imagenet_normalize
+    # Built from the run's config alone, restored from its checkpoint: the PyTorch captioner's logits.
+    encoder = StreamEncoder.from_config_obj(cfg)
+    decoder = StreamDecoder.from_config_obj(cfg, cfg.data.vocab_size)
+    ids, _ = inputs.caption_ids(tokens[:2], vocab, cfg.data.words_num)
+    decoder(encoder(images), ids)
+    loop.restore_weights(out, "stream", encoder=encoder, decoder=decoder)
+    logits = decoder(encoder(images, training=False), ids, training=False)
+    with torch.no_grad():
+        expected = ref_dec(ref_enc(x), torch.from_numpy(ids).long()).numpy()
+    err = inputs.max_rel_diff(logits, expected)
+    print(f"STREAM logits through the imported run: {err:.1e} of the largest magnitude")
+    assert err < 1e-4

@@ -67,6 +67,12 @@ def load_damsm_image_encoder(encoder, state, source: str = "image encoder") -> N
     sd.finish()
 
 
+def image_encoder_embedding_dim(state, source: str = "image encoder") -> int:
+    """D of a CNN_ENCODER state dict (emb_cnn_code's output size)."""
+    sd = state if isinstance(state, StateDict) else StateDict(state, source)
+    return int(sd.get("emb_cnn_code.weight").shape[0])
+
+
 def text_encoder_sizes(state, source: str = "text encoder") -> dict:
     """(vocab_size, word_embedding_dim, embedding_dim) of an RNN_ENCODER state dict, read from
     its shapes, so a network can be built to fit before loading."""
