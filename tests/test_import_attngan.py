@@ -91,7 +91,7 @@ def test_damsm_image_encoder_matches_cnn_encoder(cub_sample, tmp_path):
     path = inputs.save_legacy(ref, tmp_path / "image_encoder200.pth")
     state = read_state_dict(path)
     assert not any(k.startswith(("AuxLogits", "fc.")) for k in state)  # CNN_ENCODER's keys only
-    encoder = DamsmImageEncoder(256, "inception_v3", path, 299, resize_align_corners=True)
+    encoder = DamsmImageEncoder(256, "inception_v3", path, 299, align_corners=True)
     encoder(images)
     attngan.load_damsm_image_encoder(encoder, state, path)
     regions, code = encoder(images, training=False)
@@ -102,5 +102,5 @@ def test_damsm_image_encoder_matches_cnn_encoder(cub_sample, tmp_path):
     print(f"DAMSM image encoder: regions {err_regions:.1e}, code {err_code:.1e} of the largest magnitude")
     assert err_regions < TOL and err_code < TOL
     # The resize convention is pinned: half-pixel centres give other features.
-    encoder.resize_align_corners = False
+    encoder.align_corners = False
     assert inputs.max_rel_diff(encoder(images, training=False)[1], ref_code.numpy()) > 10 * TOL

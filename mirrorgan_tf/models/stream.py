@@ -21,15 +21,15 @@ from mirrorgan_tf.models.layers import batch_norm
 
 
 class StreamEncoder(keras.Model):
-    """images in [-1, 1], any size -> float32 [B, embedding_dim]."""
+    """images in [-1, 1], any size -> float32 [B, embedding_dim]. Images are resized bilinearly
+    to `image_size` (`align_corners`: as in DamsmImageEncoder)."""
 
     def __init__(self, embedding_dim: int = 256, backbone: str = "resnet152", backbone_weights: str = "",
                  image_size: int = 224, bn_momentum: float = 0.01, imagenet_normalize: bool = True,
-                 cnn_width: int = 32, resize_align_corners: bool = False, name: str = "stream_encoder", **kwargs):
+                 cnn_width: int = 32, name: str = "stream_encoder", align_corners: bool = False, **kwargs):
         super().__init__(name=name, **kwargs)
         self.image_size = image_size
-        # `stream.resize_align_corners`: PyTorch before 0.4 resized with corners aligned.
-        self.resize_align_corners = resize_align_corners
+        self.align_corners = align_corners
         self.backbone_kind = backbone
         self.imagenet_normalize = imagenet_normalize
         if backbone == "resnet152":
@@ -45,10 +45,11 @@ class StreamEncoder(keras.Model):
     def from_config_obj(cls, cfg):
         s = cfg.stream
         return cls(s.embedding_dim, s.backbone, s.backbone_weights, s.image_size, s.bn_momentum,
-                   s.imagenet_normalize, s.cnn_width, s.resize_align_corners)
+                   s.imagenet_normalize, s.cnn_width,
+                   align_corners=s.resize_align_corners)
 
     def preprocess(self, images):
-        x = backbones.resize_bilinear(ops.cast(images, "float32"), self.image_size, self.resize_align_corners)
+        x = backbones.resize_bilinear(ops.cast(images, "float32"), self.image_size, self.align_corners)
         if self.backbone_kind == "resnet152" and self.imagenet_normalize:
             # What the backbone's weights were trained with: "caffe" for Keras' ResNet152 (BGR,
             # ImageNet means, 0-255), "torch" for a torchvision file (mean / std on [0, 1]).
