@@ -120,13 +120,6 @@ def _copy_stage(src_run: str, run, stage: str, cfg=None) -> None:
     run.mark_done(stage, {k: v for k, v in info.items() if k != "done"} | {"copied_from": os.path.abspath(src_run)})
 
 
-def _sentence_inputs(cfg, batch: int = 2):
-    import numpy as np
-
-    t = cfg.data.words_num
-    return np.ones((batch, t), "int32"), np.full((batch,), t, "int32")
-
-
 def _load_base_config(a, damsm_run: str | None):
     from mirrorgan_tf.config import load_config
 
@@ -144,8 +137,7 @@ def _load_base_config(a, damsm_run: str | None):
 
 
 def import_attngan_damsm(a, run) -> dict:
-    from mirrorgan_tf.models.damsm import DamsmImageEncoder
-    from mirrorgan_tf.models.networks import stem_from_config
+    from mirrorgan_tf.models import networks
     from mirrorgan_tf.weights import attngan, read_state_dict
 
     words = attngan.read_captions_pickle(a.captions_pickle)
@@ -158,8 +150,7 @@ def import_attngan_damsm(a, run) -> dict:
     for key in ("embedding_dim", "word_embedding_dim"):
         _require(cfg, f"model.{key}", sizes[key], a.text_encoder)
     cfg.data.vocab_size = len(words)
-    stem = stem_from_config(cfg, len(words))
-    stem(*_sentence_inputs(cfg))
+    stem = networks.build_stem(cfg, len(words))
     attngan.load_stem(stem, text_state, a.text_encoder)
     objects = {"stem": stem}
     if a.image_encoder:
@@ -175,8 +166,7 @@ def import_attngan_damsm(a, run) -> dict:
                         "--set damsm.resize_align_corners=false for an encoder trained with PyTorch >= 0.4",
                         a.overrides)
         cfg.damsm.backbone_weights = _keep_copy(a.image_encoder, run, "damsm")
-        encoder = DamsmImageEncoder.from_config_obj(cfg)
-        encoder(_zeros_images(cfg))
+        encoder = networks.build_damsm_image_encoder(cfg)
         attngan.load_damsm_image_encoder(encoder, image_state, a.image_encoder)
         objects["image_encoder"] = encoder
     attngan.write_vocabulary_file(words, run.path(VOCAB_FILE))
@@ -189,20 +179,9 @@ def import_attngan_damsm(a, run) -> dict:
     return cfg
 
 
-def _zeros_images(cfg, size=None):
-    import numpy as np
-
-    s = size or cfg.image_sizes[-1]
-    return np.zeros((2, s, s, 3), "float32")
-
-
 def import_mirrorgan_gan(a, run):
-    import numpy as np
-
     from mirrorgan_tf.config import load_config
-    from mirrorgan_tf.models.discriminators import build_discriminators
-    from mirrorgan_tf.models.glam import GLAM
-    from mirrorgan_tf.models.networks import stem_from_config
+    from mirrorgan_tf.models import networks
     from mirrorgan_tf.weights import mirrorgan, read_state_dict
 
     cfg = a.cfg
@@ -221,20 +200,15 @@ def import_mirrorgan_gan(a, run):
     _apply_settings(cfg, mirrorgan.GENERATOR_SETTINGS, "the released generator computes this", a.overrides)
     _copy_stage(a.damsm_run, run, "damsm", cfg)
     shutil.copy(os.path.join(a.damsm_run, VOCAB_FILE), run.path(VOCAB_FILE))
-    stem = stem_from_config(cfg, cfg.data.vocab_size)
-    words, sentence, mask = stem(*_sentence_inputs(cfg))
-    z = np.zeros((2, cfg.model.z_dim), "float32")
     glams = []
     for _ in range(2):  # the released netG holds the averaged (EMA) weights: both get them
-        g = GLAM.from_config_obj(cfg, seed=cfg.train.seed)
-        g(z, sentence, words, mask)
+        g = networks.build_glam(cfg, seed=cfg.train.seed)
         mirrorgan.load_glam(g, g_state, a.generator)
         glams.append(g)
     objects = {"glam": glams[0], "glam_ema": glams[1]}
     if d_states:
-        discriminators = build_discriminators(cfg)
+        discriminators = networks.build_discriminators(cfg)
         for i, (d, state, path) in enumerate(zip(discriminators, d_states, a.discriminators)):
-            d(_zeros_images(cfg, cfg.image_sizes[i]), sentence)
             mirrorgan.load_discriminator(d, i, state, path)
             objects[f"d{i}"] = d
     if a.stream_run:
@@ -248,7 +222,7 @@ def import_mirrorgan_gan(a, run):
 
 
 def import_stream(a, run):
-    from mirrorgan_tf.models.stream import StreamDecoder, StreamEncoder
+    from mirrorgan_tf.models import networks
     from mirrorgan_tf.weights import read_state_dict, stream
 
     cfg = a.cfg
@@ -267,10 +241,7 @@ def import_stream(a, run):
     _copy_stage(a.damsm_run, run, "damsm", cfg)
     shutil.copy(os.path.join(a.damsm_run, VOCAB_FILE), run.path(VOCAB_FILE))
     cfg.stream.backbone_weights = _keep_copy(a.encoder, run, "stream")
-    encoder = StreamEncoder.from_config_obj(cfg)
-    decoder = StreamDecoder.from_config_obj(cfg, cfg.data.vocab_size)
-    ids, _ = _sentence_inputs(cfg)
-    decoder(encoder(_zeros_images(cfg)), ids)
+    encoder, decoder = networks.build_stream(cfg, cfg.data.vocab_size)
     stream.load_stream_encoder(encoder, enc_state, a.encoder)
     stream.load_stream_decoder(decoder, dec_state, a.decoder)
     _save_stage(run, "stream", {"encoder": os.path.abspath(a.encoder), "decoder": os.path.abspath(a.decoder)},
@@ -343,7 +314,7 @@ def run_import(argv=None) -> str:
     _check_arguments(a)
     a.cfg = _load_base_config(a, getattr(a, "damsm_run", None))
     from mirrorgan_tf import config as config_lib
-    from mirrorgan_tf.training.loop import RunDir
+    from mirrorgan_tf.runs import RunDir
 
     out = os.path.abspath(a.out)
     tmp = f"{out}.tmp-{os.getpid()}"

@@ -49,12 +49,13 @@ def train(cfg, run_dir: str, stage: str = "all", strategy_kind: str = "auto",
     import keras
 
     from mirrorgan_tf import config as config_lib
-    from mirrorgan_tf.distribute import build_strategy
-    from mirrorgan_tf.training import damsm, gan, loop, stream
+    from mirrorgan_tf.distribute import build_strategy, is_chief
+    from mirrorgan_tf.runs import RunDir
+    from mirrorgan_tf.training import damsm, gan, stream
 
     strategy = build_strategy(strategy_kind)
-    chief = loop.is_chief(strategy)
-    run = loop.RunDir(run_dir)
+    chief = is_chief(strategy)
+    run = RunDir(run_dir)
     if chief:
         config_lib.save_config(cfg, run.path("config.yaml"))
     if cfg.train.mixed_precision:

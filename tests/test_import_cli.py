@@ -12,10 +12,8 @@ torch = pytest.importorskip("torch")
 
 from mirrorgan_tf import import_weights  # noqa: E402
 from mirrorgan_tf.config import load_config  # noqa: E402
-from mirrorgan_tf.models.discriminators import build_discriminators  # noqa: E402
-from mirrorgan_tf.models.glam import GLAM  # noqa: E402
-from mirrorgan_tf.models.networks import stem_from_config  # noqa: E402
-from mirrorgan_tf.training import loop  # noqa: E402
+from mirrorgan_tf import runs  # noqa: E402
+from mirrorgan_tf.models import networks  # noqa: E402
 from tests.conftest import CONFIGS  # noqa: E402
 from tests.torch_reference import inputs  # noqa: E402
 from tests.torch_reference.attngan import TextEncoder  # noqa: E402
@@ -55,10 +53,10 @@ def test_attngan_damsm_run_loads_back(damsm_files, damsm_run):
     assert open(os.path.join(damsm_run, "vocab.txt")).read().split("\n")[:-1] == vocab
     cfg = load_config(os.path.join(damsm_run, "config.yaml"))
     assert cfg.data.vocab_size == len(vocab)
-    stem = stem_from_config(cfg, cfg.data.vocab_size)
+    stem = networks.build_stem(cfg, cfg.data.vocab_size)
     ids, lengths = inputs.caption_ids(tokens, vocab, cfg.data.words_num)
     stem(ids, lengths)
-    loop.restore_weights(damsm_run, "damsm", stem=stem)
+    runs.restore_weights(damsm_run, "damsm", stem=stem)
     _, sentence, _ = stem(ids, lengths, training=False)
     with torch.no_grad():
         _, expected = ref(torch.from_numpy(ids).long(), torch.from_numpy(lengths).long())
@@ -91,19 +89,20 @@ def test_mirrorgan_gan_run_loads_back(cub_sample, damsm_files, damsm_run, tmp_pa
     cfg = load_config(os.path.join(out, "config.yaml"))
     assert (cfg.model.global_attention_softmax, cfg.model.text_norm) == ("channels", "none")
     assert {s for s, v in json.load(open(os.path.join(out, "stages.json"))).items() if v["done"]} == {"damsm", "gan"}
-    stem = stem_from_config(cfg, cfg.data.vocab_size)
+    stem = networks.build_stem(cfg, cfg.data.vocab_size)
     ids, lengths = inputs.caption_ids(tokens, vocab, cfg.data.words_num)
-    ids, lengths = ids[:2], lengths[:2]
+    other = int(np.flatnonzero(lengths != lengths[0])[0])  # two lengths: the masking matters
+    ids, lengths = ids[[0, other]], lengths[[0, other]]
     words, sentence, mask = stem(ids, lengths)
-    glam = GLAM.from_config_obj(cfg)
+    glam = networks.build_glam(cfg)
     z = np.random.default_rng(0).standard_normal((2, cfg.model.z_dim)).astype("float32")
     glam(z, sentence, words, mask)
-    discriminators = build_discriminators(cfg)
+    discriminators = networks.build_discriminators(cfg)
     images = [inputs.cub_images(cub_sample, s, 2) for s in cfg.image_sizes]
     for d, x in zip(discriminators, images):
         d(x, sentence)
-    loop.restore_weights(out, "damsm", stem=stem)
-    loop.restore_weights(out, "gan", glam_ema=glam, d0=discriminators[0], d1=discriminators[1])
+    runs.restore_weights(out, "damsm", stem=stem)
+    runs.restore_weights(out, "gan", glam_ema=glam, d0=discriminators[0], d1=discriminators[1])
     words, sentence, mask = stem(ids, lengths, training=False)
     eps = np.zeros((2, cfg.model.condition_dim), "float32")
     ours = glam(z, sentence, words, mask, eps=eps, training=False)["images"]
@@ -142,7 +141,6 @@ def test_bad_arguments_fail_first(damsm_files, damsm_run, tmp_path, capsys):
 
 
 def test_stream_run_loads_back(cub_sample, damsm_run, damsm_files, tmp_path, capsys):
-    from mirrorgan_tf.models.stream import StreamDecoder, StreamEncoder
     from tests.torch_reference import init, resnet
     from tests.torch_reference.stream import Decoder, Encoder
 
@@ -165,11 +163,9 @@ def test_stream_run_loads_back(cub_sample, damsm_run, damsm_files, tmp_path, cap
     assert cfg.stream.backbone_weights == os.path.join(out, "stream", "encoder-5-3000.ckpt")
     assert os.path.isfile(cfg.stream.backbone_weights) and not cfg.stream.imagenet_normalize
     # Built from the run's config alone, restored from its checkpoint: the PyTorch captioner's logits.
-    encoder = StreamEncoder.from_config_obj(cfg)
-    decoder = StreamDecoder.from_config_obj(cfg, cfg.data.vocab_size)
+    encoder, decoder = networks.build_stream(cfg, cfg.data.vocab_size)
     ids, _ = inputs.caption_ids(tokens[:2], vocab, cfg.data.words_num)
-    decoder(encoder(images), ids)
-    loop.restore_weights(out, "stream", encoder=encoder, decoder=decoder)
+    runs.restore_weights(out, "stream", encoder=encoder, decoder=decoder)
     logits = decoder(encoder(images, training=False), ids, training=False)
     with torch.no_grad():
         expected = ref_dec(ref_enc(x), torch.from_numpy(ids).long()).numpy()
