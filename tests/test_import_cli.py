@@ -172,3 +172,29 @@ def test_stream_run_loads_back(cub_sample, damsm_run, damsm_files, tmp_path, cap
     err = inputs.max_rel_diff(logits, expected)
     print(f"STREAM logits through the imported run: {err:.1e} of the largest magnitude")
     assert err < 1e-4
+
+
+def test_attngan_damsm_with_image_encoder_loads_back(cub_sample, damsm_files, tmp_path, capsys):
+    from tests.torch_reference import inception, init
+    from tests.torch_reference.attngan import ImageEncoder
+
+    _, text_encoder, pickle_path, tokens, vocab = damsm_files
+    images = inputs.cub_images(cub_sample, 256, 2)
+    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+    calibration = torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=True)
+    torch.manual_seed(9)
+    ref = ImageEncoder(init.randomize(inception.Inception3(), calibration, seed=9)).eval()
+    image_encoder = inputs.save_legacy(ref, tmp_path / "image_encoder200.pth")
+    out = str(tmp_path / "damsm_full")
+    assert import_weights.main(["attngan-damsm", "--text-encoder", text_encoder, "--image-encoder", image_encoder,
+                                "--captions-pickle", pickle_path, "--config", CUB, "--out", out]) == 0
+    assert "damsm.resize_align_corners=True" in capsys.readouterr().out
+    cfg = load_config(os.path.join(out, "config.yaml"))
+    assert cfg.damsm.backbone_weights == os.path.join(out, "damsm", "image_encoder200.pth")
+    # What every later command does with a run's DAMSM: build it from the config, restore it.
+    _, encoder = runs.restore_damsm(cfg, cfg.data.vocab_size, out)
+    regions, code = encoder(images, training=False)
+    with torch.no_grad():
+        ref_regions, ref_code = ref(x)
+    assert inputs.max_rel_diff(regions, ref_regions.numpy().transpose(0, 2, 3, 1)) < 1e-4
+    assert inputs.max_rel_diff(code, ref_code.numpy()) < 1e-4
