@@ -66,6 +66,7 @@ def test_glam_matches_g_net(cub_sample, tmp_path):
         # Not saturated: the comparison sees the whole network, not tanh's flat ends.
         assert np.mean(np.abs(theirs) < 0.9) > 0.5
         diff = float(np.max(np.abs(np.asarray(ours) - theirs)))
+        print(f"GLAM image {size} px: max abs difference {diff:.1e}")
         assert diff < IMAGE_TOL, (size, diff)
 
 
@@ -97,8 +98,10 @@ def test_discriminators_match_d_nets(cub_sample, tmp_path, stage):
     uncond, cond = disc(images, sentence.numpy(), training=False)
     with torch.no_grad():
         ref_uncond, ref_cond = ref(torch.from_numpy(images.transpose(0, 3, 1, 2).copy()), sentence)
-    for ours, theirs in ((uncond, ref_uncond), (cond, ref_cond)):
-        assert inputs.max_rel_diff(ours, theirs.numpy()) < TOL
+    for what, ours, theirs in (("uncond", uncond, ref_uncond), ("cond", cond, ref_cond)):
+        err = inputs.max_rel_diff(ours, theirs.numpy())
+        print(f"D{size} {what} logits: {err:.1e} of the largest magnitude")
+        assert err < TOL
     other = Discriminator((stage + 1) % 3, 64, 64)
     with pytest.raises(WeightImportError, match=f"netD{stage}.pth: a discriminator for stage {stage + 1}"):
         mirrorgan.load_discriminator(other, (stage + 1) % 3, state, path)
