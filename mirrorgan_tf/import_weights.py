@@ -69,8 +69,8 @@ def _set(cfg, key: str, value) -> None:
 def _require(cfg, key: str, value, source: str) -> None:
     """The config must already say `key: value` for the file `source` (a size read from it)."""
     if _get(cfg, key) != value:
-        raise ImportArgumentError(f"{source} was trained with {key}={value}, the config says {_get(cfg, key)} "
-                           f"(use --set {key}={value})")
+        raise ImportArgumentError(f"{source} was trained with {key}={value}, the config says "
+                                  f"{_get(cfg, key)} (use --set {key}={value})")
 
 
 def _apply_settings(cfg, settings: dict, why: str, overrides=()) -> None:
@@ -117,7 +117,9 @@ def _copy_stage(src_run: str, run, stage: str, cfg=None) -> None:
         if not inside.startswith(".."):
             _set(cfg, key, run.path(inside))
             run.pending_paths.append(run.path(inside))
-    run.mark_done(stage, {k: v for k, v in info.items() if k != "done"} | {"copied_from": os.path.abspath(src_run)})
+    # The source's checkpoint path named the source run; the copy is found under RUN/<stage>.
+    kept = {k: v for k, v in info.items() if k not in ("done", "checkpoint")}
+    run.mark_done(stage, kept | {"copied_from": os.path.abspath(src_run)})
 
 
 def _load_base_config(a, damsm_run: str | None):
@@ -129,8 +131,8 @@ def _load_base_config(a, damsm_run: str | None):
         damsm_cfg = load_config(os.path.join(damsm_run, "config.yaml"))
         for key in ("data.vocab_size", "model.embedding_dim", "model.word_embedding_dim"):
             if _get(cfg, key) not in (0, _get(damsm_cfg, key)):
-                raise ImportArgumentError(f"--damsm-run {damsm_run} has {key}={_get(damsm_cfg, key)}, the config "
-                                   f"says {_get(cfg, key)}")
+                raise ImportArgumentError(f"--damsm-run {damsm_run} has {key}={_get(damsm_cfg, key)}, "
+                                          f"the config says {_get(cfg, key)}")
             _set(cfg, key, _get(damsm_cfg, key))
         cfg.damsm = damsm_cfg.damsm
     return cfg
@@ -263,20 +265,20 @@ def parser() -> argparse.ArgumentParser:
         q.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
 
     q = sub.add_parser("attngan-damsm", help="AttnGAN's DAMSM: text encoder (+ image encoder) and captions.pickle")
-    q.add_argument("--text-encoder", required=True)
-    q.add_argument("--image-encoder")
-    q.add_argument("--captions-pickle", required=True)
+    q.add_argument("--text-encoder", required=True, help="RNN_ENCODER state dict (text_encoder*.pth)")
+    q.add_argument("--image-encoder", help="CNN_ENCODER state dict (image_encoder*.pth)")
+    q.add_argument("--captions-pickle", required=True, help="the captions.pickle the encoders were trained with")
     common(q)
     q = sub.add_parser("mirrorgan-gan", help="a generator (and discriminators) trained with the original code")
-    q.add_argument("--generator", required=True)
-    q.add_argument("--discriminators", nargs="+")
-    q.add_argument("--damsm-run", required=True)
-    q.add_argument("--stream-run")
+    q.add_argument("--generator", required=True, help="G_NET state dict (netG_epoch_N.pth)")
+    q.add_argument("--discriminators", nargs="+", help="netD0.pth netD1.pth ... one per stage, smallest first")
+    q.add_argument("--damsm-run", required=True, help="a run with the DAMSM the generator was trained with")
+    q.add_argument("--stream-run", help="a run with the STREAM captioner, copied into the new run")
     common(q)
     q = sub.add_parser("stream", help="a show-and-tell STREAM captioner (EncoderCNN + DecoderRNN)")
-    q.add_argument("--encoder", required=True)
-    q.add_argument("--decoder", required=True)
-    q.add_argument("--damsm-run", required=True)
+    q.add_argument("--encoder", required=True, help="EncoderCNN state dict (ResNet-152 + linear + bn)")
+    q.add_argument("--decoder", required=True, help="DecoderRNN state dict (embed + lstm + linear)")
+    q.add_argument("--damsm-run", required=True, help="a run with the DAMSM whose vocabulary STREAM shares")
     common(q)
     return p
 

@@ -24,8 +24,6 @@ from __future__ import annotations
 import os
 import pickle
 
-import numpy as np
-
 from mirrorgan_tf.weights import layout
 from mirrorgan_tf.weights.layout import StateDict, WeightImportError
 
@@ -42,7 +40,7 @@ def load_stem(stem, state, source: str = "text encoder") -> None:
     if "encoder.weight" not in sd and "module.encoder.weight" in sd.state:
         sd.prefix = "module."  # saved from a DataParallel wrapper
     if "rnn.weight_ih_l1" in sd:
-        raise WeightImportError(f"{sd.source}: a {2}-layer RNN; STEM has one bidirectional layer")
+        raise WeightImportError(f"{sd.source}: a multi-layer RNN; STEM has one bidirectional layer")
     if "rnn.weight_ih_l0_reverse" not in sd:
         raise WeightImportError(f"{sd.source}: 'rnn.weight_ih_l0_reverse' is missing: not a bidirectional "
                                 "LSTM text encoder (a GRU or one direction is not supported)")
