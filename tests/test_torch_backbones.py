@@ -69,7 +69,7 @@ def test_resize_matches_pytorch_both_corner_conventions(cub_sample):
 def test_torchvision_resnet152_from_legacy_pth_matches_pytorch(cub_sample, tmp_path):
     import torch.nn.functional as F
 
-    images = cub_images(cub_sample, 4)
+    images = cub_images(cub_sample, 3)
     mean = torch.tensor(backbones.TORCHVISION_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(backbones.TORCHVISION_STD).view(1, 3, 1, 1)
     x = F.interpolate(nchw(images), size=(224, 224), mode="bilinear", align_corners=False)
@@ -81,15 +81,17 @@ def test_torchvision_resnet152_from_legacy_pth_matches_pytorch(cub_sample, tmp_p
         expected = net.features(x)
     assert 0.1 < float(expected.abs().max()) < 100  # 50 blocks neither exploded nor vanished
 
-    model = backbones.resnet152_code(str(path))
+    # Through STREAM's encoder, so its resize and its choice of input normalisation are tested too.
+    from mirrorgan_tf.models.stream import StreamEncoder
+
+    encoder = StreamEncoder(backbone="resnet152", backbone_weights=str(path))
+    model = encoder.backbone
     assert model.layout == "torchvision" and model.input_convention == "torch" and not model.trainable
-    ours = model(backbones.imagenet_normalize(backbones.resize_bilinear(images, 224), model.input_convention))
+    ours = model(encoder.preprocess(images))
     err = relative_error(ours, expected)
     print(f"resnet152 max abs diff / max abs output: {err:.2e}")
     assert err <= REL_TOL
-
-    # Every BatchNorm's eps and statistics matter: the same file read with another eps is off.
-    assert model.get_layer("layer4.2.bn3").epsilon == 1e-5
+    assert model.get_layer("layer4.2.bn3").epsilon == 1e-5  # torchvision's BatchNorm2d default
 
 
 def test_torchvision_inception_v3_from_legacy_pth_matches_pytorch(cub_sample, tmp_path):
