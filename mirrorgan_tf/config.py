@@ -76,6 +76,9 @@ class DamsmConfig:
     backbone_weights: str = ""  # local weights file (nothing is downloaded at run time)
     image_size: int = 299
     cnn_width: int = 32  # channels of the first block of the small CNN backbone
+    # Bilinear resizing to image_size with corners aligned, as PyTorch before 0.4 did (the released
+    # AttnGAN DAMSM was trained so); false: half-pixel centres (PyTorch >= 0.4, TensorFlow).
+    resize_align_corners: bool = False
     batch_size: int = 48
     epochs: int = 600
     learning_rate: float = 2e-3
@@ -104,6 +107,8 @@ class StreamConfig:
     # The released code feeds generated images in [-1, 1] to a captioner trained on
     # ImageNet-normalised inputs; True normalises as the captioner expects.
     imagenet_normalize: bool = True
+    # Bilinear resizing to image_size with corners aligned (PyTorch before 0.4), see damsm.
+    resize_align_corners: bool = False
     # A "show and tell" recipe (the authors name it but ship no script).
     batch_size: int = 128
     epochs: int = 5

@@ -52,7 +52,7 @@ def build_damsm_image_encoder(cfg, sync_batch_norm: bool = False, batch: int = 2
     the final generator size."""
     d = cfg.damsm
     encoder = DamsmImageEncoder(cfg.model.embedding_dim, d.backbone, d.backbone_weights, d.image_size, d.cnn_width,
-                                sync_batch_norm=sync_batch_norm)
+                                sync_batch_norm=sync_batch_norm, align_corners=d.resize_align_corners)
     size = cfg.image_sizes[-1]
     encoder(ops.zeros((batch, size, size, 3)))
     return encoder
@@ -86,7 +86,8 @@ def build_stream(cfg, vocab_size: int, sync_batch_norm: bool = False,
     """STREAM's (encoder, decoder) of `stream.*`, the decoder over STEM's `vocab_size` words."""
     s = cfg.stream
     encoder = StreamEncoder(s.embedding_dim, s.backbone, s.backbone_weights, s.image_size, s.bn_momentum,
-                            s.imagenet_normalize, s.cnn_width, sync_batch_norm=sync_batch_norm)
+                            s.imagenet_normalize, s.cnn_width, sync_batch_norm=sync_batch_norm,
+                            align_corners=s.resize_align_corners)
     decoder = StreamDecoder(vocab_size, s.embedding_dim, s.hidden_dim, s.max_len)
     size = cfg.image_sizes[-1]
     decoder(encoder(ops.zeros((batch, size, size, 3))), _dummy_ids(cfg, batch)[0])
