@@ -37,7 +37,7 @@ def prepare_data(cfg, chief: bool = True) -> None:
 
     if cfg.data.dataset != "shapes" and not cfg.data.source:
         raise ConfigError(f"{cfg.data.dir}: no prepared dataset, and data.source is empty; prepare it with "
-                         f"python -m pipelines.prepare --dataset {cfg.data.dataset} --source PATH --out {cfg.data.dir}")
+                          f"python -m pipelines.prepare --dataset {cfg.data.dataset} --source PATH --out {cfg.data.dir}")
     print(f"data: preparing {cfg.data.dataset} into {cfg.data.dir}", flush=True)
     manifest = prepare(cfg.data.dataset, cfg.data.dir, cfg.data.source or None)
     print(f"data: {manifest['splits']['train']['examples']} training images, "
