@@ -14,6 +14,8 @@ import os
 
 import tensorflow as tf
 
+from mirrorgan_tf.config import ConfigError
+
 KINDS = ("auto", "one_device", "mirrored", "multi_worker")
 
 
@@ -26,15 +28,15 @@ def split_cpu(count: int) -> None:
 
 def build_strategy(kind: str = "auto") -> tf.distribute.Strategy:
     if kind not in KINDS:
-        raise ValueError(f"--strategy must be one of {', '.join(KINDS)}, got {kind!r}")
+        raise ConfigError(f"--strategy must be one of {', '.join(KINDS)}, got {kind!r}")
     if kind == "multi_worker":
         if "TF_CONFIG" not in os.environ:
-            raise ValueError("--strategy multi_worker needs the TF_CONFIG environment variable "
-                             "(cluster and task of this worker)")
+            raise ConfigError("--strategy multi_worker needs the TF_CONFIG environment variable "
+                              "(cluster and task of this worker)")
         try:
             json.loads(os.environ["TF_CONFIG"])
         except json.JSONDecodeError as e:
-            raise ValueError(f"TF_CONFIG is not valid JSON ({e})") from None
+            raise ConfigError(f"TF_CONFIG is not valid JSON ({e})") from None
         # Must come before anything initialises the runtime (listing devices does).
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")

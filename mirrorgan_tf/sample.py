@@ -17,11 +17,13 @@ import sys
 
 import numpy as np
 
+from mirrorgan_tf.errors import MirrorganError, run_cli
+
 LABEL_HEIGHT = 14
 
 
-class SampleError(ValueError):
-    pass
+class SampleError(MirrorganError, ValueError):
+    """Captions or flags that cannot be sampled; names the caption, file or flag."""
 
 
 def read_captions(captions, captions_file) -> list[str]:
@@ -135,17 +137,14 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    from mirrorgan_tf.config import ConfigError
-    from mirrorgan_tf.data import DataError
 
-    try:
+    def body() -> int:
         captions = read_captions(a.caption, a.captions_file)
         for path in sample(a.run_dir, captions, a.out, a.num, a.seed):
             print(path)
-    except (SampleError, ConfigError, DataError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from keras import layers
 
 from mirrorgan_tf import data
 from mirrorgan_tf.images import atomic_write, staged
-from mirrorgan_tf.metrics.base import EvalError, Metric
+from mirrorgan_tf.metrics.base import EvalError, Metric, percent
 
 SIZE = 64  # every image is read at this size: enough to see a small shape (14 px across)
 TRAIN_STEPS = 500
@@ -199,3 +199,13 @@ class AttributeAccuracy(Metric):
                 "images": len(ctx.rows), "classifier": self.path,
                 "real": {"value": self.info["real_test_accuracy"],
                          "what": "the classifier on the real test images: the ceiling"}}
+
+    @staticmethod
+    def format(r):
+        lines = []
+        for group, acc in r["value"].items():
+            ceiling = r["real"]["value"].get(group, {})
+            cells = ", ".join(f"{k} {percent(v)} ({percent(ceiling[k])})" for k, v in acc.items()
+                              if k != "images" and k in ceiling)
+            lines.append(f"attributes/{group} [{acc['images']} images]: {cells}")
+        return lines + ["  (in brackets: the same classifier on real test images)"]

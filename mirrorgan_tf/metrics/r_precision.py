@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from mirrorgan_tf import data, runs
 from mirrorgan_tf.config import load_config
-from mirrorgan_tf.metrics.base import EvalError, Metric, mean_std
+from mirrorgan_tf.metrics.base import EvalError, Metric, mean_std, percent
 
 CANDIDATES = 100
 
@@ -125,3 +125,9 @@ class RPrecision(Metric):
             **({"note": "scored with the DAMSM whose STEM the generator was trained on: it flatters the run; "
                         "--damsm-run takes an independently trained one"} if self.own else {}),
         }
+
+    @staticmethod
+    def format(r):
+        lines = [f"r_precision: {percent(r['value'], r['std'])} over {r['folds']} folds of {r['images']} images; "
+                 f"real images {percent(r['real']['value'], r['real']['std'])}"]
+        return lines + ([f"  note: {r['note']}"] if "note" in r else [])

@@ -30,6 +30,7 @@ import tensorflow as tf
 from mirrorgan_tf import data, distribute, losses
 from mirrorgan_tf.models.networks import (Networks, build_damsm_image_encoder, build_discriminators, build_glam,
                                           build_stem, build_stream)
+from mirrorgan_tf.config import ConfigError
 from mirrorgan_tf.runs import RunDir, resolve_stage_checkpoint, restore_weights
 from mirrorgan_tf.training import loop, steps
 from mirrorgan_tf.training.sampler import Sampler
@@ -139,8 +140,8 @@ def make_train_step(cfg, strategy: tf.distribute.Strategy, state: GanTrainState)
     t = cfg.train
     nets, opt_g = state.nets, state.opt_g
     if t.xla and strategy.num_replicas_in_sync > 1:
-        raise ValueError("train.xla=true needs a single replica: under MirroredStrategy a jit-compiled step "
-                         "cannot apply gradients; use --strategy one_device or xla=false")
+        raise ConfigError("train.xla=true needs a single replica: under MirroredStrategy a jit-compiled step "
+                          "cannot apply gradients; use --strategy one_device or xla=false")
     gammas = (cfg.damsm.gamma1, cfg.damsm.gamma2, cfg.damsm.gamma3)
 
     @tf.autograph.experimental.do_not_convert  # plain Python loops over stages: nothing to convert
