@@ -356,9 +356,6 @@ def dump_config(cfg: Config) -> str:
 
 def save_config(cfg: Config, path: str) -> None:
     """Write the resolved config (what a run actually used) atomically."""
-    import tensorflow as tf  # gfile, so run directories may live on gs://
+    from mirrorgan_tf.images import atomic_write  # TensorFlow (gfile) only when a config is written
 
-    tmp = f"{path}.tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(dump_config(cfg))
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    atomic_write(path, dump_config(cfg))
