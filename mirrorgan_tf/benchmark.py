@@ -291,7 +291,9 @@ def bench_train(tf, cfg, batch: int, vocab_size: int, warmup: int, repeat: int, 
     times = time_calls(train_step, (data,), max(0, warmup - 1), repeat, _sync)
     result = {"batch": batch, "s_per_iter": statistics.median(times), "times_s": times,
               "images_per_s": batch / statistics.median(times), "build_s": build_s,
-              "first_step_s": first_step_s}
+              "first_step_s": first_step_s,
+              # More than 1 would mean the step retraces (a Python value or a shape changing per call).
+              "traces": train_step.experimental_get_tracing_count()}
     try:
         flops = graph_flops(tf, train_step.get_concrete_function(data))
         result["gflop_per_iter"] = flops / 1e9
@@ -479,7 +481,7 @@ def print_table(report: dict) -> None:
             peak = peaks.get(v["precision"]) or peaks.get("float32")
             share = f" ({100 * rate / peak:.0f} % of peak)" if rate and peak else ""
             print(f"train batch {r['batch']:>3}: {r['s_per_iter']:.3f} s/iter, {r['images_per_s']:.2f} images/s, "
-                  f"first step {r['first_step_s']:.1f} s, peak RSS {r['peak_rss_mb']:.0f} MB, "
+                  f"first step {r['first_step_s']:.1f} s ({r['traces']} trace), peak RSS {r['peak_rss_mb']:.0f} MB, "
                   f"{_fmt(r.get('gflop_per_iter'), 4)} GFLOP/iter -> {_fmt(rate, 3)} GFLOP/s{share}")
             for k, s in r.get("breakdown_s", {}).items():
                 print(f"    {k:<32} {s:8.3f} s")
@@ -517,6 +519,9 @@ def main(argv=None) -> int:
         p.error("--warmup and --threads must be >= 0")
     if a.vocab_size < 3:
         p.error("--vocab-size must be at least 3")
+    for name in (a.precision or "float32").split(","):
+        if name not in PRECISIONS:  # checked before TensorFlow's 4 s import
+            p.error(f"--precision: {name!r} is not one of {', '.join(PRECISIONS)}")
 
     from mirrorgan_tf.config import ConfigError, load_config
 
