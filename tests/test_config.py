@@ -96,3 +96,15 @@ def test_saved_config_round_trips(tmp_path):
     again = load_config(tmp_path / "config.yaml")
     assert again == cfg
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_mixed_precision_names_its_policy_and_loss_scaling():
+    from mirrorgan_tf.config import needs_loss_scaling, precision_policy
+
+    expected = {"false": ("float32", False), "true": ("mixed_float16", True),
+                "float16": ("mixed_float16", True), "bfloat16": ("mixed_bfloat16", False)}
+    for value, (policy, scaling) in expected.items():
+        cfg = load_config(CONFIGS / "cub.yaml", [f"train.mixed_precision={value}"])
+        assert (precision_policy(cfg.train), needs_loss_scaling(cfg.train)) == (policy, scaling)
+    with pytest.raises(ConfigError, match="train.mixed_precision"):
+        load_config(CONFIGS / "cub.yaml", ["train.mixed_precision=fp8"])
