@@ -169,6 +169,10 @@ def time_calls(fn, args, warmup: int, repeat: int, sync) -> list[float]:
     return times
 
 
+def _progress(message: str) -> None:
+    print(f"benchmark: {message}", file=sys.stderr, flush=True)
+
+
 def _sync(result):
     import tensorflow as tf
 
@@ -294,6 +298,7 @@ def bench_train(tf, cfg, batch: int, vocab_size: int, warmup: int, repeat: int, 
               "first_step_s": first_step_s,
               # More than 1 would mean the step retraces (a Python value or a shape changing per call).
               "traces": train_step.experimental_get_tracing_count()}
+    _progress(f"train batch {batch}: first step {first_step_s:.1f} s, {result['s_per_iter']:.3f} s/iter {times}")
     try:
         flops = graph_flops(tf, train_step.get_concrete_function(data))
         result["gflop_per_iter"] = flops / 1e9
@@ -314,6 +319,7 @@ def bench_train(tf, cfg, batch: int, vocab_size: int, warmup: int, repeat: int, 
         medians = {}
         for name, (fn, args) in parts.items():
             medians[name] = statistics.median(time_calls(fn, args, warmup, repeat, _sync))
+            _progress(f"train batch {batch}: {name} {medians[name]:.3f} s")
         medians["generator_backward_and_update"] = (
             medians["generator_half_step"] - medians["generator_forward"] - medians["stream_loss_forward_backward"])
         result["breakdown_s"] = medians
@@ -501,6 +507,7 @@ def main(argv=None) -> int:
     p.add_argument("--config", default="configs/cub.yaml")
     p.add_argument("--batch", type=int, default=12)
     p.add_argument("--what", choices=("train", "infer", "all"), default="all")
+    p.add_argument("--train-batches", help="comma-separated training batch sizes (default: --batch and 4)")
     p.add_argument("--repeat", type=int, default=4)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--precision", help="comma-separated from float32, bfloat16, float16 "
@@ -519,6 +526,12 @@ def main(argv=None) -> int:
         p.error("--warmup and --threads must be >= 0")
     if a.vocab_size < 3:
         p.error("--vocab-size must be at least 3")
+    if a.train_batches:
+        try:
+            if min(int(b) for b in a.train_batches.split(",")) < 1:
+                raise ValueError
+        except ValueError:
+            p.error(f"--train-batches: expected positive integers separated by commas, got {a.train_batches!r}")
     for name in (a.precision or "float32").split(","):
         if name not in PRECISIONS:  # checked before TensorFlow's 4 s import
             p.error(f"--precision: {name!r} is not one of {', '.join(PRECISIONS)}")
@@ -547,7 +560,10 @@ def main(argv=None) -> int:
               "machine": machine_info(tf), "peak_gflops": {}, "variants": []}
     for precision in sorted({v[0] for v in variants}, key=list(PRECISIONS).index):
         report["peak_gflops"][precision] = measured_peak_gflops(tf, precision.replace("float32", "float32"))
-    batches = [a.batch] + ([SMALL_BATCH] if a.batch != SMALL_BATCH else [])
+    if a.train_batches:
+        batches = [int(b) for b in a.train_batches.split(",")]
+    else:
+        batches = [a.batch] + ([SMALL_BATCH] if a.batch != SMALL_BATCH else [])
     for precision, xla in variants:
         keras.mixed_precision.set_global_policy(PRECISIONS[precision])
         c = _variant_config(cfg, precision, xla)
