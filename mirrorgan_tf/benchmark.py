@@ -156,16 +156,20 @@ def graph_flops(tf, concrete_function) -> int:
 # Timing
 
 
-def time_calls(fn, args, warmup: int, repeat: int, sync) -> list[float]:
-    """Seconds of each of `repeat` calls of fn(*args) after `warmup` untimed ones; `sync(result)`
-    waits for the result (a device-to-host copy), so asynchronous devices are timed honestly."""
+def time_calls(fn, args, warmup: int, repeat: int, sync, cpu_times=None) -> list[float]:
+    """Wall-clock seconds of each of `repeat` calls of fn(*args) after `warmup` untimed ones;
+    `sync(result)` waits for the result (a device-to-host copy), so asynchronous devices are timed
+    honestly. If `cpu_times` is a list, the process's CPU seconds of each call are appended to it:
+    on a machine shared with other work they vary far less than wall time."""
     for _ in range(warmup):
         sync(fn(*args))
     times = []
     for _ in range(repeat):
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         sync(fn(*args))
         times.append(time.perf_counter() - t0)
+        if cpu_times is not None:
+            cpu_times.append(time.process_time() - c0)
     return times
 
 
@@ -292,13 +296,16 @@ def bench_train(tf, cfg, batch: int, vocab_size: int, warmup: int, repeat: int, 
     first_step_s = time.perf_counter() - t0
     if not all(bool(tf.math.is_finite(v)) for v in first.values()):
         raise RuntimeError(f"batch {batch}: non-finite losses on the first step: {first}")
-    times = time_calls(train_step, (data,), max(0, warmup - 1), repeat, _sync)
+    cpu = []
+    times = time_calls(train_step, (data,), max(0, warmup - 1), repeat, _sync, cpu)
     result = {"batch": batch, "s_per_iter": statistics.median(times), "times_s": times,
+              "cpu_s_per_iter": statistics.median(cpu),
               "images_per_s": batch / statistics.median(times), "build_s": build_s,
               "first_step_s": first_step_s,
               # More than 1 would mean the step retraces (a Python value or a shape changing per call).
               "traces": train_step.experimental_get_tracing_count()}
-    _progress(f"train batch {batch}: first step {first_step_s:.1f} s, {result['s_per_iter']:.3f} s/iter {times}")
+    _progress(f"train batch {batch}: first step {first_step_s:.1f} s, {result['s_per_iter']:.3f} s/iter "
+              f"(CPU {result['cpu_s_per_iter']:.3f} s) {times}")
     try:
         flops = graph_flops(tf, train_step.get_concrete_function(data))
         result["gflop_per_iter"] = flops / 1e9
@@ -316,13 +323,17 @@ def bench_train(tf, cfg, batch: int, vocab_size: int, warmup: int, repeat: int, 
             "generator_half_step": (g_half, (data, words, sentence, mask)),
             "ema": (ema, ()),
         }
-        medians = {}
+        medians, cpu_medians = {}, {}
         for name, (fn, args) in parts.items():
-            medians[name] = statistics.median(time_calls(fn, args, warmup, repeat, _sync))
-            _progress(f"train batch {batch}: {name} {medians[name]:.3f} s")
-        medians["generator_backward_and_update"] = (
-            medians["generator_half_step"] - medians["generator_forward"] - medians["stream_loss_forward_backward"])
+            cpu = []
+            medians[name] = statistics.median(time_calls(fn, args, warmup, repeat, _sync, cpu))
+            cpu_medians[name] = statistics.median(cpu)
+            _progress(f"train batch {batch}: {name} {medians[name]:.3f} s (CPU {cpu_medians[name]:.3f} s)")
+        for m in (medians, cpu_medians):
+            m["generator_backward_and_update"] = (
+                m["generator_half_step"] - m["generator_forward"] - m["stream_loss_forward_backward"])
         result["breakdown_s"] = medians
+        result["breakdown_cpu_s"] = cpu_medians
     result["peak_rss_mb"] = peak_rss_mb()
     gpu_peak = _gpu_peak_mb(tf)
     if gpu_peak is not None:
@@ -490,7 +501,7 @@ def print_table(report: dict) -> None:
                   f"first step {r['first_step_s']:.1f} s ({r['traces']} trace), peak RSS {r['peak_rss_mb']:.0f} MB, "
                   f"{_fmt(r.get('gflop_per_iter'), 4)} GFLOP/iter -> {_fmt(rate, 3)} GFLOP/s{share}")
             for k, s in r.get("breakdown_s", {}).items():
-                print(f"    {k:<32} {s:8.3f} s")
+                print(f"    {k:<32} {s:8.3f} s   CPU {r['breakdown_cpu_s'][k]:8.3f} s")
         inf = v.get("infer")
         if inf:
             for k in sorted(x for x in inf if x.startswith("batch")):
