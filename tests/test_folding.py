@@ -107,3 +107,12 @@ def test_stream_encoder_folds_its_resnet_and_keeps_its_checkpoint_variables():
         target.assign(source)
     out0, out1 = plain(images, training=False).numpy(), folded(images, training=False).numpy()
     assert np.max(np.abs(out1 - out0)) <= 1e-4 * np.max(np.abs(out0))
+
+
+def test_stream_encoder_folds_by_default_only_under_a_mixed_policy():
+    assert StreamEncoder(backbone="resnet152")._folded is None
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        assert len(StreamEncoder(backbone="resnet152")._folded) == 155
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
