@@ -158,7 +158,10 @@ class TrainConfig:
     # Synchronise BatchNorm statistics across replicas (only matters with several replicas): the
     # same statistics as one device on the global batch.
     sync_batch_norm: bool = True
-    mixed_precision: bool = False
+    # Mixed precision: false (float32), true or "float16" (mixed_float16, with loss scaling), or
+    # "bfloat16" (mixed_bfloat16: float32's range, so no loss scaling is needed; oneDNN runs it
+    # on CPUs with AVX512-BF16 / AMX and on recent GPUs). See `precision_policy`.
+    mixed_precision: Literal[False, True, "float16", "bfloat16"] = False
     xla: bool = False
     seed: int = 0
 
@@ -174,6 +177,21 @@ class Config:
     @property
     def image_sizes(self) -> list[int]:
         return [self.model.base_size * 2**i for i in range(self.model.stages)]
+
+
+def precision_policy(train: "TrainConfig") -> str:
+    """The Keras dtype policy `train.mixed_precision` names: "float32", "mixed_float16" (true or
+    "float16") or "mixed_bfloat16"."""
+    value = train.mixed_precision
+    if not value:
+        return "float32"
+    return "mixed_bfloat16" if value == "bfloat16" else "mixed_float16"
+
+
+def needs_loss_scaling(train: "TrainConfig") -> bool:
+    """float16 underflows small gradients, so its optimizers need a LossScaleOptimizer;
+    bfloat16 keeps float32's exponent range and needs none."""
+    return precision_policy(train) == "mixed_float16"
 
 
 def _type_name(tp: Any) -> str:
