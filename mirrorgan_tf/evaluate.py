@@ -14,7 +14,6 @@ Every metric is also given on real test images where that means something.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -49,13 +48,13 @@ def build_context(a):
     from mirrorgan_tf.config import load_config
     from mirrorgan_tf.evaluation.pairs import load_pairs
     from mirrorgan_tf.metrics import REGISTRY, Context, EvalError
-    from mirrorgan_tf.training import loop
+    from mirrorgan_tf.runs import find_checkpoint
 
     config_path = os.path.join(a.run_dir, "config.yaml")
     if not tf.io.gfile.exists(config_path):
         raise EvalError(f"--run-dir {a.run_dir}: not a run directory (no config.yaml)")
     cfg = load_config(config_path)
-    if loop.find_checkpoint(os.path.join(a.run_dir, "gan"), "gan") is None:
+    if find_checkpoint(os.path.join(a.run_dir, "gan"), "gan") is None:
         raise EvalError(f"{a.run_dir}: no gan checkpoint; train the gan stage first")
     manifest = data.load_manifest(cfg.data.dir)
     if a.split not in manifest["splits"]:
@@ -116,17 +115,13 @@ def table(results: dict) -> str:
 
 
 def save(run_dir: str, split: str, results: dict) -> str:
-    path = os.path.join(run_dir, "metrics.json")
-    merged = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            merged = json.load(f)
+    from mirrorgan_tf.runs import RunDir
+
+    run = RunDir(run_dir)
+    merged = run.read_json("metrics.json")
     merged.setdefault(split, {}).update(results)
-    tmp = f"{path}.incomplete"
-    with open(tmp, "w") as f:
-        json.dump(merged, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-    return path
+    run.write_json("metrics.json", merged)
+    return run.path("metrics.json")
 
 
 def main(argv=None) -> int:

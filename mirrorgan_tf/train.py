@@ -37,7 +37,7 @@ def prepare_data(cfg, chief: bool = True) -> None:
 
     if cfg.data.dataset != "shapes" and not cfg.data.source:
         raise ConfigError(f"{cfg.data.dir}: no prepared dataset, and data.source is empty; prepare it with "
-                         f"python -m pipelines.prepare --dataset {cfg.data.dataset} --source PATH --out {cfg.data.dir}")
+                          f"python -m pipelines.prepare --dataset {cfg.data.dataset} --source PATH --out {cfg.data.dir}")
     print(f"data: preparing {cfg.data.dataset} into {cfg.data.dir}", flush=True)
     manifest = prepare(cfg.data.dataset, cfg.data.dir, cfg.data.source or None)
     print(f"data: {manifest['splits']['train']['examples']} training images, "
@@ -65,16 +65,16 @@ def _train(cfg, run_dir, stage, strategy_kind, export_dir, strategy) -> dict:
     import keras
 
     from mirrorgan_tf import config as config_lib
-    from mirrorgan_tf.distribute import build_strategy
-    from mirrorgan_tf.training import damsm, gan, loop, stream
+    from mirrorgan_tf.distribute import build_strategy, is_chief
+    from mirrorgan_tf.runs import RunDir
+    from mirrorgan_tf.training import damsm, gan, stream
 
     strategy = strategy or build_strategy(strategy_kind)
-    chief = loop.is_chief(strategy)
-    run = loop.RunDir(run_dir)
+    chief = is_chief(strategy)
+    run = RunDir(run_dir)
     if chief:
         config_lib.save_config(cfg, run.path("config.yaml"))
-    if cfg.train.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.mixed_precision.set_global_policy(config_lib.precision_policy(cfg.train))
     keras.utils.set_random_seed(cfg.train.seed)
     prepare_data(cfg, chief)
     trainers = {"damsm": damsm.train, "stream": stream.train, "gan": gan.train}

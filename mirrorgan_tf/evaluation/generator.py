@@ -10,20 +10,22 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from mirrorgan_tf.serving.export import load_generator
+from mirrorgan_tf import runs
+from mirrorgan_tf.models.networks import generate
 
 
 class TrainedGenerator:
     def __init__(self, run_dir: str):
+        run = runs.load_run(run_dir)
+        self.cfg, self.vocab_path = run.cfg, run.vocab_path
         # The latest checkpoint, so that a run can be looked at while it trains.
-        self.cfg, self.vocab_path, self.stem, self.glam = load_generator(run_dir, finished=False)
+        self.stem, self.glam = run.generator(finished=False)
         self.z_dim = self.cfg.model.z_dim
         self.condition_dim = self.cfg.model.condition_dim
         self._forward = tf.function(self._forward_impl, reduce_retracing=True)
 
     def _forward_impl(self, ids, lengths, z, eps):
-        words, sentence, mask = self.stem(ids, lengths, training=False)
-        out = self.glam(z, sentence, words, mask, eps=eps, training=False)
+        out = generate(self.stem, self.glam, ids, lengths, z, eps)
         return {"images": out["images"], "word_attention": out["word_attention"]}
 
     def noise(self, index: np.ndarray, seed: int, mean_condition: bool = False):

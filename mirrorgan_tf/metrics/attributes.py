@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 
 import keras
 import numpy as np
@@ -30,6 +29,7 @@ import tensorflow as tf
 from keras import layers
 
 from mirrorgan_tf import data
+from mirrorgan_tf.images import atomic_write, staged
 from mirrorgan_tf.metrics.base import EvalError, Metric, percent
 
 SIZE = 64  # every image is read at this size: enough to see a small shape (14 px across)
@@ -153,13 +153,9 @@ def train_classifier(cfg, manifest, path: str, steps: int = TRAIN_STEPS, seed: i
     info = {"attributes": names, "image_size": SIZE, "train_steps": steps, "batch_size": BATCH,
             "seed": seed, "trained_on": "real train split", "design": DESIGN,
             "real_test_accuracy": accuracies(predicted, truth, names, unseen_mask(manifest, truth))}
-    tf.io.gfile.makedirs(os.path.dirname(path))
-    tag = secrets.token_hex(4)
-    model.save_weights(f"{path}.incomplete-{tag}.weights.h5")
-    with open(f"{path}.incomplete-{tag}.json", "w") as f:
-        json.dump(info, f, indent=2)
-    os.replace(f"{path}.incomplete-{tag}.weights.h5", f"{path}.weights.h5")
-    os.replace(f"{path}.incomplete-{tag}.json", f"{path}.json")  # written last: marks a complete cache
+    with staged(f"{path}.weights.h5") as tmp:
+        model.save_weights(tmp)
+    atomic_write(f"{path}.json", json.dumps(info, indent=2))  # written last: marks a complete cache
     return info
 
 

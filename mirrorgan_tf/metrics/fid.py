@@ -16,14 +16,15 @@ MIN_IMAGES (the published protocol generates 30,000 images).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
-import secrets
 
 import numpy as np
 import tensorflow as tf
 
 from mirrorgan_tf import data
+from mirrorgan_tf.images import atomic_write
 from mirrorgan_tf.metrics import inception
 from mirrorgan_tf.metrics.base import EvalError, Metric
 
@@ -95,11 +96,10 @@ class FID(Metric):
         feats = [self.extractor(b["images"].numpy())[0] for b in data.eval_images(ctx.cfg, ctx.split, ctx.batch_size)]
         mu, sigma = statistics(np.concatenate(feats))
         count = sum(len(f) for f in feats)
-        tf.io.gfile.makedirs(os.path.dirname(path))
-        tmp = f"{path}.incomplete-{secrets.token_hex(4)}.npz"
-        np.savez(tmp, mu=mu, sigma=sigma, count=count,
+        buffer = io.BytesIO()
+        np.savez(buffer, mu=mu, sigma=sigma, count=count,
                  about=json.dumps({"split": ctx.split, "extractor": self.extractor.source}))
-        os.replace(tmp, path)
+        atomic_write(path, buffer.getvalue())
         return mu, sigma, count
 
     def update(self, images, samples):

@@ -58,7 +58,10 @@ def searched_values(cfg: Config, values: dict) -> dict:
             section, key = k.split(".")
             # Values that come back through Keras Tuner's protos (distributed mode) or its Choice
             # may be 0/1 for a bool key: give the key its own type.
-            out[k] = bool(v) if isinstance(getattr(getattr(cfg, section), key), bool) else v
+            if names[k].kind in ("bool", "choice") and type(v) is int and v in (0, 1) and \
+                    isinstance(getattr(getattr(cfg, section), key), bool):
+                v = bool(v)
+            out[k] = v
     return out
 
 
