@@ -461,8 +461,8 @@ def _number(value: Any) -> Optional[float]:
 
 def _key_accepts(tp: Any, value: Any) -> tuple[bool, Any]:
     """(whether a key declared as `tp` accepts `value`, the value as that key holds it)."""
-    if get_origin(tp) is Literal:
-        return value in get_args(tp), value
+    if get_origin(tp) is Literal:  # 1 == True in Python: compare the type too
+        return any(value == a and type(value) is type(a) for a in get_args(tp)), value
     if tp is bool:
         return isinstance(value, bool), value
     if tp is int:

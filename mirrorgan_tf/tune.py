@@ -149,9 +149,9 @@ def prepare_modules(cfg, root: str, objective, strategy) -> dict:
 
 
 def _write_json(path: str, value: dict) -> None:
-    with open(f"{path}.incomplete", "w") as f:
-        json.dump(value, f, indent=2)
-    os.replace(f"{path}.incomplete", path)
+    from mirrorgan_tf.images import atomic_write
+
+    atomic_write(path, json.dumps(value, indent=2) + "\n")
 
 
 def _wait_for(path: str, what: str) -> None:

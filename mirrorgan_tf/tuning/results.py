@@ -15,6 +15,7 @@ import os
 import tensorflow as tf
 
 from mirrorgan_tf import config as config_lib
+from mirrorgan_tf.images import atomic_write
 
 FIXED_COLUMNS = ("trial", "status", "objective", "steps", "seconds")
 
@@ -84,10 +85,7 @@ def write_csv(rows_: list[dict], path: str) -> None:
     writer.writeheader()
     for r in rows_:
         writer.writerow({k: ("" if v is None else v) for k, v in r.items()})
-    tmp = f"{path}.incomplete"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(buffer.getvalue())
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    atomic_write(path, buffer.getvalue())
 
 
 def best_config(search, trial_id: str):
@@ -109,7 +107,4 @@ def write_best(search, trial_id: str, score: float, path: str) -> None:
               f"# set both to \"\" to pretrain anew), with the searched config's train.max_steps and train.seed.\n"
               f"# The trial's own config (its short step budget) is {search.trial_dir(trial_id)}/config.yaml.\n"
               f"# Train it: python -m mirrorgan_tf.train --config {path}\n")
-    tmp = f"{path}.incomplete"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(header + config_lib.dump_config(cfg))
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    atomic_write(path, header + config_lib.dump_config(cfg))

@@ -36,6 +36,7 @@ import keras_tuner
 import tensorflow as tf
 
 from mirrorgan_tf import config as config_lib
+from mirrorgan_tf.images import atomic_write
 from mirrorgan_tf.tuning import objective as objective_lib
 from mirrorgan_tf.tuning import space
 
@@ -77,10 +78,7 @@ def make_oracle(cfg, objective: objective_lib.Objective, steps: int) -> keras_tu
 
 
 def _write_json(path: str, value: dict) -> None:
-    tmp = f"{path}.incomplete"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(json.dumps(value, indent=2, sort_keys=True) + "\n")
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    atomic_write(path, json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
 def _has_gan_checkpoint(run_dir: str) -> bool:
