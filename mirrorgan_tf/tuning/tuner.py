@@ -66,7 +66,8 @@ def make_oracle(cfg, objective: objective_lib.Objective, steps: int) -> keras_tu
     t = cfg.tune
     common = dict(objective=keras_tuner.Objective(objective.name, objective.direction),
                   hyperparameters=space.hyperparameters(cfg), tune_new_entries=False, allow_new_entries=False,
-                  seed=t.seed, max_consecutive_failed_trials=t.max_consecutive_failures)
+                  # Keras Tuner reads seed 0 as "no seed" (a random one), so tune.seed s is its s + 1.
+                  seed=t.seed + 1, max_consecutive_failed_trials=t.max_consecutive_failures)
     if t.tuner == "random":
         return keras_tuner.oracles.RandomSearchOracle(max_trials=t.max_trials, **common)
     if t.tuner == "bayesian":
