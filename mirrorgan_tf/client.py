@@ -65,13 +65,24 @@ def _noise_size(server: str, stub, model_name: str, signature: str, timeout: flo
     return sizes
 
 
-def generate(server: str, captions: list[str], model_name: str = "mirrorgan", signature: str = "serving_default",
-             seed: int = 0, timeout: float = 60.0):
-    """Images (uint8 [N, H, W, 3]) for the captions, from the server."""
+def predict(server: str, captions: list[str], model_name: str = "mirrorgan", signature: str = "serving_default",
+            seed: int = 0, timeout: float = 60.0, noise=None):
+    """Every output of one Predict call for the captions: ({name: NumPy array}, model version).
+
+    Inputs other than `captions` are the signature's [N, size] noise vectors (sizes read from the
+    model's metadata), filled by `noise(n, size)` -> float32 [n, size], by default standard normal
+    draws of a NumPy generator seeded with `seed`. Raises ClientError naming the server when it
+    cannot be reached, does not answer within `timeout` seconds, or answers with an error."""
     import grpc
     import numpy as np
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    if noise is None:
+        rng = np.random.default_rng(seed)
+
+        def noise(n, size):
+            return rng.standard_normal((n, size)).astype(np.float32)
 
     options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
@@ -82,18 +93,26 @@ def generate(server: str, captions: list[str], model_name: str = "mirrorgan", si
         request.model_spec.signature_name = signature
         request.inputs["captions"].CopyFrom(tf.make_tensor_proto(captions, dtype=tf.string))
         if signature != "serving_default":
-            rng = np.random.default_rng(seed)
             for name, size in _noise_size(server, stub, model_name, signature, timeout).items():
-                noise = rng.standard_normal((len(captions), size)).astype(np.float32)
-                request.inputs[name].CopyFrom(tf.make_tensor_proto(noise))
+                request.inputs[name].CopyFrom(tf.make_tensor_proto(np.asarray(noise(len(captions), size), np.float32)))
         response = _call(server, stub.Predict, request, timeout)
-    if "images" not in response.outputs:
-        raise ClientError(f"the answer of {server} has no 'images' output (it has {sorted(response.outputs)})")
-    images = tf.make_ndarray(response.outputs["images"])
+    return {name: tf.make_ndarray(t) for name, t in response.outputs.items()}, response.model_spec.version.value
+
+
+def generate(server: str, captions: list[str], model_name: str = "mirrorgan", signature: str = "serving_default",
+             seed: int = 0, timeout: float = 60.0, noise=None):
+    """(images uint8 [N, H, W, 3] for the captions, model version) from the server; see `predict`.
+    Raises ClientError when the answer is not N RGB images."""
+    import numpy as np
+
+    outputs, version = predict(server, captions, model_name, signature, seed, timeout, noise)
+    if "images" not in outputs:
+        raise ClientError(f"the answer of {server} has no 'images' output (it has {sorted(outputs)})")
+    images = outputs["images"]
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] != len(captions) or images.shape[-1] != 3:
         raise ClientError(f"the answer of {server} is not {len(captions)} RGB uint8 images: "
                           f"{images.dtype} {list(images.shape)}")
-    return images, response.model_spec.version.value
+    return images, version
 
 
 def main(argv=None) -> int:
