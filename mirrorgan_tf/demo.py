@@ -239,9 +239,10 @@ class ServerSource:
 
 
 def test_captions(cfg, count: int = NUM_EXAMPLES) -> list[str]:
-    """Up to `count` distinct captions of the run's test split (caption 0 of each image first),
-    and for a dataset with held-out attribute pairs (shapes: colour-shape pairs no training
-    caption names) one caption of each held-out pair among them. [] when the split is missing."""
+    """Up to `count` distinct captions of the run's test split (caption 0 of each image first);
+    for a dataset with held-out colour-shape pairs (shapes: pairs no training caption names),
+    the last of them are one caption of each held-out pair the split holds. [] (with a warning)
+    when the split cannot be read."""
     from mirrorgan_tf import data
     from mirrorgan_tf.evaluation.pairs import load_pairs
     from mirrorgan_tf.metrics.attributes import unseen_mask
@@ -252,15 +253,16 @@ def test_captions(cfg, count: int = NUM_EXAMPLES) -> list[str]:
     except (FileNotFoundError, ValueError) as e:
         log.warning("no example captions: %s", e)
         return []
-    unseen = unseen_mask(manifest, pairs.attributes) if pairs.attributes.shape[1] else np.zeros(len(pairs), bool)
-    held, seen = [], []
-    held_kinds = set()
+    unseen = unseen_mask(manifest, pairs.attributes)  # all False unless the dataset holds pairs out
+    names = data.attribute_names(manifest)
+    pair_columns = [names.index(n) for n in ("colour", "shape") if n in names]
+    held, held_pairs, seen = [], set(), []
     for k in range(len(pairs)):
         caption = str(pairs.text[k])
         if unseen[k]:
-            kind = tuple(pairs.attributes[k][:2])
-            if kind not in held_kinds:
-                held_kinds.add(kind)
+            pair = tuple(int(v) for v in pairs.attributes[k][pair_columns])
+            if pair not in held_pairs:
+                held_pairs.add(pair)
                 held.append(caption)
         elif caption not in seen and len(seen) < count:
             seen.append(caption)
