@@ -30,5 +30,10 @@ setup(
         "demo": ["gradio>=6.0,<7"],
         # keras-tuner's BayesianOptimization needs these.
         "tuner": ["scipy>=1.11", "scikit-learn>=1.3"],
+        # Only to import PyTorch .pth weights (torchvision backbones, the released MirrorGAN /
+        # AttnGAN files); never needed to train, evaluate or serve. 2.4 reads the legacy 0.3/0.4
+        # files with weights_only=True; tested with 2.13 (CPU build). The cap keeps pip on the
+        # tested line: on PyPI, 2.14's Linux wheels are CUDA builds pulling in GBs of CUDA libraries.
+        "torch": ["torch>=2.4,<2.14"],
     },
 )

@@ -27,7 +27,8 @@ def main(argv=None) -> int:
     p.add_argument("--rest-port", type=int, default=8501, help="REST port")
     p.add_argument("--max-batch", type=int, default=64, help="captions (examples) per request at most")
     p.add_argument("--max-message-mb", type=float, default=32.0,
-                   help="largest gRPC message in or out and largest REST body, in MiB")
+                   help="largest gRPC message in or out and largest REST body in or out, in MiB; answers over it "
+                        "are refused before the model runs, and --max-batch answers must fit a gRPC message")
     p.add_argument("--poll-seconds", type=float, default=2.0, help="how often to look for a new version")
     p.add_argument("--workers", type=int, default=8, help="gRPC threads, and model calls running at once")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])

@@ -250,6 +250,12 @@ GRPC_MALFORMED = {
     "tensor without dtype": (_without_dtype, INVALID, ["'captions'", "no valid dtype"]),
     "message over the cap": (lambda: predict_request(["red " * (MAX_MESSAGE_MB * 2**18 + 10)]),
                              grpc.StatusCode.RESOURCE_EXHAUSTED, ["larger than max"]),
+    # bytes that are not UTF-8: a caption with no word the tokenizer can read used to fail inside
+    # the graph's error message (INTERNAL), one with known words was served from the rest
+    "caption not UTF-8": (lambda: predict_request(["a red circle", b"\xff\xfe"]), INVALID,
+                          ["input 'captions' element 1", "not UTF-8", "byte 0xff at offset 0"]),
+    "caption with a surrogate in UTF-8": (lambda: predict_request([b"a red \xed\xa0\xbd circle"]), INVALID,
+                                          ["element 0", "byte 0xed at offset 6"]),
 }
 
 
@@ -308,6 +314,24 @@ REST_MALFORMED = {
                                             "inputs": {"captions": ["a red circle"], "noise": [["x"] * Z_DIM]}}, 400,
                           ["'noise'", "numbers"]),
     "no known word": ("POST", PREDICT, {"instances": ["zzz qqq"]}, 400, ["zzz qqq"]),
+    "lone surrogate": ("POST", PREDICT, b'{"instances": ["a red circle", "a red \\ud83d circle"]}', 400,
+                       ["input 'captions' element 1", "lone UTF-16 surrogate U+D83D"]),
+    "lone surrogate in columnar inputs": ("POST", PREDICT, b'{"inputs": {"captions": ["a", "\\udc00 red"]}}', 400,
+                                          ["input 'captions' element 1", "U+DC00"]),
+    "b64 caption not UTF-8": ("POST", PREDICT, {"instances": [{"b64": "/2EgcmVk"}]}, 400,
+                              ["element 0", "not UTF-8", "byte 0xff"]),
+    "body not UTF-8": ("POST", PREDICT, '{"instances": ["a red c\xedrcle"]}'.encode("latin-1"), 400,
+                       ["not UTF-8", "byte 0xed at offset 23"]),
+    "body in UTF-16": ("POST", PREDICT, '{"instances": ["a red circle"]}'.encode("utf-16"), 400, ["not UTF-8"]),
+    "body nested too deeply": ("POST", PREDICT, b'{"instances": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", 400,
+                               ["too deeply"]),
+    "caption nested 900 deep": ("POST", PREDICT, b'{"instances": ' + b"[" * 900 + b'"a"' + b"]" * 900 + b"}", 400,
+                                ["'captions'", "more than 32 deep"]),
+    "noise of 5000 digits": ("POST", PREDICT, b'{"signature_name": "generate", "inputs": {"captions": ["a"], '
+                             b'"noise": [[' + b"9" * 5000 + b"]]}}", 400, ["not valid JSON", "4300 digits"]),
+    "noise beyond float32": ("POST", PREDICT, {"signature_name": "generate", "inputs": {
+        "captions": ["a red circle"], "noise": [[0.0] * (Z_DIM - 1) + [10 ** 400]]}}, 400,
+        ["'noise' element [0, 7]", "beyond the range of DT_FLOAT"]),
     "classify": ("POST", "/v1/models/mirrorgan:classify", {"instances": ["a"]}, 501, ["use :predict"]),
     "unknown path": ("GET", "/v2/everything", None, 404, ["/v2/everything"]),
     "status of an unknown model": ("GET", "/v1/models/nosuchmodel", None, 404, ["'nosuchmodel'"]),
@@ -322,6 +346,22 @@ def test_rest_malformed_request(server, case):
     assert status == expected_status, answer
     for fragment in fragments:
         assert fragment in answer["error"]
+
+
+def test_grpc_request_that_is_not_a_valid_message(server):
+    """Bytes that do not parse as a PredictRequest (a model name that is not UTF-8, a corrupt
+    wire format) get INVALID_ARGUMENT naming the type, not gRPC's INTERNAL with a traceback."""
+    channel = grpc.insecure_channel(server.grpc_address, options=[("grpc.enable_http_proxy", 0)])
+    predict = channel.unary_unary("/tensorflow.serving.PredictionService/Predict",
+                                  request_serializer=lambda raw: raw, response_deserializer=lambda raw: raw)
+    bad_name = predict_request(["a red circle"]).SerializeToString().replace(b"mirrorgan", b"mirr\xffgan")
+    for raw, fragment in [(bad_name, "bad UTF-8"), (b"\xff\xff\xff", "corrupt")]:
+        with pytest.raises(grpc.RpcError) as error:
+            predict(raw, timeout=60)
+        assert error.value.code() == INVALID, error.value.details()
+        assert "not a valid tensorflow.serving.PredictRequest" in error.value.details()
+        assert fragment in error.value.details()
+    channel.close()
 
 
 def test_rest_body_over_the_cap_is_refused_unread(server):

@@ -26,12 +26,18 @@ _EPS = 1e-8  # AttnGAN's cosine_similarity eps
 
 
 class DamsmImageEncoder(keras.Model):
-    """images in [-1, 1], any size -> regions float32 [B, h, w, D], code float32 [B, D]."""
+    """images in [-1, 1], any size -> regions float32 [B, h, w, D], code float32 [B, D].
+
+    Images are resized bilinearly to `image_size`; `align_corners=True` resizes as PyTorch 0.3's
+    nn.Upsample did, which the released AttnGAN encoder was trained with (see
+    backbones.resize_bilinear)."""
 
     def __init__(self, embedding_dim: int = 256, backbone: str = "inception_v3", backbone_weights: str = "",
-                 image_size: int = 299, cnn_width: int = 32, name: str = "damsm_image_encoder", **kwargs):
+                 image_size: int = 299, cnn_width: int = 32, name: str = "damsm_image_encoder",
+                 align_corners: bool = False, **kwargs):
         super().__init__(name=name, **kwargs)
         self.image_size = image_size
+        self.align_corners = align_corners
         if backbone == "inception_v3":
             if image_size != 299:
                 raise ValueError(f"damsm.image_size must be 299 for the inception_v3 backbone, got {image_size}")
@@ -51,8 +57,7 @@ class DamsmImageEncoder(keras.Model):
         return cls(cfg.model.embedding_dim, d.backbone, d.backbone_weights, d.image_size, d.cnn_width)
 
     def call(self, images, training=None):
-        x = ops.image.resize(ops.cast(images, "float32"), (self.image_size, self.image_size),
-                             interpolation="bilinear")
+        x = backbones.resize_bilinear(ops.cast(images, "float32"), self.image_size, self.align_corners)
         frozen = not self.backbone.trainable
         regions, code = self.backbone(x, training=False if frozen else training)
         return (ops.cast(self.emb_features(regions), "float32"),

@@ -21,13 +21,15 @@ from mirrorgan_tf.models.layers import batch_norm
 
 
 class StreamEncoder(keras.Model):
-    """images in [-1, 1], any size -> float32 [B, embedding_dim]."""
+    """images in [-1, 1], any size -> float32 [B, embedding_dim]. Images are resized bilinearly
+    to `image_size` (`align_corners`: as in DamsmImageEncoder)."""
 
     def __init__(self, embedding_dim: int = 256, backbone: str = "resnet152", backbone_weights: str = "",
                  image_size: int = 224, bn_momentum: float = 0.01, imagenet_normalize: bool = True,
-                 cnn_width: int = 32, name: str = "stream_encoder", **kwargs):
+                 cnn_width: int = 32, name: str = "stream_encoder", align_corners: bool = False, **kwargs):
         super().__init__(name=name, **kwargs)
         self.image_size = image_size
+        self.align_corners = align_corners
         self.backbone_kind = backbone
         self.imagenet_normalize = imagenet_normalize
         if backbone == "resnet152":
@@ -46,12 +48,12 @@ class StreamEncoder(keras.Model):
                    s.imagenet_normalize, s.cnn_width)
 
     def preprocess(self, images):
-        x = ops.image.resize(ops.cast(images, "float32"), (self.image_size, self.image_size),
-                             interpolation="bilinear")
+        x = backbones.resize_bilinear(ops.cast(images, "float32"), self.image_size, self.align_corners)
         if self.backbone_kind == "resnet152" and self.imagenet_normalize:
-            # What Keras' ResNet152 weights were trained with ("caffe": BGR, ImageNet means, 0-255).
+            # What the backbone's weights were trained with: "caffe" for Keras' ResNet152 (BGR,
+            # ImageNet means, 0-255), "torch" for a torchvision file (mean / std on [0, 1]).
             # The released code fed raw [-1, 1] images instead (imagenet_normalize: false).
-            x = keras.applications.resnet.preprocess_input((x + 1.0) * 127.5)
+            x = backbones.imagenet_normalize(x, self.backbone.input_convention)
         return x
 
     def call(self, images, training=None):

@@ -1,0 +1,61 @@
+"""Small real SavedModels with the signatures of our export (captions -> uint8 images), for the
+server's layer tests: they load in a second, need no training run, and count their calls in a
+variable, so a test can tell whether a refused request reached the model."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import tensorflow as tf
+
+Z_DIM = 4
+
+
+class CaptionPainter(tf.Module):
+    """serving_default: captions string [None] -> images uint8 [None, size, size, 3], every pixel
+    the caption's length in bytes (mod 256); generate: captions, noise float32 [None, Z_DIM] ->
+    the same images plus round(noise[:, 0]). Each call adds one to `calls`."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+        self.calls = tf.Variable(0, dtype=tf.int64)
+
+    def _paint(self, captions, offset):
+        self.calls.assign_add(1)
+        value = tf.math.floormod(tf.strings.length(captions) + offset, 256)
+        return {"images": tf.cast(tf.broadcast_to(value[:, None, None, None],
+                                                  [tf.shape(captions)[0], self.size, self.size, 3]), tf.uint8)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="captions")])
+    def serve(self, captions):
+        return self._paint(captions, 0)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="captions"),
+                                  tf.TensorSpec([None, Z_DIM], tf.float32, name="noise")])
+    def generate(self, captions, noise):
+        return self._paint(captions, tf.cast(tf.round(noise[:, 0]), tf.int32))
+
+
+def save_painter(path: Path, size: int) -> Path:
+    """A CaptionPainter SavedModel at path (a version folder)."""
+    module = CaptionPainter(size)
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve,
+                                                        "generate": module.generate})
+    return path
+
+
+class PainterExports:
+    """Saves one painter per image size and copies it into version folders."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def version(self, base: Path, version: int, size: int = 16) -> Path:
+        saved = self.root / f"painter-{size}"
+        if not saved.exists():
+            save_painter(saved, size)
+        target = base / str(version)
+        shutil.copytree(saved, target)
+        return target
