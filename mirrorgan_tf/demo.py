@@ -135,15 +135,10 @@ class RunSource:
             maps = [a.numpy()[0] for a in result["word_attention"]]
             attention = attention_picture(stages[-1][0], maps, words[0])
         notes = []
-        if len(words[0]) < lengths_of(self.tokenizer, caption):
-            notes.append(f"only the first {self.cfg.data.words_num} known words are read")
+        known = int(self.tokenizer(tf.constant([caption])).row_lengths().numpy()[0])
+        if known > len(words[0]):  # as everywhere at inference, an over-long caption keeps its first words
+            notes.append(f"only the first {len(words[0])} of its {known} known words are read")
         return Result(images, grid, attention, words[0], ignored, notes)
-
-
-def lengths_of(tokenizer, caption: str) -> int:
-    import tensorflow as tf
-
-    return int(tokenizer(tf.constant([caption])).row_lengths().numpy()[0])
 
 
 class SavedModelSource:

@@ -74,7 +74,9 @@ def test_run_source_shows_every_stage_the_attention_and_the_words(run_source):
     # image then one tile per read word (7)
     assert result.attention.shape == (2 * (64 + 14), (1 + 7) * 64, 3)
     assert result.kept == ["a", "huge", "blue", "block", "at", "the", "top"]
-    assert result.ignored == ["racoon"]
+    assert result.ignored == ["racoon"] and result.notes == []
+    long = run_source.generate("a huge blue block at the top " * 3, 1, 0, deterministic=False)  # 21 known words
+    assert long.notes == ["only the first 16 of its 21 known words are read"] and len(long.kept) == 16
 
 
 def test_without_deterministic_a_savedmodel_draws_fresh_noise(saved_model_source):
