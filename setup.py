@@ -18,6 +18,8 @@ setup(
         "numpy>=1.26,<3",
         "pillow>=10",
         "pyyaml>=6",
+        # Structured configs over our dataclasses; 2.4 is the first to type-check Literal fields.
+        "omegaconf>=2.4,<3",
         # TF 2.21 no longer installs TensorBoard, which tf.summary writers need.
         "tensorboard~=2.21.0",
         "tensorflow-serving-api~=2.21.0",

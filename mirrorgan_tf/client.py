@@ -15,11 +15,13 @@ import os
 import re
 import sys
 
+from mirrorgan_tf.errors import MirrorganError, run_cli
+
 MAX_MESSAGE_BYTES = 256 * 2**20
 
 
-class ClientError(Exception):
-    pass
+class ClientError(MirrorganError):
+    """The server cannot be reached, or answers with an error or something that is not images."""
 
 
 def slug(caption: str, limit: int = 48) -> str:
@@ -128,20 +130,20 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if not re.fullmatch(r"(\[[0-9a-fA-F:]+\]|[\w.-]+):\d+", a.server):
         p.error(f"--server must be HOST:PORT, got {a.server!r}")
-    try:
-        images, version = generate(a.server, a.caption, a.model_name, a.signature, a.seed, a.timeout)
-    except ClientError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    from PIL import Image
 
-    os.makedirs(a.out, exist_ok=True)
-    for i, (caption, image) in enumerate(zip(a.caption, images)):
-        path = os.path.join(a.out, f"{i:02d}-{slug(caption)}.png")
-        Image.fromarray(image).save(path)
-        print(path)
-    print(f"{len(images)} image(s) from {a.server}, model '{a.model_name}' version {version}", file=sys.stderr)
-    return 0
+    def body() -> int:
+        images, version = generate(a.server, a.caption, a.model_name, a.signature, a.seed, a.timeout)
+        from PIL import Image
+
+        os.makedirs(a.out, exist_ok=True)
+        for i, (caption, image) in enumerate(zip(a.caption, images)):
+            path = os.path.join(a.out, f"{i:02d}-{slug(caption)}.png")
+            Image.fromarray(image).save(path)
+            print(path)
+        print(f"{len(images)} image(s) from {a.server}, model '{a.model_name}' version {version}", file=sys.stderr)
+        return 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,22 @@
-"""The one config system: typed dataclasses, loaded from YAML files in `configs/`.
+"""The one config system: typed dataclasses, loaded from YAML files in `configs/` by OmegaConf.
 
-A config file may only name keys that exist here, with values of the declared type; anything else
-is an error that names the key and the file. Any key can be overridden from the command line with
-`--set section.key=value` (the value is parsed as YAML, so `8`, `2e-4`, `true` and `[1, 2]` work).
+The dataclasses below are the schema: a config file may only name keys that exist here, with
+values of the declared type; anything else is a ConfigError that names the key and the file.
+Types are checked strictly where a loose reading would hide a mistake: a bool key takes only
+`true`/`false` (not 1 or "yes"), an int key only an integer, a str key only a string; a float key
+takes any number, and `2e-4` (which YAML 1.1 reads as a string) as the number everyone means.
 
-The dataclass defaults are the published MirrorGAN configuration for CUB birds
-(`MIRRORGAN_REFERENCE.md`); the YAML files state every value explicitly anyway, so a reader of
-`configs/cub.yaml` sees the whole configuration without opening this file.
+A file may start from another: `base: shapes.yaml` (a path relative to the file's own folder)
+loads that file first, itself perhaps from a base of its own, and the file then lists only what
+differs. A missing base file or a cycle of bases is a ConfigError naming the file. Any key can
+then be overridden from the command line with `--set section.key=value` (the value is parsed as
+YAML, so `8`, `2e-4`, `true` and `[1, 2]` work). The result is always the whole configuration:
+`dump_config` writes every key, and that file loads again with `--config` (a run saves it as
+its config.yaml).
+
+The dataclass defaults are the published MirrorGAN configuration for CUB birds (see
+docs/architecture.md); `configs/cub.yaml` states every value anyway, so a reader sees the whole
+published configuration in one file, and a test keeps the two equal.
 """
 
 from __future__ import annotations
@@ -18,10 +28,15 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from mirrorgan_tf.errors import MirrorganError
 
 
-class ConfigError(ValueError):
-    """A config file or override names an unknown key or gives a value of the wrong type."""
+class ConfigError(MirrorganError, ValueError):
+    """A config file, base or override names an unknown key, gives a value of the wrong type, or
+    breaks a cross-field rule; the message names the key and the file (or the --set)."""
 
 
 @dataclass
@@ -73,9 +88,14 @@ class ModelConfig:
 class DamsmConfig:
     # Image encoder backbone: frozen Inception-v3 for CUB/COCO, a small CNN for shapes.
     backbone: Literal["inception_v3", "cnn"] = "inception_v3"
-    backbone_weights: str = ""  # local weights file (nothing is downloaded at run time)
+    # "imagenet": the frozen ImageNet weights the published configuration uses (what that resolves
+    # to: models/backbones.py); a path: a local weights file; "": random (counting parameters, tests).
+    backbone_weights: str = "imagenet"
     image_size: int = 299
     cnn_width: int = 32  # channels of the first block of the small CNN backbone
+    # Bilinear resizing to image_size with corners aligned, as PyTorch before 0.4 did (the released
+    # AttnGAN DAMSM was trained so); false: half-pixel centres (PyTorch >= 0.4, TensorFlow).
+    resize_align_corners: bool = False
     batch_size: int = 48
     epochs: int = 600
     learning_rate: float = 2e-3
@@ -94,7 +114,7 @@ class DamsmConfig:
 @dataclass
 class StreamConfig:
     backbone: Literal["resnet152", "cnn"] = "resnet152"
-    backbone_weights: str = ""
+    backbone_weights: str = "imagenet"  # as damsm.backbone_weights
     image_size: int = 224
     cnn_width: int = 32
     embedding_dim: int = 256
@@ -104,6 +124,8 @@ class StreamConfig:
     # The released code feeds generated images in [-1, 1] to a captioner trained on
     # ImageNet-normalised inputs; True normalises as the captioner expects.
     imagenet_normalize: bool = True
+    # Bilinear resizing to image_size with corners aligned (PyTorch before 0.4), see damsm.
+    resize_align_corners: bool = False
     # A "show and tell" recipe (the authors name it but ship no script).
     batch_size: int = 128
     epochs: int = 5
@@ -162,58 +184,90 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Return `value` as type `tp`, or raise ConfigError naming `where`."""
-    origin = get_origin(tp)
-    if origin is Literal:
-        if value in get_args(tp):
-            return value
-    elif origin is list:
-        if isinstance(value, list):
-            return [_coerce(v, get_args(tp)[0], f"{where}[{i}]") for i, v in enumerate(value)]
-    elif tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        # YAML 1.1 reads "2e-4" (no dot) as a string; take it as the number everyone means.
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    else:  # pragma: no cover - only reached when a new field type is added without support
-        raise TypeError(f"config field {where} has unsupported type {tp!r}")
-    raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+def _field_type(cls: Any, dotted: str) -> Any:
+    """The declared type of `section.key` under dataclass `cls` (None if there is no such key)."""
+    tp = cls
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(tp):
+            return None
+        tp = typing.get_type_hints(tp).get(part)
+    return tp
 
 
-def _merge(obj: Any, values: dict, prefix: str, source: str) -> None:
+# Where OmegaConf converts more than we accept: it reads 1 and "yes" as true, 8 as "8" and "8" as
+# 8. Those are more often a mistake than a wish, so these types take only their own YAML values.
+_STRICT = {
+    bool: lambda v: isinstance(v, bool),
+    int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+    str: lambda v: isinstance(v, str),
+}
+
+
+def _check_values(values: Any, cls: Any, prefix: str, source: str) -> None:
+    """Mapping shape and strict scalar types of `values` against dataclass `cls`. Unknown keys
+    are left to OmegaConf, which names them."""
     if not isinstance(values, dict):
         raise ConfigError(f"{source}: '{prefix.rstrip('.') or '<top level>'}' must be a mapping, got {values!r}")
-    hints = typing.get_type_hints(type(obj))
-    names = {f.name for f in dataclasses.fields(obj)}
+    hints = typing.get_type_hints(cls)
     for key, value in values.items():
-        path = f"{prefix}{key}"
-        if key not in names:
-            raise ConfigError(f"{source}: unknown key '{path}' (known: {', '.join(sorted(names))})")
-        tp = hints[key]
+        tp, path = hints.get(key), f"{prefix}{key}"
         if dataclasses.is_dataclass(tp):
-            _merge(getattr(obj, key), value, f"{path}.", source)
-        else:
-            try:
-                setattr(obj, key, _coerce(value, tp, f"'{path}'"))
-            except ConfigError as e:
-                raise ConfigError(f"{source}: {e}") from None
+            _check_values(value, tp, f"{path}.", source)
+        elif tp in _STRICT and not _STRICT[tp](value):
+            raise ConfigError(f"{source}: '{path}': expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
 
 
-def _parse_override(text: str) -> tuple[list[str], Any]:
+def _merge(cfg: DictConfig, values: Any, source: str) -> DictConfig:
+    """`values` (plain YAML data) merged over the structured config `cfg`; errors name `source`."""
+    _check_values(values, Config, "", source)
+    try:
+        return OmegaConf.merge(cfg, values)
+    except ConfigKeyError as e:
+        known = sorted(f.name for f in dataclasses.fields(e.object_type)) if e.object_type else []
+        raise ConfigError(f"{source}: unknown key '{e.full_key}' (known: {', '.join(known)})") from None
+    except ValidationError as e:
+        tp = _field_type(Config, str(e.full_key))
+        raise ConfigError(f"{source}: '{e.full_key}': expected {_type_name(tp)}, got {e.value!r} "
+                          f"({type(e.value).__name__})") from None
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"{source}: {str(e).splitlines()[0]}") from None
+
+
+def _read_file(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    return {} if values is None else values
+
+
+def _file_layers(path: str, chain: tuple[str, ...] = ()) -> list[tuple[dict, str]]:
+    """[(values, file)] of `path` and its bases, the deepest base first. `chain` holds the files
+    that named this one as their base, to find a cycle."""
+    real = os.path.realpath(path)
+    if real in chain:
+        names = [*chain[chain.index(real):], real]
+        raise ConfigError(f"{path}: the bases form a cycle ({' -> '.join(names)})")
+    values = _read_file(path)
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: '<top level>' must be a mapping, got {values!r}")
+    base = values.pop("base", None)
+    if base is None:
+        return [(values, path)]
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: 'base': expected the path of another config file, got {base!r}")
+    base_path = os.path.join(os.path.dirname(path), base)
+    if not os.path.isfile(base_path):
+        raise ConfigError(f"{path}: base {base!r}: no such file ({base_path})")
+    return [*_file_layers(base_path, (*chain, real)), (values, path)]
+
+
+def _parse_override(text: str) -> dict:
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected section.key=value")
     key, raw = text.split("=", 1)
@@ -221,22 +275,31 @@ def _parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {text!r}: value is not valid YAML ({e})") from None
-    return key.strip().split("."), value
+    for k in reversed(key.strip().split(".")):
+        value = {k: value}
+    return value
+
+
+def _resolve(layers: list[tuple[Any, str]]) -> Config:
+    cfg = OmegaConf.structured(Config)
+    for values, source in layers:
+        cfg = _merge(cfg, values, source)
+    try:
+        resolved = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as e:  # e.g. an interpolation that names no key
+        raise ConfigError(f"{layers[-1][1] if layers else 'config'}: {str(e).splitlines()[0]}") from None
+    validate(resolved)
+    return resolved
 
 
 def apply_overrides(cfg: Config, overrides: list[str] | None) -> Config:
-    for text in overrides or []:
-        keys, value = _parse_override(text)
-        nested: Any = value
-        for k in reversed(keys):
-            nested = {k: nested}
-        _merge(cfg, nested, "", f"--set {text}")
-    validate(cfg)
-    return cfg
+    """A copy of `cfg` with `--set section.key=value` overrides applied, validated."""
+    return _resolve([(to_dict(cfg), "config"), *[(_parse_override(t), f"--set {t}") for t in overrides or []]])
 
 
 def validate(cfg: Config) -> None:
-    """Cross-field checks that no single type annotation can express."""
+    """Cross-field checks that no single type annotation can express. Raises ConfigError naming
+    the key."""
     checks = [
         (cfg.data.words_num > 0, "data.words_num must be positive"),
         (cfg.data.vocab_size >= 0, "data.vocab_size must be >= 0 (0 = from the manifest)"),
@@ -245,6 +308,11 @@ def validate(cfg: Config) -> None:
          "model.base_size must be a multiple of 16 (the discriminators downsample by 16)"),
         (cfg.model.embedding_dim % 2 == 0, "model.embedding_dim must be even (bi-LSTM halves)"),
         (cfg.train.batch_size >= 2, "train.batch_size must be >= 2 (wrong pairs need two captions)"),
+        # DAMSM's losses score each image against the other captions of its batch: with one pair
+        # there is no negative, both losses are exactly 0, and STEM never learns.
+        (cfg.damsm.batch_size >= 2, f"damsm.batch_size must be >= 2, got {cfg.damsm.batch_size} (the DAMSM "
+                                    "losses need other captions of the batch as negatives)"),
+        (cfg.stream.batch_size >= 1, f"stream.batch_size must be >= 1, got {cfg.stream.batch_size}"),
         (0.0 <= cfg.train.ema_decay < 1.0, "train.ema_decay must be in [0, 1)"),
     ]
     for ok, message in checks:
@@ -252,20 +320,30 @@ def validate(cfg: Config) -> None:
             raise ConfigError(message)
 
 
+def check_replica_batches(cfg: Config, replicas: int) -> None:
+    """Refuse global batch sizes that `replicas` replicas cannot split usefully, once the strategy
+    is known (the config alone cannot know it). Each stage's global batch is split evenly, so it
+    must be divisible by the replica count, every replica must get at least one example, and each
+    replica's DAMSM batch at least two: the DAMSM losses compare each image with the other
+    captions of its own replica's batch, so with one they are exactly 0. Raises ConfigError naming
+    the key, its value and the replica count."""
+    for key, batch, least in (("damsm.batch_size", cfg.damsm.batch_size, 2),
+                              ("stream.batch_size", cfg.stream.batch_size, 1),
+                              ("train.batch_size", cfg.train.batch_size, 1)):
+        if batch // replicas < least:
+            why = " (the DAMSM losses need a negative caption on every replica)" if least == 2 else ""
+            raise ConfigError(f"{key}={batch} over {replicas} replicas gives {batch / replicas:g} per replica; "
+                              f"each needs at least {least}{why}: set {key} to at least {least * replicas}")
+        if batch % replicas:
+            raise ConfigError(f"{key}={batch} is not divisible by the {replicas} replicas; "
+                              f"set it to a multiple of {replicas}")
+
+
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config file (or the defaults when `path` is None) and apply `--set` overrides."""
-    cfg = Config()
-    if path is not None:
-        path = os.fspath(path)
-        try:
-            with open(path, encoding="utf-8") as f:
-                values = yaml.safe_load(f) or {}
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({e})") from None
-        _merge(cfg, values, "", path)
-    return apply_overrides(cfg, overrides)
+    """Load a YAML config file (the defaults when `path` is None) after its chain of `base:`
+    files, apply `--set` overrides, and validate. Raises ConfigError naming the file and key."""
+    layers = _file_layers(os.fspath(path)) if path is not None else []
+    return _resolve([*layers, *[(_parse_override(t), f"--set {t}") for t in overrides or []]])
 
 
 def to_dict(cfg: Config) -> dict:

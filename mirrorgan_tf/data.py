@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from mirrorgan_tf import records, text
 from mirrorgan_tf.config import Config
+from mirrorgan_tf.errors import MirrorganError
 
 AUTOTUNE = tf.data.AUTOTUNE
 MANIFEST = "manifest.json"
@@ -38,8 +39,8 @@ SAMPLE_CAPTIONS = 8
 TRAINING_STAGES = ("damsm", "stream", "gan")
 
 
-class DataError(ValueError):
-    pass
+class DataError(MirrorganError, ValueError):
+    """A prepared dataset is missing, incomplete or does not fit the config; names the file."""
 
 
 def load_manifest(data_dir: str) -> dict:

@@ -17,7 +17,8 @@ A web page to try the model: type a caption, get pictures. Gradio is an optional
 "Deterministic" uses the conditioning augmentation's mean (the SavedModel's `generate`
 signature). From a SavedModel or a server the seed only applies to deterministic samples: the
 other signature, `serving_default`, draws its own noise on every call. A deterministic sample's
-noise is the noise `sample` draws for the same seed, so the three sources agree.
+noise is the noise `sample` draws for the same seed (evaluation.generator.sample_noise), so the
+three sources agree.
 
 The page binds 127.0.0.1 unless --host says otherwise (it has no authentication), and loads
 nothing from outside: Gradio's analytics, version check and share link are off, and its fonts
@@ -39,6 +40,8 @@ from typing import Optional
 
 import numpy as np
 
+from mirrorgan_tf.errors import USER_ERRORS, MirrorganError
+
 log = logging.getLogger("mirrorgan_tf.demo")
 
 MAX_SAMPLES = 16
@@ -49,7 +52,7 @@ NUM_EXAMPLES = 8
 SERVER_ADDRESS = re.compile(r"(\[[0-9a-fA-F:]+\]|[\w.-]+):\d+")
 
 
-class DemoError(ValueError):
+class DemoError(MirrorganError, ValueError):
     """What the page shows as its message instead of pictures: names the caption, the server or
     the setting that is wrong."""
 
@@ -68,19 +71,6 @@ class Result:
     kept: Optional[list] = None
     ignored: Optional[list] = None
     notes: list = field(default_factory=list)
-
-
-def sample_noise(index, seed: int, dim: int, stream: int = 0):
-    """float32 [len(index), dim]: the noise of samples number `index` for `seed`, each row a pure
-    function of (seed, sample number, stream); stream 0 is the generator's z, 1 the conditioning
-    augmentation's epsilon. The formula of evaluation.generator.TrainedGenerator.noise, so that
-    a SavedModel or a server given this z draws what `sample` draws."""
-    import tensorflow as tf
-
-    index = tf.constant(np.asarray(index, np.int64))
-    key = tf.constant(seed, tf.int64) * 2 + stream
-    return tf.map_fn(lambda i: tf.random.stateless_normal([dim], seed=tf.stack([key, i])), index,
-                     fn_output_signature=tf.float32).numpy()
 
 
 def _no_known_word(caption: str, ignored: list) -> DemoError:
@@ -116,7 +106,7 @@ class RunSource:
         import tensorflow as tf
 
         from mirrorgan_tf.sample import SampleError, attention_picture, tokenize
-        from mirrorgan_tf.training.loop import image_grid
+        from mirrorgan_tf.images import image_grid
 
         ignored = self.tokenizer.ignored_words(tf.constant([caption])).numpy()[0].decode().split()
         try:
@@ -165,10 +155,12 @@ class SavedModelSource:
     def generate(self, caption: str, num: int, seed: int, deterministic: bool) -> Result:
         import tensorflow as tf
 
+        from mirrorgan_tf.evaluation.generator import sample_noise
+
         captions = tf.constant([caption] * num)
         try:
             if deterministic:
-                noise = tf.constant(sample_noise(np.arange(num), seed, self.z_dim))
+                noise = sample_noise(np.arange(num), seed, self.z_dim)
                 out = self.model.signatures["generate"](captions=captions, noise=noise)
             else:
                 out = self.model.signatures["serving_default"](captions=captions)
@@ -220,11 +212,12 @@ class ServerSource:
 
     def generate(self, caption: str, num: int, seed: int, deterministic: bool) -> Result:
         from mirrorgan_tf import client
+        from mirrorgan_tf.evaluation.generator import sample_noise
 
         signature = "generate" if deterministic else "serving_default"
         try:
             outputs, version = client.predict(self.server, [caption] * num, self.model_name, signature, seed,
-                                              self.timeout, noise=lambda n, size: sample_noise(np.arange(n), seed, size))
+                                              self.timeout, noise=lambda n, size: sample_noise(np.arange(n), seed, size).numpy())
         except client.ClientError as e:
             raise DemoError(str(e)) from None
         images = outputs.get("images")
@@ -298,7 +291,7 @@ def run_request(source, caption, num, seed, deterministic) -> tuple[Optional[Res
             raise DemoError(f"the seed must be between 0 and {2**31 - 1}, got {seed}")
         start = time.perf_counter()
         result = source.generate(caption, num, seed, bool(deterministic))
-    except (DemoError, FileNotFoundError) as e:
+    except USER_ERRORS as e:
         return None, f"**Error:** {e}"
     except Exception as e:  # the page must stay usable and say something; the console gets the details
         log.error("request for %r failed:\n%s", caption, traceback.format_exc())
@@ -396,9 +389,6 @@ def main(argv=None) -> int:
     except ImportError:
         print('error: the demo needs Gradio: pip install -e ".[demo]"', file=sys.stderr)
         return 2
-    from mirrorgan_tf.config import ConfigError
-    from mirrorgan_tf.data import DataError
-
     try:
         examples = read_examples(a.examples) if a.examples else None
         if a.run_dir:
@@ -410,7 +400,7 @@ def main(argv=None) -> int:
         if examples is None:
             examples = source.examples()
         port = a.port or free_port(a.host)
-    except (DemoError, ConfigError, DataError, FileNotFoundError, OSError) as e:
+    except (*USER_ERRORS, OSError) as e:  # bad flags, runs, exports: one line, before the page starts
         print(f"error: {e}", file=sys.stderr)
         return 2
     page = build_page(source, examples)

@@ -14,6 +14,8 @@ import os
 
 import tensorflow as tf
 
+from mirrorgan_tf.config import ConfigError
+
 KINDS = ("auto", "one_device", "mirrored", "multi_worker")
 
 
@@ -26,15 +28,15 @@ def split_cpu(count: int) -> None:
 
 def build_strategy(kind: str = "auto") -> tf.distribute.Strategy:
     if kind not in KINDS:
-        raise ValueError(f"--strategy must be one of {', '.join(KINDS)}, got {kind!r}")
+        raise ConfigError(f"--strategy must be one of {', '.join(KINDS)}, got {kind!r}")
     if kind == "multi_worker":
         if "TF_CONFIG" not in os.environ:
-            raise ValueError("--strategy multi_worker needs the TF_CONFIG environment variable "
-                             "(cluster and task of this worker)")
+            raise ConfigError("--strategy multi_worker needs the TF_CONFIG environment variable "
+                              "(cluster and task of this worker)")
         try:
             json.loads(os.environ["TF_CONFIG"])
         except json.JSONDecodeError as e:
-            raise ValueError(f"TF_CONFIG is not valid JSON ({e})") from None
+            raise ConfigError(f"TF_CONFIG is not valid JSON ({e})") from None
         # Must come before anything initialises the runtime (listing devices does).
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
@@ -42,3 +44,13 @@ def build_strategy(kind: str = "auto") -> tf.distribute.Strategy:
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices)
     return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True on the one worker that writes the run directory (summaries, samples, stage records):
+    always without a cluster; else the chief task, or worker 0 of a cluster without a chief."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.cluster_spec().as_dict():
+        return True
+    return resolver.task_type in (None, "chief") or (
+        resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().as_dict())

@@ -14,7 +14,6 @@ Every metric is also given on real test images where that means something.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -49,13 +48,13 @@ def build_context(a):
     from mirrorgan_tf.config import load_config
     from mirrorgan_tf.evaluation.pairs import load_pairs
     from mirrorgan_tf.metrics import REGISTRY, Context, EvalError
-    from mirrorgan_tf.training import loop
+    from mirrorgan_tf.runs import find_checkpoint
 
     config_path = os.path.join(a.run_dir, "config.yaml")
     if not tf.io.gfile.exists(config_path):
         raise EvalError(f"--run-dir {a.run_dir}: not a run directory (no config.yaml)")
     cfg = load_config(config_path)
-    if loop.find_checkpoint(os.path.join(a.run_dir, "gan"), "gan") is None:
+    if find_checkpoint(os.path.join(a.run_dir, "gan"), "gan") is None:
         raise EvalError(f"{a.run_dir}: no gan checkpoint; train the gan stage first")
     manifest = data.load_manifest(cfg.data.dir)
     if a.split not in manifest["splits"]:
@@ -108,61 +107,34 @@ def evaluate(a) -> dict:
     return {m.name: {**m.result(), "settings": settings} for m in metrics}
 
 
-def _fmt(value, std=None):
-    return f"{100 * value:.2f} +- {100 * std:.2f} %" if std is not None else f"{100 * value:.1f} %"
-
-
 def table(results: dict) -> str:
-    lines = []
-    for name, r in results.items():
-        if name == "attributes":
-            for group, acc in r["value"].items():
-                ceiling = r["real"]["value"].get(group, {})
-                cells = ", ".join(f"{k} {_fmt(v)} ({_fmt(ceiling[k])})" for k, v in acc.items()
-                                  if k != "images" and k in ceiling)
-                lines.append(f"attributes/{group} [{acc['images']} images]: {cells}")
-            lines.append("  (in brackets: the same classifier on real test images)")
-        elif name == "r_precision":
-            lines.append(f"r_precision: {_fmt(r['value'], r['std'])} over {r['folds']} folds of {r['images']} images; "
-                         f"real images {_fmt(r['real']['value'], r['real']['std'])}")
-            if "note" in r:
-                lines.append(f"  note: {r['note']}")
-        elif name == "fid":
-            lines.append(f"fid: {r['value']:.2f} vs {r['reference_images']} real images ({r['features']})")
-        elif name == "is":
-            lines.append(f"is: {r['value']:.3f} +- {r['std']:.3f} ({r['splits']} splits); "
-                         f"real images {r['real']['value']:.3f} +- {r['real']['std']:.3f}")
-    return "\n".join(lines)
+    """The evaluation table: each metric's own lines (Metric.format), in the order given."""
+    from mirrorgan_tf.metrics import REGISTRY
+
+    return "\n".join(line for name, r in results.items() for line in REGISTRY[name].format(r))
 
 
 def save(run_dir: str, split: str, results: dict) -> str:
-    path = os.path.join(run_dir, "metrics.json")
-    merged = {}
-    if os.path.exists(path):
-        with open(path) as f:
-            merged = json.load(f)
+    from mirrorgan_tf.runs import RunDir
+
+    run = RunDir(run_dir)
+    merged = run.read_json("metrics.json")
     merged.setdefault(split, {}).update(results)
-    tmp = f"{path}.incomplete"
-    with open(tmp, "w") as f:
-        json.dump(merged, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
-    return path
+    run.write_json("metrics.json", merged)
+    return run.path("metrics.json")
 
 
 def main(argv=None) -> int:
     a = parse(argv)
-    from mirrorgan_tf.config import ConfigError
-    from mirrorgan_tf.data import DataError
-    from mirrorgan_tf.metrics import EvalError
+    from mirrorgan_tf.errors import run_cli
 
-    try:
+    def body() -> int:
         results = evaluate(a)
-    except (EvalError, ConfigError, DataError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(table(results))
-    print(f"written to {save(a.run_dir, a.split, results)}")
-    return 0
+        print(table(results))
+        print(f"written to {save(a.run_dir, a.split, results)}")
+        return 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -17,17 +17,14 @@ def main(argv=None) -> int:
     p.add_argument("--export-dir", default="saved_models/mirrorgan")
     p.add_argument("--version", type=int)
     a = p.parse_args(argv)
-    from mirrorgan_tf.config import ConfigError
-    from mirrorgan_tf.data import DataError
+    from mirrorgan_tf.errors import run_cli
     from mirrorgan_tf.serving.export import export
 
-    try:
-        path = export(a.run_dir, a.export_dir, a.version)
-    except (ConfigError, DataError, FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(path)
-    return 0
+    def body() -> int:
+        print(export(a.run_dir, a.export_dir, a.version))
+        return 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

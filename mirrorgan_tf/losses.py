@@ -9,6 +9,7 @@ each replica computes them on its own batch; the training step divides by the nu
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 from keras import ops
 
 from mirrorgan_tf.models import damsm, stream
@@ -32,6 +33,43 @@ def wrong_pairs(sentence):
     b = ops.shape(sentence)[0]
     weight = ops.where(ops.arange(b) < b - 1, 1.0 / ops.cast(b - 1, "float32"), 0.0)
     return ops.roll(sentence, -1, axis=0), weight
+
+
+def wrong_pairs_across_replicas(sentence):
+    """`wrong_pairs` of the global batch, this replica's share: under a tf.distribute strategy
+    each replica holds B of the N x B pairs, and its image i is paired with sentence i + 1 of the
+    global batch (the next replica's first sentence for its last image). Call in a replica
+    context. sentence [B, D] -> (sentences [B, D], weights float32 [B]); the weights of all
+    replicas sum to N, so after the usual 1 / N loss scaling they sum to 1 as on one device."""
+    ctx = tf.distribute.get_replica_context()
+    n = ctx.num_replicas_in_sync
+    if n == 1:
+        return wrong_pairs(sentence)
+    b = tf.shape(sentence)[0]
+    everything = ctx.all_gather(sentence, axis=0)
+    start = tf.cast(ctx.replica_id_in_sync_group, tf.int32) * b
+    index = start + tf.range(b) + 1
+    total = b * n
+    # The last image's pair wraps to sentence 0 with weight 0, exactly as `wrong_pairs` rolls it on
+    # one device, so the BatchNorm statistics of the wrong-pair batch agree too.
+    wrong = tf.ensure_shape(tf.gather(everything, index % total), sentence.shape)
+    # Each replica's terms are later scaled by 1 / n, so weigh by n / (global pairs).
+    weight = tf.where(index < total, tf.cast(n, tf.float32) / tf.cast(total - 1, tf.float32), 0.0)
+    return wrong, weight
+
+
+def pair_classes(batch) -> tf.Tensor:
+    """int64 [B] ids that say which captions of a batch describe the same kind of image, so that
+    contrastive losses (DAMSM) do not treat them as negatives: the class where known, else the
+    combination of the attribute labels (shapes), else -1 (unknown: nothing masked). `batch` is
+    a dict with `class_id` int64 [B] and `attributes` int64 [B, A]."""
+    class_id = batch["class_id"]
+    attributes = batch["attributes"]
+    if attributes.shape[-1]:
+        radix = tf.constant([1000**k for k in range(attributes.shape[-1])], tf.int64)
+        combined = tf.reduce_sum(attributes * radix, axis=-1)
+        return tf.where(class_id >= 0, class_id, combined)
+    return class_id
 
 
 def discriminator_loss(d, real_images, fake_images, sentence, training=True, wrong=None):

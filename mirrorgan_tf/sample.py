@@ -17,11 +17,13 @@ import sys
 
 import numpy as np
 
+from mirrorgan_tf.errors import MirrorganError, run_cli
+
 LABEL_HEIGHT = 14
 
 
-class SampleError(ValueError):
-    pass
+class SampleError(MirrorganError, ValueError):
+    """Captions or flags that cannot be sampled; names the caption, file or flag."""
 
 
 def read_captions(captions, captions_file) -> list[str]:
@@ -60,18 +62,16 @@ def tokenize(captions: list[str], vocab_path: str, words_num: int):
     return ids, lengths, words
 
 
-def _to_uint8(images) -> np.ndarray:
-    return np.clip((np.asarray(images) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-
-
 def attention_picture(image: np.ndarray, maps: list[np.ndarray], words: list[str]) -> np.ndarray:
     """image [s, s, 3] in [-1, 1]; maps: per stage [h, w, words_num]; -> uint8 picture, a row per
     stage: the image, then each word's attention (stretched to its own min..max) blended over it, the
     word written underneath."""
     from PIL import Image, ImageDraw
 
+    from mirrorgan_tf.images import to_uint8
+
     size = image.shape[0]
-    base = _to_uint8(image).astype(np.float32)
+    base = to_uint8(image).numpy().astype(np.float32)
     rows = []
     for attn in maps:
         tiles = [base]
@@ -99,10 +99,8 @@ def slug(caption: str, limit: int = 40) -> str:
 
 
 def sample(run_dir: str, captions: list[str], out: str, num: int = 8, seed: int = 0) -> list[str]:
-    from PIL import Image
-
     from mirrorgan_tf.evaluation.generator import TrainedGenerator
-    from mirrorgan_tf.training.loop import image_grid
+    from mirrorgan_tf.images import image_grid, save_png
 
     if num < 1:
         raise SampleError(f"--num {num}: must be at least 1")
@@ -110,18 +108,20 @@ def sample(run_dir: str, captions: list[str], out: str, num: int = 8, seed: int 
         raise SampleError("give --caption or --captions-file")
     generator = TrainedGenerator(run_dir)
     ids, lengths, words = tokenize(captions, generator.vocab_path, generator.cfg.data.words_num)
-    os.makedirs(out, exist_ok=True)
+    import tensorflow as tf
+
+    tf.io.gfile.makedirs(out)
     written = []
     for i, caption in enumerate(captions):
         index = np.arange(i * num, (i + 1) * num)
         result = generator(np.repeat(ids[i:i + 1], num, 0), np.repeat(lengths[i:i + 1], num, 0), index, seed)
         stages = [x.numpy() for x in result["images"]]
         name = os.path.join(out, f"{i:03d}-{slug(caption)}")
-        Image.fromarray(image_grid(stages)).save(f"{name}.png")  # a row per stage, upscaled to the last
+        save_png(image_grid(stages), f"{name}.png")  # a row per stage, upscaled to the last
         written.append(f"{name}.png")
         if result["word_attention"]:
             maps = [a.numpy()[0] for a in result["word_attention"]]
-            Image.fromarray(attention_picture(stages[-1][0], maps, words[i])).save(f"{name}-attention.png")
+            save_png(attention_picture(stages[-1][0], maps, words[i]), f"{name}-attention.png")
             written.append(f"{name}-attention.png")
     return written
 
@@ -137,17 +137,14 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    from mirrorgan_tf.config import ConfigError
-    from mirrorgan_tf.data import DataError
 
-    try:
+    def body() -> int:
         captions = read_captions(a.caption, a.captions_file)
         for path in sample(a.run_dir, captions, a.out, a.num, a.seed):
             print(path)
-    except (SampleError, ConfigError, DataError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=a.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
+    from mirrorgan_tf.errors import MirrorganError
     from mirrorgan_tf.serving.server import ModelServer, ServerConfig
 
     config = ServerConfig(base_path=a.model_base_path, model_name=a.model_name, host=a.host, port=a.port,
@@ -43,9 +44,11 @@ def main(argv=None) -> int:
     try:
         server = ModelServer(config)
         server.start()
-    except (OSError, ValueError) as e:
+    # ServerConfig and the SavedModel checks still raise ValueError for a bad flag or model
+    # (serving/server.py); OSError: a port in use, a base path that is not a directory.
+    except (MirrorganError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

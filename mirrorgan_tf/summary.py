@@ -32,25 +32,23 @@ def main(argv=None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
-    from mirrorgan_tf.config import ConfigError, load_config
-    from mirrorgan_tf.data import DataError
+    from mirrorgan_tf.config import load_config
+    from mirrorgan_tf.errors import run_cli
 
-    try:
-        cfg = load_config(a.config, a.overrides)
-        counts = summarize(cfg)
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if a.json:
-        print(json.dumps(counts))
+    def body() -> int:
+        counts = summarize(load_config(a.config, a.overrides))
+        if a.json:
+            print(json.dumps(counts))
+            return 0
+        width = max(len(n) for n in counts)
+        print(f"{'network':<{width}}  {'trainable':>13}  {'non-trainable':>13}")
+        for name, c in counts.items():
+            print(f"{name:<{width}}  {c['trainable']:>13,}  {c['non_trainable']:>13,}")
+        total = {k: sum(c[k] for c in counts.values()) for k in ("trainable", "non_trainable")}
+        print(f"{'total':<{width}}  {total['trainable']:>13,}  {total['non_trainable']:>13,}")
         return 0
-    width = max(len(n) for n in counts)
-    print(f"{'network':<{width}}  {'trainable':>13}  {'non-trainable':>13}")
-    for name, c in counts.items():
-        print(f"{name:<{width}}  {c['trainable']:>13,}  {c['non_trainable']:>13,}")
-    total = {k: sum(c[k] for c in counts.values()) for k in ("trainable", "non_trainable")}
-    print(f"{'total':<{width}}  {total['trainable']:>13,}  {total['non_trainable']:>13,}")
-    return 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

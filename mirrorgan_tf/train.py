@@ -32,11 +32,12 @@ def prepare_data(cfg, chief: bool = True) -> None:
             if tf.io.gfile.exists(os.path.join(cfg.data.dir, MANIFEST)):
                 return
         raise TimeoutError(f"{cfg.data.dir}: the chief never finished preparing the dataset")
+    from mirrorgan_tf.config import ConfigError
     from pipelines.prepare import prepare
 
     if cfg.data.dataset != "shapes" and not cfg.data.source:
-        raise ValueError(f"{cfg.data.dir}: no prepared dataset, and data.source is empty; prepare it with "
-                         f"python -m pipelines.prepare --dataset {cfg.data.dataset} --source PATH --out {cfg.data.dir}")
+        raise ConfigError(f"{cfg.data.dir}: no prepared dataset, and data.source is empty; prepare it with "
+                          f"python -m pipelines.prepare --dataset {cfg.data.dataset} --source PATH --out {cfg.data.dir}")
     print(f"data: preparing {cfg.data.dataset} into {cfg.data.dir}", flush=True)
     manifest = prepare(cfg.data.dataset, cfg.data.dir, cfg.data.source or None)
     print(f"data: {manifest['splits']['train']['examples']} training images, "
@@ -49,12 +50,13 @@ def train(cfg, run_dir: str, stage: str = "all", strategy_kind: str = "auto",
     import keras
 
     from mirrorgan_tf import config as config_lib
-    from mirrorgan_tf.distribute import build_strategy
-    from mirrorgan_tf.training import damsm, gan, loop, stream
+    from mirrorgan_tf.distribute import build_strategy, is_chief
+    from mirrorgan_tf.runs import RunDir
+    from mirrorgan_tf.training import damsm, gan, stream
 
     strategy = build_strategy(strategy_kind)
-    chief = loop.is_chief(strategy)
-    run = loop.RunDir(run_dir)
+    chief = is_chief(strategy)
+    run = RunDir(run_dir)
     if chief:
         config_lib.save_config(cfg, run.path("config.yaml"))
     if cfg.train.mixed_precision:
@@ -96,28 +98,28 @@ def main(argv=None) -> int:
     p.add_argument("--strategy", choices=("auto", "one_device", "mirrored", "multi_worker"), default="auto")
     p.add_argument("--export-dir", help="SavedModel base folder (default: saved_models/<run name>)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (bases and --set applied, every key) and exit")
     a = p.parse_args(argv)
-    from mirrorgan_tf.config import ConfigError, load_config
+    from mirrorgan_tf.config import dump_config, load_config
+    from mirrorgan_tf.errors import run_cli
 
-    try:
+    def body() -> int:
         cfg = load_config(a.config, a.overrides)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    run_dir = a.run_dir or os.path.join("runs", os.path.splitext(os.path.basename(a.config))[0])
-    from mirrorgan_tf.data import DataError
-    from mirrorgan_tf.training.loop import NonFiniteLoss
-    from pipelines.source import DatasetError
+        if a.print_config:
+            print(dump_config(cfg), end="")
+            return 0
+        from mirrorgan_tf.training.loop import NonFiniteLoss
 
-    try:
-        train(cfg, run_dir, a.stage, a.strategy, a.export_dir)
-    except NonFiniteLoss as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    except (DataError, DatasetError, FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        run_dir = a.run_dir or os.path.join("runs", os.path.splitext(os.path.basename(a.config))[0])
+        try:
+            train(cfg, run_dir, a.stage, a.strategy, a.export_dir)
+        except NonFiniteLoss as e:  # bad numbers, not bad input: its own status
+            print(f"error: {e}", file=sys.stderr)
+            return 3
+        return 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import argparse
 import sys
 import time
 
+from mirrorgan_tf.errors import run_cli
 from pipelines.source import DatasetError, Problems, Source
 
 DATASETS = ("shapes", "cub", "coco", "captions")
@@ -89,21 +90,21 @@ def main(argv: list[str] | None = None) -> int:
                    help="colour under transparent pixels: a name or #rrggbb (default white)")
     a = p.parse_args(argv)
     start = time.time()
-    try:
+
+    def body() -> int:
         manifest = prepare(a.dataset, a.out, a.source, on_error=a.on_error, shard_size_mb=a.shard_size_mb,
                            workers=a.workers, overwrite=a.overwrite, min_count=a.min_count,
                            num_train=a.num_train, num_test=a.num_test, test_fraction=a.test_fraction,
                            vocab=a.vocab, background=a.background)
-    except DatasetError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    splits = ", ".join(f"{k} {v['examples']} images / {v['captions']} captions in {len(v['shards'])} shard(s)"
-                       for k, v in manifest["splits"].items())
-    print(f"{a.out}: {splits}; vocabulary {manifest['vocab_size']} words; "
-          f"{len(manifest['skipped'])} skipped; {time.time() - start:.1f} s")
-    for s in manifest["skipped"]:
-        print(f"  skipped {s['key']}: {s['file']}: {s['problem']}")
-    return 0
+        splits = ", ".join(f"{k} {v['examples']} images / {v['captions']} captions in {len(v['shards'])} shard(s)"
+                           for k, v in manifest["splits"].items())
+        print(f"{a.out}: {splits}; vocabulary {manifest['vocab_size']} words; "
+              f"{len(manifest['skipped'])} skipped; {time.time() - start:.1f} s")
+        for s in manifest["skipped"]:
+            print(f"  skipped {s['key']}: {s['file']}: {s['problem']}")
+        return 0
+
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from mirrorgan_tf.errors import MirrorganError
+
 NO_CLASS = -1  # same value as mirrorgan_tf.records.NO_CLASS; kept here so readers stay TF-free
 
 
-class DatasetError(ValueError):
+class DatasetError(MirrorganError, ValueError):
     """Bad input: the message names the file and the problem."""
 
 

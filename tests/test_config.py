@@ -1,10 +1,11 @@
 import pytest
 
-from mirrorgan_tf.config import Config, ConfigError, dump_config, load_config, save_config
+from mirrorgan_tf.config import (Config, ConfigError, check_replica_batches, dump_config, load_config,
+                                 save_config, to_dict)
 from tests.conftest import CONFIGS
 
 
-@pytest.mark.parametrize("name", ["shapes", "shapes_smoke", "cub", "coco"])
+@pytest.mark.parametrize("name", ["shapes", "cub"])
 def test_shipped_configs_load_and_state_every_key(name):
     import yaml
 
@@ -13,6 +14,29 @@ def test_shipped_configs_load_and_state_every_key(name):
     resolved = yaml.safe_load(dump_config(cfg))
     # Every file states every key, so reading it shows the whole configuration.
     assert {s: set(v) for s, v in raw.items()} == {s: set(v) for s, v in resolved.items()}
+
+
+@pytest.mark.parametrize("name, base", [("shapes_smoke", "shapes"), ("coco", "cub")])
+def test_derived_configs_list_only_what_differs_from_their_base(name, base):
+    import yaml
+
+    raw = yaml.safe_load(open(CONFIGS / f"{name}.yaml"))
+    assert raw.pop("base") == f"{base}.yaml"
+    parent = to_dict(load_config(CONFIGS / f"{base}.yaml"))
+    stated = [(s, k) for s, section in raw.items() for k in section]
+    assert stated and all(raw[s][k] != parent[s][k] for s, k in stated), "a key restates its base's value"
+    # Resolved, the file is complete: every key of the base, with the stated ones changed.
+    resolved = to_dict(load_config(CONFIGS / f"{name}.yaml"))
+    assert resolved == {s: {k: raw.get(s, {}).get(k, v) for k, v in section.items()} for s, section in parent.items()}
+
+
+def test_coco_is_cub_with_attngans_coco_values():
+    cfg = load_config(CONFIGS / "coco.yaml")
+    assert (cfg.data.dataset, cfg.data.dir, cfg.data.words_num) == ("coco", "data/coco", 12)
+    assert (cfg.model.gf_dim, cfg.model.df_dim, cfg.model.r_num) == (48, 96, 3)
+    assert (cfg.train.batch_size, cfg.train.epochs, cfg.train.stream_weight) == (14, 120, 10.0)
+    assert cfg.damsm.backbone_weights == cfg.stream.backbone_weights == "imagenet"
+    assert cfg.image_sizes == [64, 128, 256] and cfg.model.text_norm == "none"
 
 
 def test_smoke_config_has_the_shape_of_the_default():
@@ -96,3 +120,96 @@ def test_saved_config_round_trips(tmp_path):
     again = load_config(tmp_path / "config.yaml")
     assert again == cfg
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_saved_config_of_a_derived_file_is_complete(tmp_path):
+    import yaml
+
+    cfg = load_config(CONFIGS / "shapes_smoke.yaml", ["train.max_steps=9"])
+    save_config(cfg, str(tmp_path / "config.yaml"))
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert "base" not in saved and {s: set(v) for s, v in saved.items()} == {s: set(v) for s, v in to_dict(Config()).items()}
+    assert load_config(tmp_path / "config.yaml") == cfg and cfg.train.max_steps == 9 and cfg.model.gf_dim == 4
+
+
+def test_a_chain_of_bases_resolves_nearest_last(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.yaml").write_text("base: sub/b.yaml\ntrain:\n  batch_size: 6\n")
+    (tmp_path / "sub" / "b.yaml").write_text("base: ../c.yaml\ntrain:\n  batch_size: 5\n  epochs: 7\n")
+    (tmp_path / "c.yaml").write_text("base: %s\ntrain:\n  epochs: 3\n  seed: 4\n" % (CONFIGS / "shapes.yaml"))
+    cfg = load_config(tmp_path / "a.yaml", ["train.seed=8"])
+    # Each file overrides its base; paths are relative to the file naming them; --set comes last.
+    assert (cfg.train.batch_size, cfg.train.epochs, cfg.train.seed) == (6, 7, 8)
+    assert cfg.data.dataset == "shapes" and cfg.model.gf_dim == 16
+
+
+def test_bad_bases_name_the_file(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("base: nowhere.yaml\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(a)
+    assert f"{a}: base 'nowhere.yaml': no such file ({tmp_path / 'nowhere.yaml'})" == str(e.value)
+    a.write_text("base: b.yaml\n")
+    b.write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(a)
+    assert "the bases form a cycle" in str(e.value) and f"{a} -> {b} -> {a}" in str(e.value)
+    a.write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(a)
+    a.write_text("base: [b.yaml]\n")
+    with pytest.raises(ConfigError, match=r"a.yaml: 'base': expected the path of another config file"):
+        load_config(a)
+    # An error in a base names the base file, not the file that named it.
+    a.write_text("base: b.yaml\n")
+    b.write_text("train:\n  batch_size: many\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(a)
+    assert str(e.value).startswith(f"{b}: 'train.batch_size': expected int, got 'many'")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("data:\n  random_flip: yes_please\n", "'data.random_flip': expected bool, got 'yes_please'"),
+    ("data:\n  random_flip: 0\n", "'data.random_flip': expected bool, got 0 (int)"),
+    ("data:\n  dir: 12\n", "'data.dir': expected str, got 12 (int)"),
+    ("train:\n  batch_size: '8'\n", "'train.batch_size': expected int, got '8' (str)"),
+    ("train:\n  g_learning_rate: fast\n", "'train.g_learning_rate': expected float, got 'fast' (str)"),
+    ("model:\n  text_norm: l2\n", "'model.text_norm': expected one of 'none', 'rms', got 'l2'"),
+    ("- 1\n- 2\n", "'<top level>' must be a mapping"),
+])
+def test_file_values_are_typed_strictly(tmp_path, text, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_config(bad)
+    assert str(e.value).startswith(f"{bad}: ") and message in str(e.value)
+
+
+def test_floats_take_ints_and_exponent_strings():
+    cfg = load_config(CONFIGS / "shapes.yaml", ["train.g_learning_rate=2e-4", "train.kl_weight=2"])
+    assert cfg.train.g_learning_rate == 2e-4 and cfg.train.kl_weight == 2.0 and type(cfg.train.kl_weight) is float
+
+
+def test_a_damsm_batch_needs_a_negative():
+    # One pair per batch: no mismatched caption, both DAMSM losses exactly 0, STEM never learns.
+    with pytest.raises(ConfigError, match=r"damsm.batch_size must be >= 2, got 1"):
+        load_config(CONFIGS / "shapes_smoke.yaml", ["damsm.batch_size=1"])
+    with pytest.raises(ConfigError, match=r"stream.batch_size must be >= 1, got 0"):
+        load_config(CONFIGS / "shapes_smoke.yaml", ["stream.batch_size=0"])
+    assert load_config(CONFIGS / "shapes_smoke.yaml", ["damsm.batch_size=2"]).damsm.batch_size == 2
+
+
+def test_per_replica_batches_are_checked_against_the_replica_count():
+    cfg = load_config(CONFIGS / "shapes_smoke.yaml")  # damsm 8, stream 8, train 4
+    check_replica_batches(cfg, 1)
+    check_replica_batches(cfg, 4)  # damsm 2, stream 2, train 1 per replica
+    with pytest.raises(ConfigError) as e:
+        check_replica_batches(cfg, 8)  # one DAMSM pair per replica: no negative
+    assert "damsm.batch_size=8 over 8 replicas gives 1 per replica" in str(e.value)
+    assert "at least 2" in str(e.value) and "set damsm.batch_size to at least 16" in str(e.value)
+    big = load_config(CONFIGS / "shapes_smoke.yaml", ["damsm.batch_size=16", "stream.batch_size=16"])
+    with pytest.raises(ConfigError, match=r"train.batch_size=4 over 8 replicas gives 0.5 per replica; "
+                                          r"each needs at least 1"):
+        check_replica_batches(big, 8)
+    with pytest.raises(ConfigError, match=r"stream.batch_size=8 is not divisible by the 3 replicas"):
+        check_replica_batches(load_config(CONFIGS / "shapes_smoke.yaml", ["damsm.batch_size=9"]), 3)

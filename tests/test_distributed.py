@@ -35,20 +35,20 @@ MIRRORED = textwrap.dedent("""
     keras.utils.set_random_seed(0)
     # "one_sync": one device with the synchronised BatchNorm layers, which compute the variance as
     # E[x^2] - E[x]^2 (one all-reduce) where plain BatchNorm subtracts the mean first.
-    states = [gan.GanState(cfg, one, vocab), gan.GanState(cfg, one, vocab, sync_batch_norm=True),
-              gan.GanState(cfg, two, vocab)]
+    states = [gan.GanTrainState(cfg, one, vocab), gan.GanTrainState(cfg, one, vocab, sync_batch_norm=True),
+              gan.GanTrainState(cfg, two, vocab)]
     strategies = (one, one, two)
     names = ("one", "one_sync", "two")
 
     def models(state):
-        m = state.models
-        return [m.stem, m.stream_encoder, m.stream_decoder, m.glam, m.glam_ema] + list(m.discriminators)
+        m = state.nets
+        return [m.stem, m.stream_encoder, m.stream_decoder, m.glam, state.glam_ema] + list(m.discriminators)
 
     for other in states[1:]:  # the same starting point
         for a, b in zip(models(states[0]), models(other)):
             for va, vb in zip(a.weights, b.weights):
                 vb.assign(va)
-    glam_weights = len(states[0].models.glam.weights)
+    glam_weights = len(states[0].nets.glam.weights)
     out = {}
     for name, strategy, state in zip(names, strategies, states):
         step = gan.make_train_step(cfg, strategy, state)

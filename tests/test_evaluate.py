@@ -164,6 +164,31 @@ def test_the_2015_inception_graph_loader_batches_and_applies_its_softmax(tmp_pat
         InceptionGraph2015(str(tmp_path / "bad.pb"))
 
 
+def test_each_metric_formats_its_own_result_with_its_image_counts():
+    from mirrorgan_tf.evaluate import table
+    from mirrorgan_tf.metrics import REGISTRY, Metric
+
+    for cls in REGISTRY.values():  # the table has no branch per metric: each brings its own lines
+        assert cls.format is not Metric.format, cls.name
+    fid = {"value": 123.456, "images": 24, "reference_images": 48, "features": "keras.applications.InceptionV3",
+           "note": "not comparable"}
+    from mirrorgan_tf.metrics.fid import small_sample_warning
+
+    lines = table({"fid": {**fid, "warning": small_sample_warning(24, 48)}}).splitlines()
+    assert lines[0] == "fid: 123.46 (24 generated vs 48 real images; keras.applications.InceptionV3)"
+    assert lines[1] == "  note: not comparable"
+    assert lines[2].startswith("  warning: FID from 24 generated vs 48 real images: below 2,048 images")
+    assert "the published protocol uses 30,000 generated images" in lines[2]
+    assert small_sample_warning(30_000, 2_048) is None and small_sample_warning(2_047, 30_000) is not None
+    is_ = {"value": 3.21, "std": 0.1, "splits": 10, "images": 40, "real": {"value": 4.5, "std": 0.2, "images": 48}}
+    assert table({"is": is_}) == "is: 3.210 +- 0.100 (10 splits of 40 images); 48 real images 4.500 +- 0.200"
+    rp = {"value": 0.5, "std": 0.25, "folds": 2, "images": 24, "real": {"value": 0.875, "std": 0.0}}
+    assert table({"r_precision": rp}) == "r_precision: 50.00 +- 25.00 % over 2 folds of 24 images; real images 87.50 +- 0.00 %"
+    acc = {"value": {"seen": {"colour": 0.5, "all": 0.25, "images": 4}},
+           "real": {"value": {"seen": {"colour": 1.0, "all": 0.9, "images": 48}}}}
+    assert table({"attributes": acc}).splitlines()[0] == "attributes/seen [4 images]: colour 50.0 % (100.0 %), all 25.0 % (90.0 %)"
+
+
 # --- the commands on the smoke run ---------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -202,8 +227,30 @@ def test_evaluate_prints_a_table_and_writes_metrics_json_with_settings(evaluated
     assert np.isfinite(fid["value"]) and fid["value"] >= 0 and fid["features"] == "keras.applications.InceptionV3"
     assert fid["reference_images"] == 48 and os.path.exists(fid["reference_cache"])
     assert "not comparable" in fid["note"]
-    for text in ("attributes/seen", "r_precision:", "fid:", "written to"):
+    for text in ("attributes/seen", "r_precision:", "fid:", "written to", "(24 generated vs 48 real images;",
+                 "warning: FID from 24 generated vs 48 real images"):
         assert text in stdout
+
+
+def test_evaluation_does_not_depend_on_the_batch_size(evaluated):
+    from mirrorgan_tf.evaluate import evaluate, parse
+
+    run_dir, _, first, _, weights = evaluated
+    # 24 images in batches of 5: the last batch holds 4, and must count like the others.
+    again = evaluate(parse(["--run-dir", str(run_dir), "--num-images", "24", "--folds", "2", "--classifier-steps",
+                            "20", "--inception-weights", str(weights), "--batch-size", "5"]))
+    assert set(again) == set(first["test"])
+    for name, r in again.items():
+        before = first["test"][name]
+        assert r["settings"]["images"] == before["settings"]["images"] == 24, name
+        if name == "attributes":
+            assert r["value"] == before["value"] and r["real"] == before["real"]
+        elif name == "r_precision":
+            assert (r["value"], r["per_fold"], r["real"]) == (before["value"], before["per_fold"], before["real"])
+        else:
+            assert (r["images"], r["reference_images"]) == (24, 48)
+            assert r["value"] == pytest.approx(before["value"], rel=1e-4)
+            assert "warning" in r and "24 generated vs 48 real" in r["warning"]
 
 
 def test_evaluate_is_reproducible_for_a_seed(evaluated):

@@ -13,7 +13,7 @@ import pytest
 import tensorflow as tf
 
 from mirrorgan_tf.config import load_config
-from mirrorgan_tf.training import loop
+from mirrorgan_tf.runs import RunDir
 from tests.conftest import CONFIGS, REPO, smoke_train
 
 
@@ -101,10 +101,13 @@ def test_sigkill_mid_stage_resumes_from_the_last_checkpoint(prepared_shapes, tmp
     from mirrorgan_tf.training import damsm
 
     cfg = _smoke(prepared_shapes, f"damsm.max_steps={saved}")
-    result = damsm.train(cfg, loop.RunDir(str(run_dir)), build_strategy("one_device"))
+    result = damsm.train(cfg, RunDir(str(run_dir)), build_strategy("one_device"))
     assert (result.start, result.steps) == (saved, saved)  # nothing to do but restore
     resumed = result.checkpoint
-    fresh_stem, fresh_encoder = damsm.build(cfg, json.loads((prepared_shapes / "manifest.json").read_text())["vocab_size"])
+    from mirrorgan_tf.models.networks import build_damsm_image_encoder, build_stem
+
+    fresh_stem = build_stem(cfg, json.loads((prepared_shapes / "manifest.json").read_text())["vocab_size"])
+    fresh_encoder = build_damsm_image_encoder(cfg)
     tf.train.Checkpoint(stem=fresh_stem, image_encoder=fresh_encoder).restore(latest).expect_partial()
     for a, b in zip(resumed.stem.weights + resumed.image_encoder.weights, fresh_stem.weights + fresh_encoder.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())

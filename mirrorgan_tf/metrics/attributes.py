@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 
 import keras
 import numpy as np
@@ -30,7 +29,8 @@ import tensorflow as tf
 from keras import layers
 
 from mirrorgan_tf import data
-from mirrorgan_tf.metrics.base import EvalError, Metric
+from mirrorgan_tf.images import atomic_write, staged
+from mirrorgan_tf.metrics.base import EvalError, Metric, percent
 
 SIZE = 64  # every image is read at this size: enough to see a small shape (14 px across)
 TRAIN_STEPS = 500
@@ -153,13 +153,9 @@ def train_classifier(cfg, manifest, path: str, steps: int = TRAIN_STEPS, seed: i
     info = {"attributes": names, "image_size": SIZE, "train_steps": steps, "batch_size": BATCH,
             "seed": seed, "trained_on": "real train split", "design": DESIGN,
             "real_test_accuracy": accuracies(predicted, truth, names, unseen_mask(manifest, truth))}
-    tf.io.gfile.makedirs(os.path.dirname(path))
-    tag = secrets.token_hex(4)
-    model.save_weights(f"{path}.incomplete-{tag}.weights.h5")
-    with open(f"{path}.incomplete-{tag}.json", "w") as f:
-        json.dump(info, f, indent=2)
-    os.replace(f"{path}.incomplete-{tag}.weights.h5", f"{path}.weights.h5")
-    os.replace(f"{path}.incomplete-{tag}.json", f"{path}.json")  # written last: marks a complete cache
+    with staged(f"{path}.weights.h5") as tmp:
+        model.save_weights(tmp)
+    atomic_write(f"{path}.json", json.dumps(info, indent=2))  # written last: marks a complete cache
     return info
 
 
@@ -203,3 +199,13 @@ class AttributeAccuracy(Metric):
                 "images": len(ctx.rows), "classifier": self.path,
                 "real": {"value": self.info["real_test_accuracy"],
                          "what": "the classifier on the real test images: the ceiling"}}
+
+    @staticmethod
+    def format(r):
+        lines = []
+        for group, acc in r["value"].items():
+            ceiling = r["real"]["value"].get(group, {})
+            cells = ", ".join(f"{k} {percent(v)} ({percent(ceiling[k])})" for k, v in acc.items()
+                              if k != "images" and k in ceiling)
+            lines.append(f"attributes/{group} [{acc['images']} images]: {cells}")
+        return lines + ["  (in brackets: the same classifier on real test images)"]

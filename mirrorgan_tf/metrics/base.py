@@ -6,8 +6,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mirrorgan_tf.errors import MirrorganError
 
-class EvalError(ValueError):
+
+class EvalError(MirrorganError, ValueError):
     """Evaluation cannot start: names the argument, file or run that is wrong."""
 
 
@@ -50,6 +52,18 @@ class Metric:
     def result(self) -> dict:
         """{"value": ..., ... settings ...} for the generated images, and "real" where it applies."""
         raise NotImplementedError
+
+    @staticmethod
+    def format(result: dict) -> list[str]:
+        """`result` (as `result()` returned it, or as read back from metrics.json) as the lines
+        the evaluation table prints: the figures with the image counts behind them, then any note
+        or warning, indented."""
+        raise NotImplementedError
+
+
+def percent(value: float, std: float | None = None) -> str:
+    """A rate in [0, 1] as a percentage: "87.5 %", or "87.50 +- 2.10 %" with a spread."""
+    return f"{100 * value:.2f} +- {100 * std:.2f} %" if std is not None else f"{100 * value:.1f} %"
 
 
 def mean_std(values) -> tuple[float, float]:

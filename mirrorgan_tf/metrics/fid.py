@@ -4,21 +4,42 @@ d^2 = |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)). tr((S1 S2)^(1/2)) is the su
 roots of the eigenvalues of S1^(1/2) S2 S1^(1/2), which is symmetric positive semi-definite, so
 only symmetric eigendecompositions are needed (no complex sqrtm and its imaginary residue).
 Reference statistics are cached per dataset, split, image size and feature extractor.
+
+FID is biased upward at small sample sizes, and strongly below the feature size (2,048 for the
+Inception pool features), where the covariance estimate is rank-deficient: two samples of one
+2,048-d standard Gaussian (true distance 0) score 6,116 at N = 2, 3,654 at N = 50, 1,027 at
+N = 2,048 and 350 at N = 6,000 (numpy seed 0). Figures are only
+comparable at equal image counts, so every result carries both counts, and a warning below
+MIN_IMAGES (the published protocol generates 30,000 images).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
-import secrets
 
 import numpy as np
 import tensorflow as tf
 
 from mirrorgan_tf import data
+from mirrorgan_tf.images import atomic_write
 from mirrorgan_tf.metrics import inception
 from mirrorgan_tf.metrics.base import EvalError, Metric
+
+
+MIN_IMAGES = 2048  # the Inception pool feature size: fewer images give a rank-deficient covariance
+PUBLISHED_IMAGES = 30_000
+
+
+def small_sample_warning(generated: int, real: int) -> str | None:
+    """The warning a FID figure from `generated` vs `real` images needs, or None."""
+    if min(generated, real) >= MIN_IMAGES:
+        return None
+    return (f"FID from {generated:,} generated vs {real:,} real images: below {MIN_IMAGES:,} images the covariance "
+            f"is rank-deficient and FID is biased upward (by thousands at a handful of images), so compare only "
+            f"figures from the same counts; the published protocol uses {PUBLISHED_IMAGES:,} generated images")
 
 
 def statistics(features) -> tuple[np.ndarray, np.ndarray]:
@@ -75,21 +96,30 @@ class FID(Metric):
         feats = [self.extractor(b["images"].numpy())[0] for b in data.eval_images(ctx.cfg, ctx.split, ctx.batch_size)]
         mu, sigma = statistics(np.concatenate(feats))
         count = sum(len(f) for f in feats)
-        tf.io.gfile.makedirs(os.path.dirname(path))
-        tmp = f"{path}.incomplete-{secrets.token_hex(4)}.npz"
-        np.savez(tmp, mu=mu, sigma=sigma, count=count,
+        buffer = io.BytesIO()
+        np.savez(buffer, mu=mu, sigma=sigma, count=count,
                  about=json.dumps({"split": ctx.split, "extractor": self.extractor.source}))
-        os.replace(tmp, path)
+        atomic_write(path, buffer.getvalue())
         return mu, sigma, count
 
     def update(self, images, samples):
         self.features.append(self.extractor(images)[0])
 
     def result(self):
-        mu, sigma = statistics(np.concatenate(self.features))
+        features = np.concatenate(self.features)
+        mu, sigma = statistics(features)
         ref_mu, ref_sigma, count = self.reference
-        return {"value": frechet_distance(mu, sigma, ref_mu, ref_sigma), "images": len(self.ctx.rows),
+        warning = small_sample_warning(len(features), count)
+        return {"value": frechet_distance(mu, sigma, ref_mu, ref_sigma), "images": len(features),
                 "reference_images": count, "features": self.extractor.source, "weights": self.extractor.path,
                 "reference_cache": self._cache_path(),
                 **({"note": "keras.applications weights: not comparable with published FID"}
-                   if self.extractor.source.startswith("keras") else {})}
+                   if self.extractor.source.startswith("keras") else {}),
+                **({"warning": warning} if warning else {})}
+
+    @staticmethod
+    def format(r):
+        lines = [f"fid: {r['value']:.2f} ({r['images']} generated vs {r['reference_images']} real images; "
+                 f"{r['features']})"]
+        lines += [f"  note: {r['note']}"] if "note" in r else []
+        return lines + ([f"  warning: {r['warning']}"] if "warning" in r else [])

@@ -74,10 +74,19 @@ class InceptionScore(Metric):
     def result(self):
         from mirrorgan_tf import data
 
-        mean, std = inception_score(np.concatenate(self.probabilities), self.splits)
+        generated = np.concatenate(self.probabilities)
+        mean, std = inception_score(generated, self.splits)
         ctx = self.ctx
         real = [self.classifier(b["images"].numpy())[1] for b in data.eval_images(ctx.cfg, ctx.split, ctx.batch_size)]
-        real_mean, real_std = inception_score(np.concatenate(real), self.splits)
-        return {"value": mean, "std": std, "splits": self.splits, "images": len(ctx.rows),
+        real = np.concatenate(real)
+        real_mean, real_std = inception_score(real, self.splits)
+        return {"value": mean, "std": std, "splits": self.splits, "images": len(generated),
                 "classifier": self.path, "classifier_kind": self.classifier.source,
-                "real": {"value": real_mean, "std": real_std, "what": "the split's real images"}}
+                "real": {"value": real_mean, "std": real_std, "images": len(real), "what": "the split's real images"}}
+
+    @staticmethod
+    def format(r):
+        real = r["real"]
+        count = f"{real['images']} " if "images" in real else ""  # older metrics.json files lack it
+        return [f"is: {r['value']:.3f} +- {r['std']:.3f} ({r['splits']} splits of {r['images']} images); "
+                f"{count}real images {real['value']:.3f} +- {real['std']:.3f}"]

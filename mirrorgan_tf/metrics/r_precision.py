@@ -15,10 +15,9 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from mirrorgan_tf import data
+from mirrorgan_tf import data, runs
 from mirrorgan_tf.config import load_config
-from mirrorgan_tf.metrics.base import EvalError, Metric, mean_std
-from mirrorgan_tf.training import loop
+from mirrorgan_tf.metrics.base import EvalError, Metric, mean_std, percent
 
 CANDIDATES = 100
 
@@ -76,20 +75,17 @@ class RPrecision(Metric):
         self.damsm_cfg = ctx.cfg if self.own else load_config(config_path)
         configured = self.damsm_cfg.damsm.checkpoint if self.own else ""
         self.checkpoint_path = configured or os.path.join(root, "damsm")
-        if loop.find_checkpoint(self.checkpoint_path, "damsm") is None:
+        if runs.find_checkpoint(self.checkpoint_path, "damsm") is None:
             raise EvalError(f"{self.checkpoint_path}: no DAMSM checkpoint for R-precision "
                             f"(train the damsm stage, or give --damsm-run)")
 
     def prepare(self):
-        from mirrorgan_tf.training import damsm as damsm_training
-
         ctx = self.ctx
         vocab = data.vocab_size(ctx.cfg)
         if data.vocab_size(self.damsm_cfg) != vocab:
             raise EvalError(f"--damsm-run: its vocabulary ({data.vocab_size(self.damsm_cfg)} words) is not the "
                             f"run's ({vocab}); a DAMSM must share the generator's vocabulary")
-        self.stem, self.encoder = damsm_training.build(self.damsm_cfg, vocab)
-        loop.restore_weights(self.checkpoint_path, "damsm", stem=self.stem, image_encoder=self.encoder)
+        self.stem, self.encoder = runs.restore_damsm(self.damsm_cfg, vocab, self.checkpoint_path)
         self.sentences = self._sentence_codes(ctx.all_pairs)
         rng = np.random.default_rng(ctx.seed)
         a = ctx.all_pairs
@@ -129,3 +125,9 @@ class RPrecision(Metric):
             **({"note": "scored with the DAMSM whose STEM the generator was trained on: it flatters the run; "
                         "--damsm-run takes an independently trained one"} if self.own else {}),
         }
+
+    @staticmethod
+    def format(r):
+        lines = [f"r_precision: {percent(r['value'], r['std'])} over {r['folds']} folds of {r['images']} images; "
+                 f"real images {percent(r['real']['value'], r['real']['std'])}"]
+        return lines + ([f"  note: {r['note']}"] if "note" in r else [])

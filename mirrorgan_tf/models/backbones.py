@@ -464,10 +464,11 @@ class SmallCNN(keras.Model):
     the position: without them the 128 px STREAM captioner could not tell left from right, gave
     the generator no gradient for it, and generated positions stayed at chance (measured)."""
 
-    def __init__(self, width: int, name: str = "cnn", **kwargs):
+    def __init__(self, width: int, name: str = "cnn", sync_batch_norm: bool = False, **kwargs):
         super().__init__(name=name, **kwargs)
         self.blocks = LayerSequence(self, "block", [
-            keras.Sequential([conv(width * 2**i, 3, strides=2), batch_norm(), layers.LeakyReLU(0.2)],
+            keras.Sequential([conv(width * 2**i, 3, strides=2), batch_norm(sync_batch_norm=sync_batch_norm),
+                              layers.LeakyReLU(0.2)],
                              name=f"block{i + 1}") for i in range(4)])
         self.pool = layers.GlobalAveragePooling2D()
 

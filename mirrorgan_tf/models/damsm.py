@@ -33,8 +33,8 @@ class DamsmImageEncoder(keras.Model):
     backbones.resize_bilinear)."""
 
     def __init__(self, embedding_dim: int = 256, backbone: str = "inception_v3", backbone_weights: str = "",
-                 image_size: int = 299, cnn_width: int = 32, name: str = "damsm_image_encoder",
-                 align_corners: bool = False, **kwargs):
+                 image_size: int = 299, cnn_width: int = 32, sync_batch_norm: bool = False,
+                 name: str = "damsm_image_encoder", align_corners: bool = False, **kwargs):
         super().__init__(name=name, **kwargs)
         self.image_size = image_size
         self.align_corners = align_corners
@@ -43,18 +43,13 @@ class DamsmImageEncoder(keras.Model):
                 raise ValueError(f"damsm.image_size must be 299 for the inception_v3 backbone, got {image_size}")
             self.backbone = backbones.inception_v3_regions_and_code(backbone_weights)
         elif backbone == "cnn":
-            self.backbone = backbones.SmallCNN(cnn_width)
+            self.backbone = backbones.SmallCNN(cnn_width, sync_batch_norm=sync_batch_norm)
         else:
             raise ValueError(f"damsm.backbone must be 'inception_v3' or 'cnn', got {backbone!r}")
         init = keras.initializers.RandomUniform(-0.1, 0.1)
         self.emb_features = layers.Conv2D(embedding_dim, 1, use_bias=False, kernel_initializer=init,
                                           name="emb_features")
         self.emb_cnn_code = layers.Dense(embedding_dim, kernel_initializer=init, name="emb_cnn_code")
-
-    @classmethod
-    def from_config_obj(cls, cfg):
-        d = cfg.damsm
-        return cls(cfg.model.embedding_dim, d.backbone, d.backbone_weights, d.image_size, d.cnn_width)
 
     def call(self, images, training=None):
         x = backbones.resize_bilinear(ops.cast(images, "float32"), self.image_size, self.align_corners)

@@ -19,20 +19,25 @@ from mirrorgan_tf.models.layers import Block3x3LeakyReLU, DownBlock, batch_norm,
 from mirrorgan_tf.models.stem import check_text_norm, normalize_text
 
 
-def _encode_x16(df_dim: int) -> keras.Sequential:
+def _encode_x16(df_dim: int, sync_batch_norm: bool = False) -> keras.Sequential:
+    def bn():
+        return batch_norm(sync_batch_norm=sync_batch_norm)
+
     return keras.Sequential([
         conv(df_dim, 4, strides=2), layers.LeakyReLU(0.2),
-        conv(df_dim * 2, 4, strides=2), batch_norm(), layers.LeakyReLU(0.2),
-        conv(df_dim * 4, 4, strides=2), batch_norm(), layers.LeakyReLU(0.2),
-        conv(df_dim * 8, 4, strides=2), batch_norm(), layers.LeakyReLU(0.2),
+        conv(df_dim * 2, 4, strides=2), bn(), layers.LeakyReLU(0.2),
+        conv(df_dim * 4, 4, strides=2), bn(), layers.LeakyReLU(0.2),
+        conv(df_dim * 8, 4, strides=2), bn(), layers.LeakyReLU(0.2),
     ], name="img_code_s16")
 
 
 class Logits(layers.Layer):
-    def __init__(self, df_dim: int, kernel: int, conditional: bool, name: str, text_norm: str = "none"):
+    def __init__(self, df_dim: int, kernel: int, conditional: bool, name: str, text_norm: str = "none",
+                 sync_batch_norm: bool = False):
         super().__init__(name=name)
         self.text_norm = check_text_norm(text_norm)
-        self.joint = Block3x3LeakyReLU(df_dim * 8, name="joint_conv") if conditional else None
+        self.joint = (Block3x3LeakyReLU(df_dim * 8, name="joint_conv", sync_batch_norm=sync_batch_norm)
+                      if conditional else None)
         # PyTorch's default Conv2d has a bias here (and only here in D).
         self.out = layers.Conv2D(1, kernel, strides=kernel, padding="valid", use_bias=True,
                                  kernel_initializer=keras.initializers.Orthogonal(), name="outlogits")
@@ -52,16 +57,19 @@ class Discriminator(keras.Model):
     sentences."""
 
     def __init__(self, stage: int, df_dim: int = 64, base_size: int = 64, text_norm: str = "none", name=None,
-                 **kwargs):
+                 sync_batch_norm: bool = False, **kwargs):
         super().__init__(name=name or f"d{base_size * 2**stage}", **kwargs)
-        blocks = [_encode_x16(df_dim)]
-        blocks += [DownBlock(df_dim * 16 * 2**i, name=f"img_code_s{32 * 2**i}") for i in range(stage)]
-        blocks += [Block3x3LeakyReLU(df_dim * 8 * 2 ** (stage - 1 - i), name=f"img_code_down{i + 1}")
+        sync = sync_batch_norm
+        blocks = [_encode_x16(df_dim, sync)]
+        blocks += [DownBlock(df_dim * 16 * 2**i, name=f"img_code_s{32 * 2**i}", sync_batch_norm=sync)
                    for i in range(stage)]
+        blocks += [Block3x3LeakyReLU(df_dim * 8 * 2 ** (stage - 1 - i), name=f"img_code_down{i + 1}",
+                                     sync_batch_norm=sync) for i in range(stage)]
         self.encoder = keras.Sequential(blocks, name="encoder")
         kernel = base_size // 16
         self.uncond = Logits(df_dim, kernel, conditional=False, name="uncond_dnet")
-        self.cond = Logits(df_dim, kernel, conditional=True, name="cond_dnet", text_norm=text_norm)
+        self.cond = Logits(df_dim, kernel, conditional=True, name="cond_dnet", text_norm=text_norm,
+                           sync_batch_norm=sync)
 
     def encode(self, images, training=None):
         return self.encoder(images, training=training)
@@ -76,7 +84,3 @@ class Discriminator(keras.Model):
         h = self.encode(images, training=training)
         return self.uncond_logits(h, training=training), self.cond_logits(h, sentence, training=training)
 
-
-def build_discriminators(cfg) -> list[Discriminator]:
-    m = cfg.model
-    return [Discriminator(i, m.df_dim, m.base_size, m.text_norm) for i in range(m.stages)]

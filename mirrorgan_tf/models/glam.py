@@ -41,16 +41,17 @@ class ConditioningAugmentation(layers.Layer):
 
 
 class InitStage(layers.Layer):
-    def __init__(self, gf_dim: int, base_size: int, name: str = "h_net1"):
+    def __init__(self, gf_dim: int, base_size: int, name: str = "h_net1", sync_batch_norm: bool = False):
         super().__init__(name=name)
         ups = int(math.log2(base_size // 4))
         if 4 * 2**ups != base_size:
             raise ValueError(f"base_size must be 4 x a power of two, got {base_size}")
         self.channels = gf_dim * 2**ups  # 16 x gf at 64 px, as the original
         self.fc = dense(self.channels * 4 * 4 * 2, use_bias=False, name="fc")
-        self.bn = batch_norm(name="fc_bn")
-        self.ups = LayerSequence(self, "upsample", [UpBlock(self.channels // 2 ** (i + 1), name=f"upsample{i + 1}")
-                                                    for i in range(ups)])
+        self.bn = batch_norm(name="fc_bn", sync_batch_norm=sync_batch_norm)
+        self.ups = LayerSequence(self, "upsample", [
+            UpBlock(self.channels // 2 ** (i + 1), name=f"upsample{i + 1}", sync_batch_norm=sync_batch_norm)
+            for i in range(ups)])
 
     def call(self, z, c, training=None):
         x = glu(self.bn(self.fc(ops.concatenate([c, ops.cast(z, c.dtype)], axis=-1)), training=training))
@@ -62,14 +63,14 @@ class InitStage(layers.Layer):
 
 
 class NextStage(layers.Layer):
-    def __init__(self, gf_dim: int, r_num: int, softmax_over: str, name: str):
+    def __init__(self, gf_dim: int, r_num: int, softmax_over: str, name: str, sync_batch_norm: bool = False):
         super().__init__(name=name)
         self.word_attention = WordAttention(gf_dim)
         self.sentence_attention = SentenceAttention(gf_dim, softmax_over)
         self.joint = conv(gf_dim * 2, 1, name="conv")
-        self.residual = LayerSequence(self, "residual", [ResBlock(gf_dim * 2, name=f"residual{i + 1}")
-                                                         for i in range(r_num)])
-        self.up = UpBlock(gf_dim, name="upsample")
+        self.residual = LayerSequence(self, "residual", [
+            ResBlock(gf_dim * 2, name=f"residual{i + 1}", sync_batch_norm=sync_batch_norm) for i in range(r_num)])
+        self.up = UpBlock(gf_dim, name="upsample", sync_batch_norm=sync_batch_norm)
 
     def call(self, h, sentence, words, mask, training=None):
         word_context, word_attn = self.word_attention(h, words, mask)
@@ -99,12 +100,16 @@ class GLAM(keras.Model):
         word_attention   list (one per stage after the first) of float32 [B, H, W, T]
         sentence_attention  likewise, float32 [B, H, W, C]
         mu, logvar       float32 [B, condition_dim], for the KL term
+
+    `seed` seeds the conditioning augmentation's own noise (drawn when no eps is given);
+    `sync_batch_norm` all-reduces every BatchNorm's statistics across replicas. Build it from a
+    config with `models.networks.build_glam`.
     """
 
     def __init__(self, stages: int = 3, base_size: int = 64, gf_dim: int = 32, z_dim: int = 100,
                  condition_dim: int = 100, r_num: int = 2, global_attention_softmax: str = "positions",
                  global_attention_input: str = "condition", text_norm: str = "none", seed=None,
-                 name: str = "glam", **kwargs):
+                 sync_batch_norm: bool = False, name: str = "glam", **kwargs):
         super().__init__(name=name, **kwargs)
         if global_attention_input not in ("condition", "sentence"):
             raise ValueError(f"global_attention_input must be 'condition' or 'sentence', got {global_attention_input!r}")
@@ -112,16 +117,11 @@ class GLAM(keras.Model):
         self.global_attention_input = global_attention_input
         self.text_norm = check_text_norm(text_norm)
         self.ca = ConditioningAugmentation(condition_dim, seed=seed)
-        self.init_stage = InitStage(gf_dim, base_size)
+        self.init_stage = InitStage(gf_dim, base_size, sync_batch_norm=sync_batch_norm)
         self.next_stages = LayerSequence(self, "next_stage", [
-            NextStage(gf_dim, r_num, global_attention_softmax, name=f"h_net{i + 2}") for i in range(stages - 1)])
+            NextStage(gf_dim, r_num, global_attention_softmax, name=f"h_net{i + 2}", sync_batch_norm=sync_batch_norm)
+            for i in range(stages - 1)])
         self.heads = LayerSequence(self, "img_net", [ImageHead(name=f"img_net{i + 1}") for i in range(stages)])
-
-    @classmethod
-    def from_config_obj(cls, cfg, seed=None):
-        m = cfg.model
-        return cls(m.stages, m.base_size, m.gf_dim, m.z_dim, m.condition_dim, m.r_num,
-                   m.global_attention_softmax, m.global_attention_input, m.text_norm, seed=seed)
 
     def call(self, z, sentence, words, mask, eps=None, training=None):
         words, sentence = normalize_text(words, self.text_norm), normalize_text(sentence, self.text_norm)

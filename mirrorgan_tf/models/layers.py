@@ -6,8 +6,6 @@ published configuration has the published parameter counts.
 
 from __future__ import annotations
 
-import contextlib
-
 import keras
 from keras import layers, ops
 
@@ -17,26 +15,14 @@ def kernel_init():
     return keras.initializers.Orthogonal()
 
 
-_SYNC_BN = [False]
-
-
-@contextlib.contextmanager
-def synchronized_batch_norm(enabled: bool = True):
-    """Networks built inside this context all-reduce their BatchNorm statistics across replicas,
-    so several replicas normalise exactly as one device does on the global batch."""
-    previous = _SYNC_BN[0]
-    _SYNC_BN[0] = enabled
-    try:
-        yield
-    finally:
-        _SYNC_BN[0] = previous
-
-
-def batch_norm(name=None, **kwargs):
-    # PyTorch's momentum 0.1 (weight of the new batch) is Keras' 0.9; eps 1e-5 as PyTorch.
+def batch_norm(name=None, sync_batch_norm: bool = False, **kwargs):
+    """BatchNorm as the reference: PyTorch's momentum 0.1 (weight of the new batch) is Keras' 0.9;
+    eps 1e-5 as PyTorch. With `sync_batch_norm` the batch statistics are all-reduced across the
+    replicas of a tf.distribute strategy, so several replicas normalise exactly as one device
+    does on the global batch (Keras' `synchronized=True`)."""
     kwargs.setdefault("gamma_initializer", keras.initializers.RandomNormal(1.0, 0.02))
     return layers.BatchNormalization(momentum=kwargs.pop("momentum", 0.9), epsilon=1e-5,
-                                     synchronized=_SYNC_BN[0], name=name, **kwargs)
+                                     synchronized=sync_batch_norm, name=name, **kwargs)
 
 
 def conv(filters, kernel_size, strides=1, use_bias=False, name=None, **kwargs):
@@ -62,11 +48,11 @@ class GLU(layers.Layer):
 class UpBlock(keras.Sequential):
     """Nearest x2 upsampling -> conv3x3 (2 x out) -> BN -> GLU: doubles the size, `out` channels."""
 
-    def __init__(self, out_channels, name=None):
+    def __init__(self, out_channels, name=None, sync_batch_norm: bool = False):
         super().__init__([
             layers.UpSampling2D(2, interpolation="nearest"),
             conv(out_channels * 2, 3),
-            batch_norm(),
+            batch_norm(sync_batch_norm=sync_batch_norm),
             GLU(),
         ], name=name)
 
@@ -74,9 +60,10 @@ class UpBlock(keras.Sequential):
 class ResBlock(layers.Layer):
     """conv3x3 (C -> 2C) -> BN -> GLU -> conv3x3 (C -> C) -> BN, plus the input."""
 
-    def __init__(self, channels, name=None):
+    def __init__(self, channels, name=None, sync_batch_norm: bool = False):
         super().__init__(name=name)
-        self.body = keras.Sequential([conv(channels * 2, 3), batch_norm(), GLU(), conv(channels, 3), batch_norm()])
+        self.body = keras.Sequential([conv(channels * 2, 3), batch_norm(sync_batch_norm=sync_batch_norm), GLU(),
+                                      conv(channels, 3), batch_norm(sync_batch_norm=sync_batch_norm)])
 
     def call(self, x, training=None):
         return x + self.body(x, training=training)
@@ -85,15 +72,17 @@ class ResBlock(layers.Layer):
 class DownBlock(keras.Sequential):
     """conv4x4 stride 2 -> BN -> LeakyReLU(0.2): halves the size."""
 
-    def __init__(self, out_channels, name=None):
-        super().__init__([conv(out_channels, 4, strides=2), batch_norm(), layers.LeakyReLU(0.2)], name=name)
+    def __init__(self, out_channels, name=None, sync_batch_norm: bool = False):
+        super().__init__([conv(out_channels, 4, strides=2), batch_norm(sync_batch_norm=sync_batch_norm),
+                          layers.LeakyReLU(0.2)], name=name)
 
 
 class Block3x3LeakyReLU(keras.Sequential):
     """conv3x3 -> BN -> LeakyReLU(0.2): keeps the size."""
 
-    def __init__(self, out_channels, name=None):
-        super().__init__([conv(out_channels, 3), batch_norm(), layers.LeakyReLU(0.2)], name=name)
+    def __init__(self, out_channels, name=None, sync_batch_norm: bool = False):
+        super().__init__([conv(out_channels, 3), batch_norm(sync_batch_norm=sync_batch_norm),
+                          layers.LeakyReLU(0.2)], name=name)
 
 
 class LayerSequence:

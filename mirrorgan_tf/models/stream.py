@@ -26,7 +26,8 @@ class StreamEncoder(keras.Model):
 
     def __init__(self, embedding_dim: int = 256, backbone: str = "resnet152", backbone_weights: str = "",
                  image_size: int = 224, bn_momentum: float = 0.01, imagenet_normalize: bool = True,
-                 cnn_width: int = 32, name: str = "stream_encoder", align_corners: bool = False, **kwargs):
+                 cnn_width: int = 32, sync_batch_norm: bool = False, name: str = "stream_encoder",
+                 align_corners: bool = False, **kwargs):
         super().__init__(name=name, **kwargs)
         self.image_size = image_size
         self.align_corners = align_corners
@@ -35,17 +36,12 @@ class StreamEncoder(keras.Model):
         if backbone == "resnet152":
             self.backbone = backbones.resnet152_code(backbone_weights)
         elif backbone == "cnn":
-            self.backbone = backbones.SmallCNN(cnn_width)
+            self.backbone = backbones.SmallCNN(cnn_width, sync_batch_norm=sync_batch_norm)
         else:
             raise ValueError(f"stream.backbone must be 'resnet152' or 'cnn', got {backbone!r}")
         self.linear = layers.Dense(embedding_dim, name="linear")
-        self.bn = batch_norm(momentum=1.0 - bn_momentum, gamma_initializer="ones", name="bn")
-
-    @classmethod
-    def from_config_obj(cls, cfg):
-        s = cfg.stream
-        return cls(s.embedding_dim, s.backbone, s.backbone_weights, s.image_size, s.bn_momentum,
-                   s.imagenet_normalize, s.cnn_width)
+        self.bn = batch_norm(momentum=1.0 - bn_momentum, gamma_initializer="ones", name="bn",
+                             sync_batch_norm=sync_batch_norm)
 
     def preprocess(self, images):
         x = backbones.resize_bilinear(ops.cast(images, "float32"), self.image_size, self.align_corners)
@@ -74,11 +70,6 @@ class StreamDecoder(keras.Model):
         self.embed = layers.Embedding(vocab_size, embedding_dim, name="embed")
         self.lstm = layers.LSTM(hidden_dim, return_sequences=True, return_state=True, name="lstm")
         self.linear = layers.Dense(vocab_size, name="linear")
-
-    @classmethod
-    def from_config_obj(cls, cfg, vocab_size):
-        s = cfg.stream
-        return cls(vocab_size, s.embedding_dim, s.hidden_dim, s.max_len)
 
     def call(self, features, caption_ids, training=None):
         """Teacher forcing. features [B, E], caption_ids [B, T] -> float32 logits [B, T + 1, V]:

@@ -14,16 +14,12 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 
 import keras
 import tensorflow as tf
 
-from mirrorgan_tf import data, text
-from mirrorgan_tf.config import load_config
-from mirrorgan_tf.models.glam import GLAM
-from mirrorgan_tf.models.networks import stem_from_config
-from mirrorgan_tf.training import loop
+from mirrorgan_tf import images, runs, text
+from mirrorgan_tf.models.networks import generate
 
 
 class ServingGraph:
@@ -36,7 +32,9 @@ class ServingGraph:
         self.z_dim = cfg.model.z_dim
         self.condition_dim = cfg.model.condition_dim
 
-    def _encode(self, captions):
+    def _ids(self, captions):
+        """captions tf.string [N] -> (ids int32 [N, words_num], lengths int32 [N]); an
+        INVALID_ARGUMENT error names the captions with no word in the vocabulary."""
         ids = self.tokenizer(captions)
         lengths = tf.cast(ids.row_lengths(), tf.int32)
         empty = tf.boolean_mask(captions, tf.equal(lengths, 0))
@@ -45,12 +43,11 @@ class ServingGraph:
         with tf.control_dependencies([check]):
             lengths = tf.minimum(lengths, self.words_num)
         padded = ids[:, : self.words_num].to_tensor(default_value=text.END_ID, shape=[None, self.words_num])
-        return self.stem(tf.cast(padded, tf.int32), lengths, training=False)
+        return tf.cast(padded, tf.int32), lengths
 
     def _images(self, captions, noise, eps):
-        words, sentence, mask = self._encode(captions)
-        out = self.glam(noise, sentence, words, mask, eps=eps, training=False)
-        return tf.cast(tf.clip_by_value((out["images"][-1] + 1.0) * 127.5 + 0.5, 0.0, 255.0), tf.uint8)
+        ids, lengths = self._ids(captions)
+        return images.to_uint8(generate(self.stem, self.glam, ids, lengths, noise, eps)["images"][-1])
 
     def serve(self, captions):
         n = tf.shape(captions)[0]
@@ -66,28 +63,6 @@ class ServingGraph:
         return {"images": self._images(captions, noise, eps)}
 
 
-def load_generator(run_dir: str, finished: bool = True):
-    """(cfg, vocabulary path, STEM, EMA generator) of a trained run directory; with
-    finished=False, of the latest gan checkpoint of a run still training."""
-    run = loop.RunDir(run_dir)
-    config_path = run.path("config.yaml")
-    if not tf.io.gfile.exists(config_path):
-        raise FileNotFoundError(f"{config_path}: not a run directory (no config.yaml)")
-    cfg = load_config(config_path)
-    vocab_path = data.vocabulary_path(cfg.data.dir)
-    vocab_size = data.vocab_size(cfg)
-    stem = stem_from_config(cfg, vocab_size)
-    glam = GLAM.from_config_obj(cfg)
-    t = cfg.data.words_num
-    words, sentence, mask = stem(tf.ones((1, t), tf.int32), tf.fill([1], t))
-    glam(tf.zeros((1, cfg.model.z_dim)), sentence, words, mask)
-    if finished and not run.is_done("gan"):
-        raise FileNotFoundError(f"{run.root}: the gan stage has not finished; nothing to export")
-    loop.restore_weights(loop.resolve_stage_checkpoint(run, "damsm", cfg.damsm.checkpoint), "damsm", stem=stem)
-    loop.restore_weights(run.path("gan"), "gan", glam_ema=glam)
-    return cfg, vocab_path, stem, glam
-
-
 def next_version(export_dir: str) -> int:
     if not tf.io.gfile.isdir(export_dir):
         return 1
@@ -97,12 +72,14 @@ def next_version(export_dir: str) -> int:
 
 def export(run_dir: str, export_dir: str = "saved_models/mirrorgan", version: int | None = None) -> str:
     """Write the SavedModel atomically; returns its version folder."""
-    cfg, vocab_path, stem, glam = load_generator(run_dir)
+    run = runs.load_run(run_dir)
+    cfg = run.cfg
+    stem, glam = run.generator(finished=True)
     version = version or next_version(export_dir)
     target = os.path.join(export_dir, str(version))
     if tf.io.gfile.exists(target):
         raise FileExistsError(f"{target}: version {version} already exists")
-    graph = ServingGraph(cfg, vocab_path, stem, glam)
+    graph = ServingGraph(cfg, run.vocab_path, stem, glam)
     archive = keras.export.ExportArchive()
     archive.track(stem)
     archive.track(glam)
@@ -112,14 +89,7 @@ def export(run_dir: str, export_dir: str = "saved_models/mirrorgan", version: in
     archive.add_endpoint("generate", graph.generate,
                          input_signature=[tf.TensorSpec([None], tf.string, name="captions"),
                                           tf.TensorSpec([None, cfg.model.z_dim], tf.float32, name="noise")])
-    tf.io.gfile.makedirs(export_dir)
     # TF Serving watches export_dir for numeric folders: build under a name it ignores, then rename.
-    tmp = os.path.join(export_dir, f".incomplete-{version}-{secrets.token_hex(4)}")
-    try:
+    with images.staged(target) as tmp:
         archive.write_out(tmp, verbose=False)
-        tf.io.gfile.rename(tmp, target)
-    except BaseException:
-        if tf.io.gfile.exists(tmp):
-            tf.io.gfile.rmtree(tmp)
-        raise
     return target

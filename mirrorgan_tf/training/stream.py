@@ -8,25 +8,20 @@ import tensorflow as tf
 
 from mirrorgan_tf import data
 from mirrorgan_tf.models import stream
-from mirrorgan_tf.models.layers import synchronized_batch_norm
-from mirrorgan_tf.models.stream import StreamDecoder, StreamEncoder
-from mirrorgan_tf.training import common, loop
+from mirrorgan_tf.models.networks import build_stream
+from mirrorgan_tf.runs import RunDir
+from mirrorgan_tf.training import loop, steps
 
 
-def build(cfg, vocab_size: int):
-    encoder = StreamEncoder.from_config_obj(cfg)
-    decoder = StreamDecoder.from_config_obj(cfg, vocab_size)
-    size = cfg.image_sizes[-1]
-    decoder(encoder(tf.zeros((2, size, size, 3))), tf.ones((2, cfg.data.words_num), tf.int32))
-    return encoder, decoder
-
-
-def train(cfg, run: loop.RunDir, strategy: tf.distribute.Strategy) -> loop.LoopResult:
+def train(cfg, run: RunDir, strategy: tf.distribute.Strategy) -> loop.LoopResult:
+    """Pretrain STREAM's encoder and decoder (checkpoint: encoder, decoder, optimizer, step). Each
+    step returns the loss {"caption"} (teacher-forced cross-entropy, global-batch mean)."""
     s = cfg.stream
-    total, _ = common.steps_for(cfg, s.batch_size, s.epochs, s.max_steps)
-    with strategy.scope(), synchronized_batch_norm(cfg.train.sync_batch_norm and strategy.num_replicas_in_sync > 1):
-        encoder, decoder = build(cfg, data.vocab_size(cfg))
-        opt = common.adam(s.learning_rate, 0.9, 0.999, cfg.train.mixed_precision)
+    total, _ = loop.steps_for(cfg, s.batch_size, s.epochs, s.max_steps)
+    with strategy.scope():
+        encoder, decoder = build_stream(cfg, data.vocab_size(cfg),
+                                        sync_batch_norm=cfg.train.sync_batch_norm and strategy.num_replicas_in_sync > 1)
+        opt = steps.adam(s.learning_rate, 0.9, 0.999, cfg.train.mixed_precision)
         variables = encoder.trainable_variables + decoder.trainable_variables
         opt.build(variables)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
@@ -38,12 +33,13 @@ def train(cfg, run: loop.RunDir, strategy: tf.distribute.Strategy) -> loop.LoopR
             features = encoder(batch["images"][-1], training=True)
             logits = decoder(features, batch["caption_ids"], training=True)
             loss = tf.reduce_mean(stream.caption_loss(logits, batch["caption_ids"], batch["caption_len"]))
-            loss = loss * loop.replica_scale()
-            scaled = common.scale_loss(opt, loss)
+            loss = loss * steps.replica_scale()
+            scaled = steps.scale_loss(opt, loss)
         opt.apply_gradients(zip(tape.gradient(scaled, variables), variables))
         return {"caption": loss}
 
-    return common.run_stage(
-        "stream", cfg, run, strategy, checkpoint=checkpoint, step_var=step, replica_step=replica_step,
-        batch_size=s.batch_size, total_steps=total, trained_variables=variables,
-        learning_rates=lambda _: {"stream": s.learning_rate})
+    return loop.run_loop(
+        "stream", run, strategy, loop.TrainState(checkpoint, step, variables),
+        steps.distributed_step(strategy, replica_step),
+        iter(data.distributed_dataset(strategy, cfg, "train", batch_size=s.batch_size)),
+        loop.Cadence.for_stage(cfg, total), s.batch_size, learning_rates=lambda _: {"stream": s.learning_rate})
