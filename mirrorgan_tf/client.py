@@ -5,7 +5,8 @@ Asks a model server for one image per caption through TensorFlow Serving's gRPC 
 them as PNG files (index and caption in the name), printing their paths. It uses only the stubs
 of tensorflow-serving-api, so it works the same against our server and the stock
 tensorflow_model_server. With `--signature generate` the noise comes from --seed (its size from
-the model's metadata), so the same command gives the same images.
+the model's metadata), so the same command gives the same images. The words the model ignored
+as unknown (its `ignored_words` output) are printed on stderr, per caption.
 """
 
 from __future__ import annotations
@@ -101,20 +102,41 @@ def predict(server: str, captions: list[str], model_name: str = "mirrorgan", sig
     return {name: tf.make_ndarray(t) for name, t in response.outputs.items()}, response.model_spec.version.value
 
 
+def images_of(outputs: dict, server: str, count: int):
+    """The `images` output of an answer, checked: uint8 [count, H, W, 3]. Raises ClientError
+    naming the server otherwise."""
+    import numpy as np
+
+    if "images" not in outputs:
+        raise ClientError(f"the answer of {server} has no 'images' output (it has {sorted(outputs)})")
+    images = outputs["images"]
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] != count or images.shape[-1] != 3:
+        raise ClientError(f"the answer of {server} is not {count} RGB uint8 images: "
+                          f"{images.dtype} {list(images.shape)}")
+    return images
+
+
+def ignored_words(outputs: dict, server: str, count: int):
+    """Per caption, the list of its words the model ignored as unknown (the `ignored_words`
+    output: one string per caption, words joined by spaces), or None when the model has no such
+    output (an export made before it existed). Raises ClientError when it is not `count` strings."""
+    import numpy as np
+
+    if "ignored_words" not in outputs:
+        return None
+    value = np.asarray(outputs["ignored_words"])
+    if value.shape != (count,) or value.dtype != object:
+        raise ClientError(f"the answer of {server} has 'ignored_words' of {value.dtype} {list(value.shape)}, "
+                          f"not {count} strings")
+    return [(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)).split() for v in value]
+
+
 def generate(server: str, captions: list[str], model_name: str = "mirrorgan", signature: str = "serving_default",
              seed: int = 0, timeout: float = 60.0, noise=None):
     """(images uint8 [N, H, W, 3] for the captions, model version) from the server; see `predict`.
     Raises ClientError when the answer is not N RGB images."""
-    import numpy as np
-
     outputs, version = predict(server, captions, model_name, signature, seed, timeout, noise)
-    if "images" not in outputs:
-        raise ClientError(f"the answer of {server} has no 'images' output (it has {sorted(outputs)})")
-    images = outputs["images"]
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] != len(captions) or images.shape[-1] != 3:
-        raise ClientError(f"the answer of {server} is not {len(captions)} RGB uint8 images: "
-                          f"{images.dtype} {list(images.shape)}")
-    return images, version
+    return images_of(outputs, server, len(captions)), version
 
 
 def main(argv=None) -> int:
@@ -132,7 +154,9 @@ def main(argv=None) -> int:
         p.error(f"--server must be HOST:PORT, got {a.server!r}")
 
     def body() -> int:
-        images, version = generate(a.server, a.caption, a.model_name, a.signature, a.seed, a.timeout)
+        outputs, version = predict(a.server, a.caption, a.model_name, a.signature, a.seed, a.timeout)
+        images = images_of(outputs, a.server, len(a.caption))
+        ignored = ignored_words(outputs, a.server, len(a.caption))
         from PIL import Image
 
         os.makedirs(a.out, exist_ok=True)
@@ -140,6 +164,8 @@ def main(argv=None) -> int:
             path = os.path.join(a.out, f"{i:02d}-{slug(caption)}.png")
             Image.fromarray(image).save(path)
             print(path)
+            if ignored and ignored[i]:  # the server dropped them, as the original does: say which
+                print(f"ignored as unknown in {caption!r}: {' '.join(ignored[i])}", file=sys.stderr)
         print(f"{len(images)} image(s) from {a.server}, model '{a.model_name}' version {version}", file=sys.stderr)
         return 0
 

@@ -79,7 +79,7 @@ def _no_known_word(caption: str, ignored: list) -> DemoError:
 
 
 def _tf_error_text(error) -> str:
-    from mirrorgan_tf.serving.server import runtime_error_text
+    from mirrorgan_tf.serving.predict import runtime_error_text
 
     return runtime_error_text(error.message)
 
@@ -110,7 +110,7 @@ class RunSource:
 
         ignored = self.tokenizer.ignored_words(tf.constant([caption])).numpy()[0].decode().split()
         try:
-            ids, lengths, words = tokenize([caption], self.generator.vocab_path, self.cfg.data.words_num)
+            ids, lengths, words, _ = tokenize([caption], self.generator.vocab_path, self.cfg.data.words_num)
         except SampleError:
             raise _no_known_word(caption, ignored) from None
         # Sample i of the first caption is what `sample` draws as sample i: same (seed, index) noise.
@@ -155,6 +155,7 @@ class SavedModelSource:
     def generate(self, caption: str, num: int, seed: int, deterministic: bool) -> Result:
         import tensorflow as tf
 
+        from mirrorgan_tf import client
         from mirrorgan_tf.evaluation.generator import sample_noise
 
         captions = tf.constant([caption] * num)
@@ -166,17 +167,9 @@ class SavedModelSource:
                 out = self.model.signatures["serving_default"](captions=captions)
         except tf.errors.InvalidArgumentError as e:
             raise DemoError(f"the model refused the caption: {_tf_error_text(e)}") from None
-        return Result(out["images"].numpy(), ignored=_ignored_output(out))
-
-
-def _ignored_output(outputs) -> Optional[list]:
-    """The words the model reports as ignored (output `ignored_words`, one string per caption),
-    None for a model without that output."""
-    if "ignored_words" not in outputs:
-        return None
-    value = np.asarray(outputs["ignored_words"])
-    first = value.reshape(-1)[0] if value.size else b""
-    return (first.decode() if isinstance(first, bytes) else str(first)).split()
+        outputs = {name: value.numpy() for name, value in out.items()}
+        ignored = client.ignored_words(outputs, self.path, num)
+        return Result(client.images_of(outputs, self.path, num), ignored=ignored and ignored[0])
 
 
 def saved_model_version(path: str) -> str:
@@ -218,12 +211,11 @@ class ServerSource:
         try:
             outputs, version = client.predict(self.server, [caption] * num, self.model_name, signature, seed,
                                               self.timeout, noise=lambda n, size: sample_noise(np.arange(n), seed, size).numpy())
+            images = client.images_of(outputs, self.server, num)
+            ignored = client.ignored_words(outputs, self.server, num)
         except client.ClientError as e:
             raise DemoError(str(e)) from None
-        images = outputs.get("images")
-        if images is None or images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] != num:
-            raise DemoError(f"the answer of {self.server} is not {num} uint8 images (outputs: {sorted(outputs)})")
-        return Result(images, ignored=_ignored_output(outputs), notes=[f"model version {version}"])
+        return Result(images, ignored=ignored and ignored[0], notes=[f"model version {version}"])
 
 
 def test_captions(cfg, count: int = NUM_EXAMPLES) -> list[str]:

@@ -154,7 +154,7 @@ class Tokenizer(tf.Module):
     def ignored_words(self, captions: tf.Tensor) -> tf.Tensor:
         """tf.string [N] -> tf.string [N]: each caption's unknown words (see `unknown_words`)
         joined by single spaces; "" when every word is known. E.g. with the shapes vocabulary,
-        "a racoon detective with a microscope" -> "racoon detective microscope"."""
+        "a racoon detective with a microscope" -> "racoon detective with microscope"."""
         return tf.strings.reduce_join(self.unknown_words(captions), axis=-1, separator=" ")
 
     def decode(self, ids: Iterable[int]) -> str:

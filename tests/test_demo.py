@@ -60,6 +60,7 @@ def test_the_three_sources_draw_the_same_deterministic_pictures(run_source, save
     assert np.abs(from_run.images.astype(int) - from_export.images.astype(int)).max() <= 1
     np.testing.assert_array_equal(from_export.images, from_server.images)
     assert from_server.notes == ["model version 1"]
+    assert from_run.ignored == from_export.ignored == from_server.ignored == ["racoon"]  # the export reports them
     # Different samples draw different noise; another seed, other pictures.
     assert not np.array_equal(from_export.images[0], from_export.images[1])
     other = saved_model_source.generate(CAPTION, 3, 8, deterministic=True)
