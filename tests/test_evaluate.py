@@ -323,7 +323,7 @@ def test_sample_says_which_words_it_ignored_as_unknown(trained_run, tmp_path, ca
     assert main([*args, *(x for c in captions for x in ("--caption", c))]) == 0
     out, err = capsys.readouterr()
     assert out.split() == [str(tmp_path / f) for f in (
-        "000-a-racoon-detective-with-a-huge-blue-block.png", "000-a-racoon-detective-with-a-huge-blue-block-attention.png",
+        "000-a-racoon-detective-with-a-huge-blue-bloc.png", "000-a-racoon-detective-with-a-huge-blue-bloc-attention.png",
         "001-a-small-red-circle.png", "001-a-small-red-circle-attention.png",
         "002-racoon-a-red-circle-racoon.png", "002-racoon-a-red-circle-racoon-attention.png")]
     assert [line for line in err.splitlines() if line.startswith("ignored")] == ["ignored as unknown in 'a racoon detective with a huge blue block': racoon detective with",
