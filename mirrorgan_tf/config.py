@@ -158,7 +158,10 @@ class TrainConfig:
     # Synchronise BatchNorm statistics across replicas (only matters with several replicas): the
     # same statistics as one device on the global batch.
     sync_batch_norm: bool = True
-    mixed_precision: bool = False
+    # Mixed precision: false (float32), true or "float16" (mixed_float16, with loss scaling), or
+    # "bfloat16" (mixed_bfloat16: float32's range, so no loss scaling is needed; oneDNN runs it
+    # on CPUs with AVX512-BF16 / AMX and on recent GPUs). See `precision_policy`.
+    mixed_precision: Literal[False, True, "float16", "bfloat16"] = False
     xla: bool = False
     seed: int = 0
 
@@ -174,6 +177,21 @@ class Config:
     @property
     def image_sizes(self) -> list[int]:
         return [self.model.base_size * 2**i for i in range(self.model.stages)]
+
+
+def precision_policy(train: "TrainConfig") -> str:
+    """The Keras dtype policy `train.mixed_precision` names: "float32", "mixed_float16" (true or
+    "float16") or "mixed_bfloat16"."""
+    value = train.mixed_precision
+    if not value:
+        return "float32"
+    return "mixed_bfloat16" if value == "bfloat16" else "mixed_float16"
+
+
+def needs_loss_scaling(train: "TrainConfig") -> bool:
+    """float16 underflows small gradients, so its optimizers need a LossScaleOptimizer;
+    bfloat16 keeps float32's exponent range and needs none."""
+    return precision_policy(train) == "mixed_float16"
 
 
 def _type_name(tp: Any) -> str:
@@ -356,9 +374,6 @@ def dump_config(cfg: Config) -> str:
 
 def save_config(cfg: Config, path: str) -> None:
     """Write the resolved config (what a run actually used) atomically."""
-    import tensorflow as tf  # gfile, so run directories may live on gs://
+    from mirrorgan_tf.images import atomic_write  # TensorFlow (gfile) only when a config is written
 
-    tmp = f"{path}.tmp"
-    with tf.io.gfile.GFile(tmp, "w") as f:
-        f.write(dump_config(cfg))
-    tf.io.gfile.rename(tmp, path, overwrite=True)
+    atomic_write(path, dump_config(cfg))

@@ -33,10 +33,12 @@ import os
 import shutil
 import sys
 
+from mirrorgan_tf.errors import MirrorganError, run_cli
+
 VOCAB_FILE = "vocab.txt"
 
 
-class ImportArgumentError(ValueError):
+class ImportArgumentError(MirrorganError, ValueError):
     """Bad arguments or files for an import (the message names the argument or file)."""
 
 
@@ -341,16 +343,13 @@ def run_import(argv=None) -> str:
 
 
 def main(argv=None) -> int:
-    from mirrorgan_tf.config import ConfigError
-    from mirrorgan_tf.weights.layout import WeightImportError
-
-    try:
+    def body() -> int:
         run_import(argv)
-    # WeightImportError and torch_io's unreadable-file errors are ValueErrors.
-    except (ImportArgumentError, WeightImportError, ConfigError, FileNotFoundError, ImportError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    # Bad arguments, files that do not fit, an unreadable .pth or torch missing are MirrorganErrors
+    # (ImportArgumentError, WeightImportError, TorchFileError, ConfigError): `error: ...`, exit 2.
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -44,9 +44,9 @@ def main(argv=None) -> int:
     try:
         server = ModelServer(config)
         server.start()
-    # ServerConfig and the SavedModel checks still raise ValueError for a bad flag or model
-    # (serving/server.py); OSError: a port in use, a base path that is not a directory.
-    except (MirrorganError, OSError, ValueError) as e:
+    # MirrorganError: a flag out of range or caps that cannot fit the model (ServerSetupError);
+    # OSError: a port in use, a base path that is not a directory.
+    except (MirrorganError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 2)
     stop = threading.Event()

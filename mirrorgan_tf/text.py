@@ -21,6 +21,12 @@ from typing import Iterable
 import tensorflow as tf
 import tensorflow_text as tf_text
 
+from mirrorgan_tf.errors import MirrorganError
+
+class VocabularyError(MirrorganError, ValueError):
+    """A vocabulary file that cannot be read as one: the message names the file and line."""
+
+
 END_TOKEN = "<end>"
 UNK_TOKEN = "<unk>"
 END_ID = 0
@@ -64,7 +70,7 @@ def read_vocabulary(path: str) -> list[str]:
     """The words of a vocabulary file, in id order (id = line number).
 
     Accepted: line 0 `<end>`, optionally `<unk>` at line 1, then one word per line (LF or CRLF
-    line ends, an optional UTF-8 byte-order mark). Raises ValueError naming the file and line for
+    line ends, an optional UTF-8 byte-order mark). Raises VocabularyError naming the file and line for
     anything a lookup table would get wrong: a missing `<end>`, a reserved token elsewhere, an empty
     line, a line holding whitespace, a word listed twice.
     """
@@ -73,21 +79,21 @@ def read_vocabulary(path: str) -> list[str]:
     try:
         content = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
-        raise ValueError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+        raise VocabularyError(f"{path}: not valid UTF-8 (byte {e.start})") from None
     words = content.replace("\r\n", "\n").split("\n")
     if words and words[-1] == "":
         words.pop()
     if not words or words[0] != END_TOKEN:
-        raise ValueError(f"{path}: not a vocabulary file (its first line must be {END_TOKEN}, "
+        raise VocabularyError(f"{path}: not a vocabulary file (its first line must be {END_TOKEN}, "
                          f"got {words[0] if words else 'nothing'!r})")
     seen: dict[str, int] = {}
     for i, w in enumerate(words):
         if not w or w != w.strip() or any(c.isspace() for c in w):
-            raise ValueError(f"{path}:{i + 1}: a vocabulary line must be one word, got {w!r}")
+            raise VocabularyError(f"{path}:{i + 1}: a vocabulary line must be one word, got {w!r}")
         if w in RESERVED and (w, i) not in ((END_TOKEN, END_ID), (UNK_TOKEN, UNK_ID)):
-            raise ValueError(f"{path}:{i + 1}: {w} may only stand at line {RESERVED.index(w) + 1}")
+            raise VocabularyError(f"{path}:{i + 1}: {w} may only stand at line {RESERVED.index(w) + 1}")
         if w in seen:
-            raise ValueError(f"{path}:{i + 1}: {w!r} is already at line {seen[w] + 1}")
+            raise VocabularyError(f"{path}:{i + 1}: {w!r} is already at line {seen[w] + 1}")
         seen[w] = i
     return words
 
@@ -102,7 +108,7 @@ class Tokenizer(tf.Module):
     ship the vocabulary as an asset.
 
     `drop_unknown=True` (the original behaviour) removes out-of-vocabulary words; otherwise they
-    map to UNK_ID, which needs a vocabulary with `<unk>` (ValueError otherwise). Every word of the
+    map to UNK_ID, which needs a vocabulary with `<unk>` (VocabularyError otherwise). Every word of the
     file keeps its id: the lookup's miss value is -1, not an id.
     """
 
@@ -113,13 +119,13 @@ class Tokenizer(tf.Module):
         self.drop_unknown = drop_unknown
         self.has_unknown_token = has_unknown_token(self.words)
         if not drop_unknown and not self.has_unknown_token:
-            raise ValueError(f"{vocab_path}: has no {UNK_TOKEN} at line 2, so unknown words can only be dropped")
+            raise VocabularyError(f"{vocab_path}: has no {UNK_TOKEN} at line 2, so unknown words can only be dropped")
         # The table reads the file itself (so a SavedModel ships it as an asset); a CRLF file or a
         # byte-order mark would give it keys no word matches.
         with tf.io.gfile.GFile(vocab_path, "rb") as f:
             raw = f.read()
         if raw.startswith(b"\xef\xbb\xbf") or b"\r" in raw:
-            raise ValueError(f"{vocab_path}: write it with LF line ends and no byte-order mark "
+            raise VocabularyError(f"{vocab_path}: write it with LF line ends and no byte-order mark "
                              "(pipelines.prepare --vocab does this when it copies a vocabulary)")
         initializer = tf.lookup.TextFileInitializer(
             vocab_path,

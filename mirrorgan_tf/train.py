@@ -59,8 +59,7 @@ def train(cfg, run_dir: str, stage: str = "all", strategy_kind: str = "auto",
     run = RunDir(run_dir)
     if chief:
         config_lib.save_config(cfg, run.path("config.yaml"))
-    if cfg.train.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
+    keras.mixed_precision.set_global_policy(config_lib.precision_policy(cfg.train))
     keras.utils.set_random_seed(cfg.train.seed)
     prepare_data(cfg, chief)
     trainers = {"damsm": damsm.train, "stream": stream.train, "gan": gan.train}

@@ -213,3 +213,15 @@ def test_per_replica_batches_are_checked_against_the_replica_count():
         check_replica_batches(big, 8)
     with pytest.raises(ConfigError, match=r"stream.batch_size=8 is not divisible by the 3 replicas"):
         check_replica_batches(load_config(CONFIGS / "shapes_smoke.yaml", ["damsm.batch_size=9"]), 3)
+
+
+def test_mixed_precision_names_its_policy_and_loss_scaling():
+    from mirrorgan_tf.config import needs_loss_scaling, precision_policy
+
+    expected = {"false": ("float32", False), "true": ("mixed_float16", True),
+                "float16": ("mixed_float16", True), "bfloat16": ("mixed_bfloat16", False)}
+    for value, (policy, scaling) in expected.items():
+        cfg = load_config(CONFIGS / "cub.yaml", [f"train.mixed_precision={value}"])
+        assert (precision_policy(cfg.train), needs_loss_scaling(cfg.train)) == (policy, scaling)
+    with pytest.raises(ConfigError, match="train.mixed_precision"):
+        load_config(CONFIGS / "cub.yaml", ["train.mixed_precision=fp8"])

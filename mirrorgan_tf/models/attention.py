@@ -22,6 +22,13 @@ from mirrorgan_tf.models.layers import conv, dense
 _MASKED = -1e9  # exp(-1e9 - max) is exactly 0 in float32
 
 
+def softmax_not_last(x, axis: int):
+    """softmax over `axis` written out (exp(x - max) / sum): tf.nn.softmax over any axis but the
+    last transposes it to the end and back, forward and backward; this reads x in place."""
+    e = ops.exp(x - ops.stop_gradient(ops.max(x, axis=axis, keepdims=True)))
+    return e / ops.sum(e, axis=axis, keepdims=True)
+
+
 class WordAttention(layers.Layer):
     def __init__(self, channels: int, name: str = "word_attention"):
         super().__init__(name=name)
@@ -33,7 +40,9 @@ class WordAttention(layers.Layer):
         b, height, width, c = ops.shape(h)[0], ops.shape(h)[1], ops.shape(h)[2], h.shape[-1]
         e = self.project(words)  # B, T, C
         query = ops.reshape(h, (b, height * width, c))
-        logits = ops.matmul(ops.cast(query, "float32"), ops.transpose(ops.cast(e, "float32"), (0, 2, 1)))  # B, HW, T
+        # einsum contracts C of both operands in place (a batch matmul with the second operand
+        # adjointed): no transposed copy of the projected words.
+        logits = ops.einsum("bqc,btc->bqt", ops.cast(query, "float32"), ops.cast(e, "float32"))  # B, HW, T
         logits = ops.where(mask[:, None, :], logits, _MASKED)
         attn = ops.softmax(logits, axis=-1)
         context = ops.matmul(ops.cast(attn, e.dtype), e)
@@ -58,7 +67,7 @@ class SentenceAttention(layers.Layer):
         if self.softmax_over == "positions":
             b, height, width, c = ops.shape(logits)[0], ops.shape(logits)[1], ops.shape(logits)[2], logits.shape[-1]
             flat = ops.reshape(logits, (b, height * width, c))
-            attn = ops.reshape(ops.softmax(flat, axis=1), (b, height, width, c))
+            attn = ops.reshape(softmax_not_last(flat, axis=1), (b, height, width, c))
         else:
             attn = ops.softmax(logits, axis=-1)
         return s * ops.cast(attn, s.dtype), attn

@@ -26,6 +26,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from mirrorgan_tf.errors import MirrorganError
 from mirrorgan_tf.models.layers import LayerSequence, batch_norm, conv
 from mirrorgan_tf.weights import torch_io
 
@@ -47,7 +48,7 @@ TORCHVISION_MEAN = (0.485, 0.456, 0.406)
 TORCHVISION_STD = (0.229, 0.224, 0.225)
 
 
-class BackboneWeightsError(ValueError):
+class BackboneWeightsError(MirrorganError, ValueError):
     """A `*.backbone_weights` value that cannot give a pretrained backbone (message names the key)."""
 
 

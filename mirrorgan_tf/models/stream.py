@@ -17,6 +17,7 @@ import keras
 from keras import layers, ops
 
 from mirrorgan_tf.models import backbones
+from mirrorgan_tf.models.folding import FoldedBatchNorm
 from mirrorgan_tf.models.layers import batch_norm
 
 
@@ -26,15 +27,25 @@ class StreamEncoder(keras.Model):
 
     def __init__(self, embedding_dim: int = 256, backbone: str = "resnet152", backbone_weights: str = "",
                  image_size: int = 224, bn_momentum: float = 0.01, imagenet_normalize: bool = True,
-                 cnn_width: int = 32, sync_batch_norm: bool = False, name: str = "stream_encoder",
-                 align_corners: bool = False, **kwargs):
+                 cnn_width: int = 32, sync_batch_norm: bool = False, fold_batch_norm: bool | None = None,
+                 name: str = "stream_encoder", align_corners: bool = False, **kwargs):
         super().__init__(name=name, **kwargs)
         self.image_size = image_size
         self.align_corners = align_corners
         self.backbone_kind = backbone
         self.imagenet_normalize = imagenet_normalize
+        # The frozen ResNet-152 runs with its BatchNorms folded into its convolutions (models/folding.py):
+        # the same function, measured 1.2x faster forward + backward under mixed_bfloat16 (Keras
+        # upcasts every BN to float32 there). In float32 it measured no faster and keeps 0.23 GB of
+        # folded kernels alive for the backward pass, so None (the default) folds only under a
+        # mixed policy; True / False force it.
+        self._folded = None
         if backbone == "resnet152":
             self.backbone = backbones.resnet152_code(backbone_weights)
+            if fold_batch_norm is None:
+                fold_batch_norm = self.backbone.compute_dtype != "float32"
+            if fold_batch_norm:
+                self._folded = FoldedBatchNorm(self.backbone)
         elif backbone == "cnn":
             self.backbone = backbones.SmallCNN(cnn_width, sync_batch_norm=sync_batch_norm)
         else:
@@ -56,6 +67,8 @@ class StreamEncoder(keras.Model):
         x = self.preprocess(images)
         if self.backbone_kind == "cnn":
             _, code = self.backbone(x, training=training and self.backbone.trainable)
+        elif self._folded is not None and not self.backbone.trainable:
+            code = self._folded(x)
         else:
             code = self.backbone(x, training=False)
         return ops.cast(self.bn(self.linear(code), training=training), "float32")

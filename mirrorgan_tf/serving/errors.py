@@ -7,6 +7,8 @@ import grpc
 import tensorflow as tf
 from tensorflow.core.framework import types_pb2
 
+from mirrorgan_tf.errors import MirrorganError
+
 # TF Serving's own mapping of status codes to HTTP statuses, for the codes this server uses.
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -17,6 +19,12 @@ HTTP_STATUS = {
     grpc.StatusCode.UNIMPLEMENTED: 501,
     grpc.StatusCode.UNAVAILABLE: 503,
 }
+
+
+class ServerSetupError(MirrorganError, ValueError):
+    """The server cannot start as asked: a flag out of range, or caps (`--max-batch`,
+    `--max-message-mb`) that contradict each other for the served model. The message names the
+    flags and the values that would work."""
 
 
 class ServingError(Exception):

@@ -32,7 +32,7 @@ from concurrent import futures
 import grpc
 import tensorflow as tf
 
-from mirrorgan_tf.serving.errors import ServingError
+from mirrorgan_tf.serving.errors import ServerSetupError, ServingError
 from mirrorgan_tf.serving.grpc_service import PredictionServicer, add_to_server, response_bytes
 from mirrorgan_tf.serving.http_server import RestServer
 from mirrorgan_tf.serving.predict import Predictor, largest_batch
@@ -97,7 +97,7 @@ class ModelServer:
     def __init__(self, config: ServerConfig):
         for field in ("max_batch", "workers", "max_message_mb", "poll_seconds"):
             if getattr(config, field) <= 0:
-                raise ValueError(f"{field.replace('_', '-')} must be positive, got {getattr(config, field)}")
+                raise ServerSetupError(f"{field.replace('_', '-')} must be positive, got {getattr(config, field)}")
         if not tf.io.gfile.isdir(config.base_path):
             raise FileNotFoundError(f"model base path {config.base_path} is not a directory")
         self.config = config
@@ -117,7 +117,7 @@ class ModelServer:
         if first is not None:
             grpc_problem, rest_problem = message_cap_problems(first, c.model_name, c.max_batch, max_bytes)
             if grpc_problem:  # the flags contradict each other for the main API: refuse to start
-                raise ValueError(grpc_problem)
+                raise ServerSetupError(grpc_problem)
             if rest_problem:  # JSON is up to 5.7x the raw bytes: REST may take fewer than gRPC
                 log.warning("%s; until then larger REST batches are refused", rest_problem)
         self.registry.on_loaded = lambda loaded: self._warn_caps(loaded, max_bytes)
