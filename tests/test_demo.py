@@ -164,3 +164,17 @@ def test_bad_flags_stop_the_command_with_one_line(args, message, capsys):
 def test_an_empty_export_folder_is_named(tmp_path, capsys):
     assert demo.main(["--model-base-path", str(tmp_path)]) == 2
     assert f"--model-base-path {tmp_path}: no saved_model.pb in it" in capsys.readouterr().err
+
+
+def test_examples_file(tmp_path):
+    path = tmp_path / "captions.txt"
+    path.write_text("a red circle\n\n  a blue block on the left  \n", encoding="utf-8")
+    assert demo.read_examples(str(path)) == ["a red circle", "a blue block on the left"]
+    path.write_text("\n \n", encoding="utf-8")
+    with pytest.raises(demo.DemoError, match=f"--examples {path}: no captions in it"):
+        demo.read_examples(str(path))
+    path.write_bytes(b"a red \xff circle\n")
+    with pytest.raises(demo.DemoError, match=f"--examples {path}: not UTF-8 text"):
+        demo.read_examples(str(path))
+    with pytest.raises(FileNotFoundError, match=f"--examples {tmp_path}/none.txt: no such file"):
+        demo.read_examples(str(tmp_path / "none.txt"))
