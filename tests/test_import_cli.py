@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # the `torch` extra, which the README's test command installs
 
 from mirrorgan_tf import import_weights  # noqa: E402
 from mirrorgan_tf.config import load_config  # noqa: E402
