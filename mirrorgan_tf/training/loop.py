@@ -17,7 +17,11 @@ from typing import Callable, Iterator, Optional, Sequence
 import tensorflow as tf
 
 from mirrorgan_tf import data, distribute
+from mirrorgan_tf.models.backbones import RANDOM, require_pretrained_backbone
 from mirrorgan_tf.runs import RunDir, checkpoint_dir
+
+
+INPUT_PIPELINE = "input_pipeline"  # the checkpoint's name for the input pipeline's position
 
 
 class NonFiniteLoss(RuntimeError):
@@ -52,6 +56,27 @@ class Cadence:
         for a stage of `total_steps` steps."""
         t = cfg.train
         return cls(total_steps, t.checkpoint_every, t.keep_checkpoints, t.log_every, sample_every)
+
+
+def check_backbones(cfg, stages) -> None:
+    """Before any stage runs: every frozen ImageNet backbone a stage in `stages` trains on must
+    have pretrained weights (damsm with inception_v3; stream with resnet152; gan's frozen STREAM,
+    and its DAMSM image encoder when train.damsm_weight > 0). Raises BackboneWeightsError naming the
+    key. For gan the value only has to name pretrained weights (not `random`, not empty): the
+    weights themselves come from the stream / damsm checkpoint, so the file may have moved."""
+    def check(key, value, file_needed):
+        if file_needed or str(value).strip() in ("", RANDOM) or str(value).startswith(RANDOM):
+            require_pretrained_backbone(key, value)
+
+    if "damsm" in stages and cfg.damsm.backbone == "inception_v3":
+        check("damsm.backbone_weights", cfg.damsm.backbone_weights, True)
+    if "stream" in stages and cfg.stream.backbone == "resnet152":
+        check("stream.backbone_weights", cfg.stream.backbone_weights, True)
+    if "gan" in stages:
+        if cfg.stream.backbone == "resnet152":
+            check("stream.backbone_weights", cfg.stream.backbone_weights, False)
+        if cfg.train.damsm_weight > 0 and cfg.damsm.backbone == "inception_v3":
+            check("damsm.backbone_weights", cfg.damsm.backbone_weights, False)
 
 
 def steps_for(cfg, batch_size: int, epochs: int, max_steps: int) -> tuple[int, int]:
@@ -109,7 +134,10 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
              on_sample: Optional[Callable[[int, tf.summary.SummaryWriter], None]] = None) -> LoopResult:
     """Run `step_fn` until `cadence.total_steps`, resuming from the latest checkpoint of `stage`.
 
-    `step_fn(batch)` returns a dict of scalar losses (already reduced across replicas).
+    `step_fn(batch)` returns a dict of scalar losses (already reduced across replicas). When
+    `iterator` is a tf.Module (data.DistributedInput) its position is saved in every checkpoint
+    (as `input_pipeline`) and restored on resume; a checkpoint saved without it resumes with the
+    input from its start, and says so.
     `learning_rates(step)` gives {name: rate} for TensorBoard; `on_sample(step, writer)` runs every
     `cadence.sample_every` steps and at the end. A non-finite loss stops the run before anything
     is saved, and so do non-finite `state.trained_variables` at a checkpoint (NonFiniteLoss), so
@@ -119,9 +147,21 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
     checkpoint, step_var, total_steps = state.checkpoint, state.step, cadence.total_steps
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir(run, stage, strategy),
                                          max_to_keep=cadence.keep_checkpoints)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        print(f"{stage}: resumed from {manager.latest_checkpoint} at step {int(step_var.numpy())}", flush=True)
+    latest = manager.latest_checkpoint
+    # The input pipeline's position is saved with the weights (data.DistributedInput), so a resumed
+    # stage continues with the batches of the steps after the checkpoint, not the first ones again.
+    checkpointable_input = isinstance(iterator, tf.Module)
+    saved_input = bool(latest) and any(name.startswith(f"{INPUT_PIPELINE}/")
+                                       for name, _ in tf.train.list_variables(latest))
+    if checkpointable_input and (saved_input or not latest):
+        setattr(checkpoint, INPUT_PIPELINE, iterator)
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        print(f"{stage}: resumed from {latest} at step {int(step_var.numpy())}", flush=True)
+        if checkpointable_input and not saved_input:
+            print(f"{stage}: {latest} holds no input pipeline position (saved before positions were kept): "
+                  "the input starts from its beginning again", flush=True)
+            setattr(checkpoint, INPUT_PIPELINE, iterator)
     chief = distribute.is_chief(strategy)
     writer = tf.summary.create_file_writer(run.logs(stage)) if chief else tf.summary.create_noop_writer()
     start = int(step_var.numpy())
