@@ -45,15 +45,16 @@ def build_context(a):
     import tensorflow as tf
 
     from mirrorgan_tf import data
-    from mirrorgan_tf.config import load_config
     from mirrorgan_tf.evaluation.pairs import load_pairs
     from mirrorgan_tf.metrics import REGISTRY, Context, EvalError
-    from mirrorgan_tf.runs import find_checkpoint
+    from mirrorgan_tf.runs import find_checkpoint, load_run
 
     config_path = os.path.join(a.run_dir, "config.yaml")
     if not tf.io.gfile.exists(config_path):
         raise EvalError(f"--run-dir {a.run_dir}: not a run directory (no config.yaml)")
-    cfg = load_config(config_path)
+    run = load_run(a.run_dir)
+    cfg = run.cfg
+    run.check_data()  # the split's captions are word ids: they must be the run's words
     if find_checkpoint(os.path.join(a.run_dir, "gan"), "gan") is None:
         raise EvalError(f"{a.run_dir}: no gan checkpoint; train the gan stage first")
     manifest = data.load_manifest(cfg.data.dir)
@@ -149,10 +150,11 @@ def main(argv=None) -> int:
     from mirrorgan_tf.config import ConfigError
     from mirrorgan_tf.data import DataError
     from mirrorgan_tf.metrics import EvalError
+    from mirrorgan_tf.runs import RunIntegrityError
 
     try:
         results = evaluate(a)
-    except (EvalError, ConfigError, DataError, FileNotFoundError) as e:
+    except (EvalError, ConfigError, DataError, RunIntegrityError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(table(results))

@@ -137,12 +137,13 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     from mirrorgan_tf.config import ConfigError
     from mirrorgan_tf.data import DataError
+    from mirrorgan_tf.runs import RunIntegrityError
 
     try:
         captions = read_captions(a.caption, a.captions_file)
         for path in sample(a.run_dir, captions, a.out, a.num, a.seed):
             print(path)
-    except (SampleError, ConfigError, DataError, FileNotFoundError) as e:
+    except (SampleError, ConfigError, DataError, RunIntegrityError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
