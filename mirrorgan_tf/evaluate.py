@@ -52,11 +52,11 @@ def build_context(a):
     config_path = os.path.join(a.run_dir, "config.yaml")
     if not tf.io.gfile.exists(config_path):
         raise EvalError(f"--run-dir {a.run_dir}: not a run directory (no config.yaml)")
+    if find_checkpoint(os.path.join(a.run_dir, "gan"), "gan") is None:
+        raise EvalError(f"{a.run_dir}: no gan checkpoint; train the gan stage first")
     run = load_run(a.run_dir)
     cfg = run.cfg
     run.check_data()  # the split's captions are word ids: they must be the run's words
-    if find_checkpoint(os.path.join(a.run_dir, "gan"), "gan") is None:
-        raise EvalError(f"{a.run_dir}: no gan checkpoint; train the gan stage first")
     manifest = data.load_manifest(cfg.data.dir)
     if a.split not in manifest["splits"]:
         raise EvalError(f"--split {a.split}: {cfg.data.dir} has {', '.join(manifest['splits'])}")

@@ -82,17 +82,19 @@ def train(cfg, run_dir: str, stage: str = "all", strategy_kind: str = "auto",
         keras.mixed_precision.set_global_policy("mixed_float16")
     keras.utils.set_random_seed(cfg.train.seed)
     prepare_data(cfg, chief)
-    runs.pin_data(run, cfg, write=False)  # checks only: nothing is written before every check passed
-    vocab = data.vocabulary_path(cfg.data.dir)  # the run's own, when it has one (checked above)
-    for key in ("damsm.checkpoint", "stream.checkpoint"):
-        section, name = key.split(".")
-        if getattr(getattr(cfg, section), name):
-            runs.check_other_run(vocab, getattr(getattr(cfg, section), name), key)
     todo = stages_to_run(cfg, run, stage)
+    if todo:  # what trains must agree with what trained (exporting reads only the run itself)
+        runs.pin_data(run, cfg, write=False)  # checks only: nothing is written before every check passed
+        vocab = data.vocabulary_path(cfg.data.dir)  # the run's own, when it has one (checked above)
+        for key in ("damsm.checkpoint", "stream.checkpoint"):
+            section, name = key.split(".")
+            if getattr(getattr(cfg, section), name):
+                runs.check_other_run(vocab, getattr(getattr(cfg, section), name), key)
     data.check_prepared(cfg, stages=todo, num_replicas=strategy.num_replicas_in_sync)
     loop.check_backbones(cfg, todo)
     if chief:
-        runs.pin_data(run, cfg)
+        if todo:
+            runs.pin_data(run, cfg)
         config_lib.save_config(cfg, run.path("config.yaml"))
     trainers = {"damsm": damsm.train, "stream": stream.train, "gan": gan.train}
     wanted = list(trainers) if stage == "all" else ([stage] if stage in trainers else [])
