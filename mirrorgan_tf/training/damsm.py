@@ -53,7 +53,8 @@ def train(cfg, run: RunDir, strategy: tf.distribute.Strategy) -> loop.LoopResult
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     checkpoint = tf.train.Checkpoint(stem=stem, image_encoder=encoder, opt_text=opt_text, opt_image=opt_image,
                                      step=step)
-    state = loop.TrainState(checkpoint, step, stem.trainable_variables + encoder.trainable_variables)
+    state = loop.TrainState(checkpoint, step, stem.trainable_variables + encoder.trainable_variables,
+                            loop.random_states(stem, encoder))
     gammas = (d.gamma1, d.gamma2, d.gamma3)
 
     @tf.autograph.experimental.do_not_convert  # plain Python loops over stages: nothing to convert

@@ -46,6 +46,7 @@ class GanTrainState:
     checkpoint      glam, glam_ema, opt_g, step, d0.., opt_d0.. (the frozen networks are restored
                     from their own stages, `restore_pretrained`)
     trained_variables  GLAM's and the discriminators' trainable variables
+    random_state    the random seed states of GLAM, its EMA and the discriminators (saved by run_loop)
 
     `sync_batch_norm` (default: train.sync_batch_norm when the strategy has several replicas)
     all-reduces the BatchNorm statistics across replicas. The networks are built in a fixed order,
@@ -86,6 +87,7 @@ class GanTrainState:
             **{f"d{i}": d for i, d in enumerate(discriminators)},
             **{f"opt_d{i}": o for i, o in enumerate(self.opts_d)})
         self.trained_variables = glam.trainable_variables + [v for d in discriminators for v in d.trainable_variables]
+        self.random_state = loop.random_states(glam, self.glam_ema, *discriminators)
 
     def ema_update(self, decay: float, warmup: bool) -> None:
         """glam_ema <- decay x glam_ema + (1 - decay) x glam for the trainable weights; the

@@ -22,6 +22,7 @@ from mirrorgan_tf.runs import RunDir, checkpoint_dir
 
 
 INPUT_PIPELINE = "input_pipeline"  # the checkpoint's name for the input pipeline's position
+RANDOM_STATE = "random_state"  # and for the trained networks' random seed states (dropout)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -38,6 +39,7 @@ class TrainState:
     checkpoint: tf.train.Checkpoint
     step: tf.Variable
     trained_variables: Sequence[tf.Variable]
+    random_state: Optional[tf.Module] = None  # `random_states(...)` of the trained networks
 
 
 @dataclass
@@ -77,6 +79,18 @@ def check_backbones(cfg, stages) -> None:
             check("stream.backbone_weights", cfg.stream.backbone_weights, False)
         if cfg.train.damsm_weight > 0 and cfg.damsm.backbone == "inception_v3":
             check("damsm.backbone_weights", cfg.damsm.backbone_weights, False)
+
+
+def random_states(*models) -> tf.Module:
+    """The random seed states of `models`' layers (Keras SeedGenerators: dropout draws from them).
+    Keras keeps them out of a model's weights, so a checkpoint of the models alone would resume
+    dropout from its initial seed and redraw the masks of the first steps; `run_loop` saves this
+    module with the checkpoint. Attribute `states`: the seed variables (int, [2] each), in layer
+    order."""
+    weights = {id(w) for m in models for w in m.weights}
+    module = tf.Module(name=RANDOM_STATE)
+    module.states = [v for m in models for v in m.variables if id(v) not in weights]
+    return module
 
 
 def steps_for(cfg, batch_size: int, epochs: int, max_steps: int) -> tuple[int, int]:
@@ -150,18 +164,22 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
     latest = manager.latest_checkpoint
     # The input pipeline's position is saved with the weights (data.DistributedInput), so a resumed
     # stage continues with the batches of the steps after the checkpoint, not the first ones again.
-    checkpointable_input = isinstance(iterator, tf.Module)
-    saved_input = bool(latest) and any(name.startswith(f"{INPUT_PIPELINE}/")
-                                       for name, _ in tf.train.list_variables(latest))
-    if checkpointable_input and (saved_input or not latest):
-        setattr(checkpoint, INPUT_PIPELINE, iterator)
+    # The same for the random seed states of dropout and the like. A checkpoint written before they
+    # were kept resumes without them (and says so).
+    extras = {INPUT_PIPELINE: iterator if isinstance(iterator, tf.Module) else None,
+              RANDOM_STATE: getattr(state, "random_state", None)}
+    extras = {k: v for k, v in extras.items() if v is not None}
+    saved = {name.split("/", 1)[0] for name, _ in tf.train.list_variables(latest)} if latest else set()
+    for name, value in extras.items():
+        if name in saved or not latest:
+            setattr(checkpoint, name, value)
     if latest:
         checkpoint.restore(latest).assert_existing_objects_matched()
         print(f"{stage}: resumed from {latest} at step {int(step_var.numpy())}", flush=True)
-        if checkpointable_input and not saved_input:
-            print(f"{stage}: {latest} holds no input pipeline position (saved before positions were kept): "
-                  "the input starts from its beginning again", flush=True)
-            setattr(checkpoint, INPUT_PIPELINE, iterator)
+        for name, value in extras.items():
+            if name not in saved:
+                print(f"{stage}: {latest} holds no {name} (saved before it was kept): it starts afresh", flush=True)
+                setattr(checkpoint, name, value)
     chief = distribute.is_chief(strategy)
     writer = tf.summary.create_file_writer(run.logs(stage)) if chief else tf.summary.create_noop_writer()
     start = int(step_var.numpy())

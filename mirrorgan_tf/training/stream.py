@@ -40,7 +40,7 @@ def train(cfg, run: RunDir, strategy: tf.distribute.Strategy) -> loop.LoopResult
         return {"caption": loss}
 
     return loop.run_loop(
-        "stream", run, strategy, loop.TrainState(checkpoint, step, variables),
+        "stream", run, strategy, loop.TrainState(checkpoint, step, variables, loop.random_states(encoder, decoder)),
         steps.distributed_step(strategy, replica_step),
         data.DistributedInput(strategy, cfg, "train", batch_size=s.batch_size),
         loop.Cadence.for_stage(cfg, total), s.batch_size, learning_rates=lambda _: {"stream": s.learning_rate})
