@@ -30,7 +30,7 @@ import tensorflow as tf
 from mirrorgan_tf import data, distribute, losses
 from mirrorgan_tf.models.networks import (Networks, build_damsm_image_encoder, build_discriminators, build_glam,
                                           build_stem, build_stream)
-from mirrorgan_tf.config import ConfigError
+from mirrorgan_tf.config import ConfigError, needs_loss_scaling
 from mirrorgan_tf.runs import RunDir, resolve_stage_checkpoint, restore_weights
 from mirrorgan_tf.training import loop, steps
 from mirrorgan_tf.training.sampler import Sampler
@@ -70,11 +70,12 @@ class GanTrainState:
                 if frozen is not None:
                     frozen.trainable = False
             self.nets = Networks(stem, damsm_encoder, glam, discriminators, stream_encoder, stream_decoder)
-            self.opt_g = steps.adam(t.g_learning_rate, t.beta_1, t.beta_2, t.mixed_precision)
+            loss_scaling = needs_loss_scaling(t)
+            self.opt_g = steps.adam(t.g_learning_rate, t.beta_1, t.beta_2, loss_scaling)
             self.opt_g.build(glam.trainable_variables)
             self.opts_d = []
             for d in discriminators:
-                opt = steps.adam(t.d_learning_rate, t.beta_1, t.beta_2, t.mixed_precision)
+                opt = steps.adam(t.d_learning_rate, t.beta_1, t.beta_2, loss_scaling)
                 opt.build(d.trainable_variables)
                 self.opts_d.append(opt)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
