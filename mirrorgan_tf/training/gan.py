@@ -89,16 +89,26 @@ class GanTrainState:
         """glam_ema <- decay x glam_ema + (1 - decay) x glam for the trainable weights; the
         BatchNorm statistics are copied. With `warmup` the decay is min(decay, (1 + n) / (10 + n)),
         n the steps taken before this one (as TensorFlow's ExponentialMovingAverage with
-        num_updates), so the average does not drag the random initial weights along."""
+        num_updates), so the average does not drag the random initial weights along.
+
+        Computed as glam_ema -= (1 - decay) x (glam_ema - glam), the same average rearranged as
+        tf.train.ExponentialMovingAverage does, with the in-place AssignSubVariableOp of each
+        weight's tf.Variable: one subtraction, one product and one in-place update per weight,
+        where the direct formula takes two products, a sum and a full assign (and Keras'
+        own `assign_sub` is a read, a subtraction and a full assign). Equal to the direct
+        formula within float32 rounding (tests/test_training_steps.py). Under a tf.distribute
+        strategy, call in cross-replica context: every replica's copy is updated."""
         decay = tf.constant(decay, tf.float32)
         if warmup:
             n = tf.cast(self.step, tf.float32)
             decay = tf.minimum(decay, (1.0 + n) / (10.0 + n))
+        rate = 1.0 - decay
         glam = self.nets.glam
         for target, source in zip(self.glam_ema.trainable_weights, glam.trainable_weights):
-            target.assign(decay * target + (1.0 - decay) * source)
+            t, s = target.value, source.value  # the tf.Variables behind the Keras variables
+            t.assign_sub(rate * (t - s), read_value=False)
         for target, source in zip(self.glam_ema.non_trainable_weights, glam.non_trainable_weights):
-            target.assign(source)
+            target.value.assign(source.value, read_value=False)
 
 
 def restore_pretrained(cfg, run: RunDir, state: GanTrainState) -> None:
