@@ -11,6 +11,7 @@ untimed calls, as the median of `--repeat` timed calls:
 
 train   one full GAN iteration (the training stage's own step: every D updated on real / fake /
         wrong, G on adversarial + KL + lambda x STREAM, the EMA moved) at `--batch` and at batch 4,
+        its first call (`first_step_s`, of which tracing `trace_s`),
         with a breakdown timed part by part on the same inputs: generator forward, the
         discriminator updates, the STREAM loss forward + backward (to the image), the generator's
         backward and update (the G half-step minus its generator forward and STREAM parts), EMA.
@@ -282,7 +283,12 @@ def bench_train(tf, cfg, batch: int, vocab_size: int, warmup: int, repeat: int, 
     state, train_step = _build_train_step(cfg, strategy, vocab_size)
     build_s = time.perf_counter() - t0
     data = random_batch(tf, cfg, batch, vocab_size)
+    # The first step's cost in two parts: tracing (Python builds the graph, gradients included),
+    # then the first call (Grappler's graph optimisation, kernel set-up, first touch of the
+    # memory, and the step itself).
     t0 = time.perf_counter()
+    train_step.get_concrete_function(data)
+    trace_s = time.perf_counter() - t0
     first = _sync(train_step(data))
     first_step_s = time.perf_counter() - t0
     if not all(bool(tf.math.is_finite(v)) for v in first.values()):
@@ -292,11 +298,11 @@ def bench_train(tf, cfg, batch: int, vocab_size: int, warmup: int, repeat: int, 
     result = {"batch": batch, "s_per_iter": statistics.median(times), "times_s": times,
               "cpu_s_per_iter": statistics.median(cpu),
               "images_per_s": batch / statistics.median(times), "build_s": build_s,
-              "first_step_s": first_step_s,
+              "first_step_s": first_step_s, "trace_s": trace_s,
               # More than 1 would mean the step retraces (a Python value or a shape changing per call).
               "traces": train_step.experimental_get_tracing_count()}
-    _progress(f"train batch {batch}: first step {first_step_s:.1f} s, {result['s_per_iter']:.3f} s/iter "
-              f"(CPU {result['cpu_s_per_iter']:.3f} s) {times}")
+    _progress(f"train batch {batch}: first step {first_step_s:.1f} s (tracing {trace_s:.1f} s), "
+              f"{result['s_per_iter']:.3f} s/iter (CPU {result['cpu_s_per_iter']:.3f} s) {times}")
     try:
         flops = graph_flops(tf, train_step.get_concrete_function(data))
         result["gflop_per_iter"] = flops / 1e9
@@ -483,7 +489,8 @@ def print_table(report: dict) -> None:
             peak = peaks.get(v["precision"]) or peaks.get("float32")
             share = f" ({100 * rate / peak:.0f} % of peak)" if rate and peak else ""
             print(f"train batch {r['batch']:>3}: {r['s_per_iter']:.3f} s/iter, {r['images_per_s']:.2f} images/s, "
-                  f"first step {r['first_step_s']:.1f} s ({r['traces']} trace), peak RSS {r['peak_rss_mb']:.0f} MB, "
+                  f"first step {r['first_step_s']:.1f} s ({r['traces']} trace, {r['trace_s']:.1f} s), "
+                  f"peak RSS {r['peak_rss_mb']:.0f} MB, "
                   f"{_fmt(r.get('gflop_per_iter'), 4)} GFLOP/iter -> {_fmt(rate, 3)} GFLOP/s{share}")
             for k, s in r.get("breakdown_s", {}).items():
                 print(f"    {k:<32} {s:8.3f} s   CPU {r['breakdown_cpu_s'][k]:8.3f} s")

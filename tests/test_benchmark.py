@@ -80,7 +80,7 @@ def test_the_cli_measures_the_smoke_config_end_to_end():
     parts = {"generator_forward", "discriminator_updates", "stream_loss_forward_backward", "generator_half_step",
              "ema", "generator_backward_and_update"}
     assert set(train["breakdown_s"]) == parts and set(train["breakdown_cpu_s"]) == parts
-    assert {"s_per_iter", "cpu_s_per_iter", "images_per_s", "first_step_s", "gflop_per_iter",
+    assert {"s_per_iter", "cpu_s_per_iter", "images_per_s", "first_step_s", "trace_s", "gflop_per_iter",
             "achieved_gflops", "peak_rss_mb"} <= set(train)
     assert {"export_s", "load_s", "batch1", "batch4", "gflop_per_image", "peak_rss_mb"} <= set(variant["infer"])
     assert report["train_s_per_iter"] == train["s_per_iter"]
