@@ -26,7 +26,10 @@ setup(
         "grpcio>=1.60",
     ],
     extras_require={
-        "test": ["pytest>=8", "scipy>=1.11"],
+        # selenium drives Debian's headless chromium + chromium-driver in the page tests.
+        "test": ["pytest>=8", "scipy>=1.11", "selenium>=4.11,<5"],
+        # python -m mirrorgan_tf.demo: the page's Blocks, launch() and css= as Gradio 6 has them.
+        "demo": ["gradio>=6.0,<7"],
         # keras-tuner's BayesianOptimization needs these.
         "tuner": ["scipy>=1.11", "scikit-learn>=1.3"],
         # Only to import PyTorch .pth weights (torchvision backbones, the released MirrorGAN /

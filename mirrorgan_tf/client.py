@@ -5,7 +5,8 @@ Asks a model server for one image per caption through TensorFlow Serving's gRPC 
 them as PNG files (index and caption in the name), printing their paths. It uses only the stubs
 of tensorflow-serving-api, so it works the same against our server and the stock
 tensorflow_model_server. With `--signature generate` the noise comes from --seed (its size from
-the model's metadata), so the same command gives the same images.
+the model's metadata), so the same command gives the same images. The words the model ignored
+as unknown (its `ignored_words` output) are printed on stderr, per caption.
 """
 
 from __future__ import annotations
@@ -67,13 +68,24 @@ def _noise_size(server: str, stub, model_name: str, signature: str, timeout: flo
     return sizes
 
 
-def generate(server: str, captions: list[str], model_name: str = "mirrorgan", signature: str = "serving_default",
-             seed: int = 0, timeout: float = 60.0):
-    """Images (uint8 [N, H, W, 3]) for the captions, from the server."""
+def predict(server: str, captions: list[str], model_name: str = "mirrorgan", signature: str = "serving_default",
+            seed: int = 0, timeout: float = 60.0, noise=None):
+    """Every output of one Predict call for the captions: ({name: NumPy array}, model version).
+
+    Inputs other than `captions` are the signature's [N, size] noise vectors (sizes read from the
+    model's metadata), filled by `noise(n, size)` -> float32 [n, size], by default standard normal
+    draws of a NumPy generator seeded with `seed`. Raises ClientError naming the server when it
+    cannot be reached, does not answer within `timeout` seconds, or answers with an error."""
     import grpc
     import numpy as np
     import tensorflow as tf
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    if noise is None:
+        rng = np.random.default_rng(seed)
+
+        def noise(n, size):
+            return rng.standard_normal((n, size)).astype(np.float32)
 
     options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
@@ -84,18 +96,47 @@ def generate(server: str, captions: list[str], model_name: str = "mirrorgan", si
         request.model_spec.signature_name = signature
         request.inputs["captions"].CopyFrom(tf.make_tensor_proto(captions, dtype=tf.string))
         if signature != "serving_default":
-            rng = np.random.default_rng(seed)
             for name, size in _noise_size(server, stub, model_name, signature, timeout).items():
-                noise = rng.standard_normal((len(captions), size)).astype(np.float32)
-                request.inputs[name].CopyFrom(tf.make_tensor_proto(noise))
+                request.inputs[name].CopyFrom(tf.make_tensor_proto(np.asarray(noise(len(captions), size), np.float32)))
         response = _call(server, stub.Predict, request, timeout)
-    if "images" not in response.outputs:
-        raise ClientError(f"the answer of {server} has no 'images' output (it has {sorted(response.outputs)})")
-    images = tf.make_ndarray(response.outputs["images"])
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] != len(captions) or images.shape[-1] != 3:
-        raise ClientError(f"the answer of {server} is not {len(captions)} RGB uint8 images: "
+    return {name: tf.make_ndarray(t) for name, t in response.outputs.items()}, response.model_spec.version.value
+
+
+def images_of(outputs: dict, server: str, count: int):
+    """The `images` output of an answer, checked: uint8 [count, H, W, 3]. Raises ClientError
+    naming the server otherwise."""
+    import numpy as np
+
+    if "images" not in outputs:
+        raise ClientError(f"the answer of {server} has no 'images' output (it has {sorted(outputs)})")
+    images = outputs["images"]
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[0] != count or images.shape[-1] != 3:
+        raise ClientError(f"the answer of {server} is not {count} RGB uint8 images: "
                           f"{images.dtype} {list(images.shape)}")
-    return images, response.model_spec.version.value
+    return images
+
+
+def ignored_words(outputs: dict, server: str, count: int):
+    """Per caption, the list of its words the model ignored as unknown (the `ignored_words`
+    output: one string per caption, words joined by spaces), or None when the model has no such
+    output (an export made before it existed). Raises ClientError when it is not `count` strings."""
+    import numpy as np
+
+    if "ignored_words" not in outputs:
+        return None
+    value = np.asarray(outputs["ignored_words"])
+    if value.shape != (count,) or value.dtype != object:
+        raise ClientError(f"the answer of {server} has 'ignored_words' of {value.dtype} {list(value.shape)}, "
+                          f"not {count} strings")
+    return [(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)).split() for v in value]
+
+
+def generate(server: str, captions: list[str], model_name: str = "mirrorgan", signature: str = "serving_default",
+             seed: int = 0, timeout: float = 60.0, noise=None):
+    """(images uint8 [N, H, W, 3] for the captions, model version) from the server; see `predict`.
+    Raises ClientError when the answer is not N RGB images."""
+    outputs, version = predict(server, captions, model_name, signature, seed, timeout, noise)
+    return images_of(outputs, server, len(captions)), version
 
 
 def main(argv=None) -> int:
@@ -113,7 +154,9 @@ def main(argv=None) -> int:
         p.error(f"--server must be HOST:PORT, got {a.server!r}")
 
     def body() -> int:
-        images, version = generate(a.server, a.caption, a.model_name, a.signature, a.seed, a.timeout)
+        outputs, version = predict(a.server, a.caption, a.model_name, a.signature, a.seed, a.timeout)
+        images = images_of(outputs, a.server, len(a.caption))
+        ignored = ignored_words(outputs, a.server, len(a.caption))
         from PIL import Image
 
         os.makedirs(a.out, exist_ok=True)
@@ -121,6 +164,8 @@ def main(argv=None) -> int:
             path = os.path.join(a.out, f"{i:02d}-{slug(caption)}.png")
             Image.fromarray(image).save(path)
             print(path)
+            if ignored and ignored[i]:  # the server dropped them, as the original does: say which
+                print(f"ignored as unknown in {caption!r}: {' '.join(ignored[i])}", file=sys.stderr)
         print(f"{len(images)} image(s) from {a.server}, model '{a.model_name}' version {version}", file=sys.stderr)
         return 0
 

@@ -163,6 +163,9 @@ class TrainConfig:
     # on CPUs with AVX512-BF16 / AMX and on recent GPUs). See `precision_policy`.
     mixed_precision: Literal[False, True, "float16", "bfloat16"] = False
     xla: bool = False
+    # TensorFlow's op determinism (slower): a run killed and resumed ends bit-identical to one
+    # never stopped. Steers how it runs, not what it trains, so a re-run may change it.
+    deterministic: bool = False
     seed: int = 0
 
 

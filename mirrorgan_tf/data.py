@@ -267,6 +267,64 @@ def distributed_dataset(strategy: tf.distribute.Strategy, cfg: Config, split: st
         lambda ctx: make_dataset(cfg, split, batch_size=batch, input_context=ctx, **kwargs))
 
 
+def _worker(strategy: tf.distribute.Strategy) -> tuple[int, int]:
+    """(number of workers, this worker's index) of a strategy: (1, 0) without a cluster."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    if not spec:
+        return 1, 0
+    from tensorflow.python.distribute import multi_worker_util  # the ids distribute_datasets_from_function uses
+
+    return (multi_worker_util.worker_count(spec, resolver.task_type),
+            multi_worker_util.id_in_cluster(spec, resolver.task_type, resolver.task_id))
+
+
+class DistributedInput(tf.Module):
+    """The training input of a strategy whose position is saved with the checkpoint.
+
+    `distributed_dataset`'s iterator cannot be checkpointed in TensorFlow 2.21 (its
+    DistributedIterator and the multi-device iterator under it are not trackable), so this class
+    keeps what can: each worker's input pipeline (the same `make_dataset` as
+    `distribute_datasets_from_function` builds for it: worker i reads shard i, seed data.seed +
+    1000 i, per-replica batches) as a plain tf.data iterator, a tracked attribute (`iterator`).
+    Put this object into a tf.train.Checkpoint and the checkpoint holds the pipeline's position:
+    a stage resumed at step k gets the batches of steps k + 1, k + 2, ... (what the saved state
+    holds: the shuffle buffer's serialized records, the read offsets of the shards, the random
+    seeds' state, and the decoded batches already prefetched).
+
+    `next(input)` gives one step's distributed batch: the worker's next batches, one per local
+    replica in replica order (what the multi-device iterator under `distributed_dataset` hands out),
+    as per-replica values (`experimental_distribute_values_from_function`)."""
+
+    def __init__(self, strategy: tf.distribute.Strategy, cfg: Config, split: str = "train",
+                 batch_size: Optional[int] = None, **kwargs):
+        super().__init__(name="input_pipeline")
+        batch = batch_size or cfg.train.batch_size
+        replicas = strategy.num_replicas_in_sync
+        if batch % replicas:
+            raise DataError(f"global batch size {batch} is not divisible by the {replicas} replicas")
+        workers, worker = _worker(strategy)
+        context = tf.distribute.InputContext(num_input_pipelines=workers, input_pipeline_id=worker,
+                                             num_replicas_in_sync=replicas)
+        self._strategy = strategy
+        self._local = replicas // workers
+        self._first = worker * self._local
+        self.iterator = iter(make_dataset(cfg, split, batch_size=batch, input_context=context, **kwargs))
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        batches = [next(self.iterator) for _ in range(self._local)]
+        if self._local == 1 and isinstance(self._strategy, tf.distribute.OneDeviceStrategy):
+            return batches[0]
+
+        def on_replica(ctx):
+            return batches[ctx.replica_id_in_sync_group - self._first]
+
+        return self._strategy.experimental_distribute_values_from_function(on_replica)
+
+
 def shard_files(cfg: Config, split: str) -> list[str]:
     return _shards(cfg.data.dir, load_manifest(cfg.data.dir), split)
 

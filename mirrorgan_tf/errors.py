@@ -6,7 +6,7 @@ command prints it as one line, `error: <message>`, and exits with status 2 (as a
 bad flag). Anything else is a bug, ours or TensorFlow's or Keras's, and keeps its traceback.
 
 The subclasses live beside the code that raises them: `config.ConfigError`, `data.DataError`,
-`metrics.EvalError`, `sample.SampleError`, `client.ClientError` and
+`metrics.EvalError`, `sample.SampleError`, `client.ClientError`, `demo.DemoError` and
 `pipelines.source.DatasetError`. All but ClientError also derive from ValueError, so code that
 caught ValueError before still catches them.
 

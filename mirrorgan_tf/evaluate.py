@@ -45,17 +45,18 @@ def build_context(a):
     import tensorflow as tf
 
     from mirrorgan_tf import data
-    from mirrorgan_tf.config import load_config
     from mirrorgan_tf.evaluation.pairs import load_pairs
     from mirrorgan_tf.metrics import REGISTRY, Context, EvalError
-    from mirrorgan_tf.runs import find_checkpoint
+    from mirrorgan_tf.runs import find_checkpoint, load_run
 
     config_path = os.path.join(a.run_dir, "config.yaml")
     if not tf.io.gfile.exists(config_path):
         raise EvalError(f"--run-dir {a.run_dir}: not a run directory (no config.yaml)")
-    cfg = load_config(config_path)
     if find_checkpoint(os.path.join(a.run_dir, "gan"), "gan") is None:
         raise EvalError(f"{a.run_dir}: no gan checkpoint; train the gan stage first")
+    run = load_run(a.run_dir)
+    cfg = run.cfg
+    run.check_data()  # the split's captions are word ids: they must be the run's words
     manifest = data.load_manifest(cfg.data.dir)
     if a.split not in manifest["splits"]:
         raise EvalError(f"--split {a.split}: {cfg.data.dir} has {', '.join(manifest['splits'])}")

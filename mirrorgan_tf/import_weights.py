@@ -33,10 +33,12 @@ import os
 import shutil
 import sys
 
+from mirrorgan_tf.errors import MirrorganError, run_cli
+
 VOCAB_FILE = "vocab.txt"
 
 
-class ImportArgumentError(ValueError):
+class ImportArgumentError(MirrorganError, ValueError):
     """Bad arguments or files for an import (the message names the argument or file)."""
 
 
@@ -96,27 +98,12 @@ def _save_stage(run, stage: str, info: dict, **objects) -> str:
     return path
 
 
-def _keep_copy(path: str, run, stage: str) -> str:
-    """Copy a weights file into the run (RUN/<stage>/<name>); returns the copy's path. The run is
-    built in a temporary folder renamed at the end; `run_import` renames the path in the config."""
-    os.makedirs(run.path(stage), exist_ok=True)
-    shutil.copy(path, run.path(stage, os.path.basename(path)))
-    run.pending_paths.append(run.path(stage, os.path.basename(path)))
-    return run.path(stage, os.path.basename(path))
-
-
-def _copy_stage(src_run: str, run, stage: str, cfg=None) -> None:
-    """Copy a finished stage (its folder and stages.json entry) from another run. A backbone
-    weights file the stage keeps (an imported encoder's) is then named at its new place in `cfg`."""
+def _copy_stage(src_run: str, run, stage: str) -> None:
+    """Copy a finished stage (its folder and stages.json entry) from another run. Its checkpoint
+    holds every weight, frozen backbones included, so no weights file travels with it."""
     with open(os.path.join(src_run, "stages.json"), encoding="utf-8") as f:
         info = json.load(f)[stage]
     shutil.copytree(os.path.join(src_run, stage), run.path(stage))
-    key = f"{stage}.backbone_weights"
-    if cfg is not None and stage in ("damsm", "stream") and _get(cfg, key):
-        inside = os.path.relpath(os.path.abspath(_get(cfg, key)), os.path.abspath(src_run))
-        if not inside.startswith(".."):
-            _set(cfg, key, run.path(inside))
-            run.pending_paths.append(run.path(inside))
     # The source's checkpoint path named the source run; the copy is found under RUN/<stage>.
     kept = {k: v for k, v in info.items() if k not in ("done", "checkpoint")}
     run.mark_done(stage, kept | {"copied_from": os.path.abspath(src_run)})
@@ -156,8 +143,9 @@ def import_attngan_damsm(a, run) -> dict:
     attngan.load_stem(stem, text_state, a.text_encoder)
     objects = {"stem": stem}
     if a.image_encoder:
-        # The encoder's backbone is built from its own file (torchvision's layout); the run keeps a
-        # copy, which its config names, so the run does not depend on where the download lies.
+        # The encoder's backbone is built from its own file (torchvision's layout) and saved whole in
+        # the run's checkpoint; the config names the file as the weights' origin (its suffix says
+        # the layout, runs.for_restore), and nothing later reads it: the run may move.
         image_state = read_state_dict(a.image_encoder, "--image-encoder")
         _require(cfg, "model.embedding_dim", attngan.image_encoder_embedding_dim(image_state, a.image_encoder),
                  a.image_encoder)
@@ -167,7 +155,7 @@ def import_attngan_damsm(a, run) -> dict:
                         "PyTorch 0.3 (the released DAMSM) resized with corners aligned; "
                         "--set damsm.resize_align_corners=false for an encoder trained with PyTorch >= 0.4",
                         a.overrides)
-        cfg.damsm.backbone_weights = _keep_copy(a.image_encoder, run, "damsm")
+        cfg.damsm.backbone_weights = os.path.abspath(a.image_encoder)
         encoder = networks.build_damsm_image_encoder(cfg)
         attngan.load_damsm_image_encoder(encoder, image_state, a.image_encoder)
         objects["image_encoder"] = encoder
@@ -200,7 +188,7 @@ def import_mirrorgan_gan(a, run):
         _require(cfg, "model.df_dim", d_sizes["df_dim"], path)
         _require(cfg, "model.embedding_dim", d_sizes["embedding_dim"], path)
     _apply_settings(cfg, mirrorgan.GENERATOR_SETTINGS, "the released generator computes this", a.overrides)
-    _copy_stage(a.damsm_run, run, "damsm", cfg)
+    _copy_stage(a.damsm_run, run, "damsm")
     shutil.copy(os.path.join(a.damsm_run, VOCAB_FILE), run.path(VOCAB_FILE))
     glams = []
     for _ in range(2):  # the released netG holds the averaged (EMA) weights: both get them
@@ -216,7 +204,7 @@ def import_mirrorgan_gan(a, run):
     if a.stream_run:
         stream_cfg = load_config(os.path.join(a.stream_run, "config.yaml"))
         cfg.stream = stream_cfg.stream  # how the imported or trained captioner was built
-        _copy_stage(_need_run(a.stream_run, "--stream-run", "stream"), run, "stream", cfg)
+        _copy_stage(_need_run(a.stream_run, "--stream-run", "stream"), run, "stream")
     info = {"generator": os.path.abspath(a.generator),
             "discriminators": [os.path.abspath(p) for p in a.discriminators or []]}
     _save_stage(run, "gan", info, **objects)
@@ -240,9 +228,9 @@ def import_stream(a, run):
     _apply_settings(cfg, stream.ENCODER_SETTINGS, "the released code captions [-1, 1] images as they are",
                     a.overrides)
     _apply_settings(cfg, {"stream.backbone": "resnet152"}, "the encoder holds ResNet-152", a.overrides)
-    _copy_stage(a.damsm_run, run, "damsm", cfg)
+    _copy_stage(a.damsm_run, run, "damsm")
     shutil.copy(os.path.join(a.damsm_run, VOCAB_FILE), run.path(VOCAB_FILE))
-    cfg.stream.backbone_weights = _keep_copy(a.encoder, run, "stream")
+    cfg.stream.backbone_weights = os.path.abspath(a.encoder)  # the origin; the checkpoint holds the weights
     encoder, decoder = networks.build_stream(cfg, cfg.data.vocab_size)
     stream.load_stream_encoder(encoder, enc_state, a.encoder)
     stream.load_stream_decoder(decoder, dec_state, a.decoder)
@@ -306,6 +294,15 @@ def _check_arguments(a) -> None:
     if getattr(a, "damsm_run", None):
         _need_run(a.damsm_run, "--damsm-run", "damsm")
         _need_file(os.path.join(a.damsm_run, VOCAB_FILE), "--damsm-run (its vocabulary)")
+        if getattr(a, "stream_run", None):
+            # A STREAM predicts word ids: it must have been trained with the DAMSM's words.
+            from mirrorgan_tf.runs import RunIntegrityError, check_same_vocabulary, pinned_vocabulary
+
+            try:
+                check_same_vocabulary(os.path.join(a.damsm_run, VOCAB_FILE), pinned_vocabulary(a.stream_run),
+                                      f"--stream-run {a.stream_run}")
+            except RunIntegrityError as e:
+                raise ImportArgumentError(str(e)) from None
 
 
 def run_import(argv=None) -> str:
@@ -323,12 +320,7 @@ def run_import(argv=None) -> str:
     os.makedirs(tmp)
     try:
         run = RunDir(tmp)
-        run.pending_paths = []
         cfg = KINDS[a.kind](a, run)
-        # Weight files copied into the run are named by where they will be once renamed.
-        for key in ("damsm.backbone_weights", "stream.backbone_weights"):
-            if _get(cfg, key) in run.pending_paths:
-                _set(cfg, key, os.path.join(out, os.path.relpath(_get(cfg, key), tmp)))
         config_lib.save_config(cfg, os.path.join(tmp, "config.yaml"))
         os.rename(tmp, out)
     except BaseException:
@@ -341,16 +333,13 @@ def run_import(argv=None) -> str:
 
 
 def main(argv=None) -> int:
-    from mirrorgan_tf.config import ConfigError
-    from mirrorgan_tf.weights.layout import WeightImportError
-
-    try:
+    def body() -> int:
         run_import(argv)
-    # WeightImportError and torch_io's unreadable-file errors are ValueErrors.
-    except (ImportArgumentError, WeightImportError, ConfigError, FileNotFoundError, ImportError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        return 0
+
+    # Bad arguments, files that do not fit, an unreadable .pth or torch missing are MirrorganErrors
+    # (ImportArgumentError, WeightImportError, TorchFileError, ConfigError): `error: ...`, exit 2.
+    return run_cli(body)
 
 
 if __name__ == "__main__":

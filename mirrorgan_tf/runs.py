@@ -3,6 +3,8 @@ serving) reads, found from the run directory alone.
 
 A run directory holds:
     config.yaml                 the resolved config of the run
+    vocab.txt                   the vocabulary its networks were trained with (pinned at its start)
+    data.json                   the fingerprint of the prepared data it trained on
     stages.json                 which stages are finished (steps, seconds)
     <stage>/checkpoints/        tf.train.CheckpointManager of that stage
     <stage>/metrics.json        final losses, steps, time and throughput of the stage
@@ -13,10 +15,18 @@ A run directory holds:
 `load_run(path)` gives a run's config and vocabulary and builds its trained networks (STEM and the
 EMA generator, the DAMSM image encoder), restored from the run's checkpoints. Paths go through
 tf.io.gfile, so a run directory may live on gs://.
+
+A run directory is the single source of truth for what trained in it: its own copy of the
+vocabulary (word ids mean what they meant in training, whatever later happens to `data.dir`), the
+data's fingerprint (a resumed or later stage refuses data that changed), and its config (a re-run
+whose config differs in a key that shapes what was trained is refused, `check_config`).
 """
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import hashlib
 import json
 import os
 from typing import Optional
@@ -25,10 +35,30 @@ import tensorflow as tf
 
 from mirrorgan_tf import data, distribute, images
 from mirrorgan_tf.config import load_config
+from mirrorgan_tf.errors import MirrorganError
 from mirrorgan_tf.models import networks
 
 STAGES = ("damsm", "stream", "gan")
 CONFIG = "config.yaml"
+VOCAB = "vocab.txt"
+DATA_RECORD = "data.json"
+
+# Keys that only steer what is left to do (how long, how often to save, log and sample, how the
+# step is compiled, where the same data lies): a re-run may change them. Every other key shapes
+# what was trained (network sizes, losses, optimizers, data handling, seeds), and a re-run that
+# changes one is refused (`check_config`). data.dir may move because the data's fingerprint, not its
+# path, is what a run checks (`check_data`).
+STEERING_KEYS = (
+    "data.dir", "data.source",
+    "damsm.epochs", "damsm.max_steps", "stream.epochs", "stream.max_steps", "train.epochs", "train.max_steps",
+    "train.checkpoint_every", "train.sample_every", "train.log_every", "train.keep_checkpoints", "train.xla",
+    "train.deterministic",
+)
+
+
+class RunIntegrityError(MirrorganError, ValueError):
+    """A run directory's parts disagree (its vocabulary, its data, its config, another run it
+    reuses); the message names the files or keys and both values."""
 
 
 class RunDir:
@@ -126,15 +156,222 @@ def resolve_stage_checkpoint(run: RunDir, stage: str, configured: str) -> str:
     return run.path(stage)
 
 
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with tf.io.gfile.GFile(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def data_fingerprint(data_dir: str) -> dict:
+    """What identifies a prepared dataset without reading its shards: the sha256 of manifest.json
+    and of its vocabulary file, the vocabulary size, the examples per split and the byte size of
+    every shard (so a re-preparation whose manifest came out identical but whose images changed
+    is caught too, at the cost of one stat per shard). Raises DataError without a manifest."""
+    manifest = data.load_manifest(data_dir)
+    shards = {}
+    for split, info in sorted((manifest.get("splits") or {}).items()):
+        for name in info.get("shards", []):
+            path = os.path.join(data_dir, name)
+            shards[name] = tf.io.gfile.stat(path).length if tf.io.gfile.exists(path) else None
+    return {
+        "manifest_sha256": _sha256(os.path.join(data_dir, data.MANIFEST)),
+        "vocabulary_sha256": _sha256(data.vocabulary_path(data_dir)),
+        "vocab_size": manifest.get("vocab_size"),
+        "examples": {k: (v or {}).get("examples") for k, v in sorted((manifest.get("splits") or {}).items())},
+        "shard_bytes": shards,
+        "data_dir": data_dir,
+    }
+
+
+def vocabulary_difference(words_a: list[str], words_b: list[str]) -> str:
+    """How two vocabularies (word lists in id order) differ, for error messages: sizes, how many
+    ids name another word, and the first few of them."""
+    moved = [(i, a, b) for i, (a, b) in enumerate(zip(words_a, words_b)) if a != b]
+    parts = [] if len(words_a) == len(words_b) else [f"{len(words_a)} against {len(words_b)} words"]
+    if moved:
+        shown = ", ".join(f"id {i}: {a!r} -> {b!r}" for i, a, b in moved[:3])
+        parts.append(f"{len(moved)} of {min(len(words_a), len(words_b))} shared ids name another word ({shown})")
+    return "; ".join(parts) or "identical"
+
+
+def _read_words(path: str) -> list[str]:
+    from mirrorgan_tf import text
+
+    return text.read_vocabulary(path)
+
+
+def run_root(path: str) -> Optional[str]:
+    """The run directory a path into it lies in (the run itself, a stage folder, a checkpoint folder
+    or a checkpoint prefix): the nearest of the path and its parents, up to three levels, holding a
+    config.yaml. None when there is none."""
+    path = path.rstrip("/")
+    for _ in range(4):
+        if path and tf.io.gfile.exists(os.path.join(path, CONFIG)):
+            return path
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return None
+
+
+def pinned_vocabulary(root: str) -> str:
+    """The vocabulary file of the run directory `root`. Raises RunIntegrityError when the run has
+    none (a run trained before runs kept their own copy: see the message for the fix)."""
+    path = os.path.join(root, VOCAB)
+    if not tf.io.gfile.exists(path):
+        raise RunIntegrityError(
+            f"{root}: the run has no {VOCAB}, so the word ids its networks were trained with are unknown "
+            f"(a run trained before run directories kept their own vocabulary). If its data.dir has not been "
+            f"prepared again since it trained, copy that dataset's vocab.txt to {path}; otherwise the run "
+            f"cannot be used safely")
+    return path
+
+
+def check_same_vocabulary(mine: str, other: str, what: str) -> None:
+    """Raise RunIntegrityError unless the vocabulary files `mine` and `other` hold the same words
+    in the same order (content, not size). `what` says what `other` is, for the message."""
+    if _sha256(mine) == _sha256(other):
+        return
+    raise RunIntegrityError(f"{what}: its vocabulary {other} is not this run's {mine} "
+                            f"({vocabulary_difference(_read_words(mine), _read_words(other))}); networks "
+                            "trained on other word ids would read the captions as other words")
+
+
+def check_other_run(run_vocab: str, path: str, key: str) -> str:
+    """`key` (damsm.checkpoint, stream.checkpoint, --damsm-run) names a checkpoint of another run:
+    it must lie in a run directory whose pinned vocabulary equals `run_vocab`. Returns that run's
+    root. Raises RunIntegrityError (no run directory around it, other words) or FileNotFoundError."""
+    root = run_root(path)
+    if root is None:
+        if not tf.io.gfile.exists(path) and not tf.io.gfile.exists(path + ".index"):
+            raise FileNotFoundError(f"{key}={path}: no such file or folder")
+        raise RunIntegrityError(f"{key}={path}: not inside a run directory (no {CONFIG} in it or above it), so "
+                                "the vocabulary it was trained with cannot be checked; give a run directory")
+    check_same_vocabulary(run_vocab, pinned_vocabulary(root), f"{key}={path}")
+    return root
+
+
+def _anything_trained(run: "RunDir") -> bool:
+    """Whether any stage of the run has started (a stage record or a checkpoint)."""
+    if run.stages():
+        return True
+    return any(find_checkpoint(run.checkpoints(stage), stage) for stage in STAGES)
+
+
+def _flat(cfg) -> dict:
+    out = {}
+    for section, values in dataclasses.asdict(cfg).items():
+        for key, value in values.items():
+            out[f"{section}.{key}"] = value
+    return out
+
+
+def config_differences(recorded, cfg) -> list[tuple[str, object, object]]:
+    """(key, recorded value, new value) for every key outside STEERING_KEYS whose value differs."""
+    old, new = _flat(recorded), _flat(cfg)
+    return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+            if k not in STEERING_KEYS and old.get(k) != new.get(k)]
+
+
+def check_config(run: "RunDir", cfg) -> bool:
+    """Before a re-run writes anything: a run that has trained anything keeps the config it trained
+    with. Raises RunIntegrityError naming every key (outside STEERING_KEYS) whose value differs, with
+    both values; ConfigError when the recorded config.yaml does not load. Returns whether the run has
+    trained anything (False: a fresh or never-started run, whose config may be replaced)."""
+    if not _anything_trained(run):
+        return False
+    if not tf.io.gfile.exists(run.config_path()):
+        raise RunIntegrityError(f"{run.root}: has checkpoints but no {CONFIG}; cannot tell what trained in it")
+    recorded = load_config(run.config_path())
+    changed = config_differences(recorded, cfg)
+    if changed:
+        lines = "\n  - ".join(f"{k}: {old!r} in the run, {new!r} now" for k, old, new in changed)
+        raise RunIntegrityError(
+            f"{run.config_path()}: the run trained with another configuration; these keys differ:\n  - {lines}\n"
+            f"Use the run's values (or another --run-dir; reuse its stages with damsm.checkpoint / "
+            f"stream.checkpoint). Keys that may change on a re-run: {', '.join(STEERING_KEYS)}")
+    return True
+
+
+def check_data(run: "RunDir", cfg, training: bool = True) -> None:
+    """The prepared data at cfg.data.dir must be what the run trained on: the same vocabulary by
+    content (always: data records hold word ids), and for training (`training=True`) the same
+    fingerprint (`data_fingerprint`: manifest, vocabulary, split sizes, shard sizes). A run without a
+    data record (imported, or never started) is only checked for its vocabulary.
+    Raises RunIntegrityError naming both files or values."""
+    pinned = pinned_vocabulary(run.root)
+    check_same_vocabulary(pinned, data.vocabulary_path(cfg.data.dir), f"data.dir={cfg.data.dir}")
+    recorded = run.read_json(DATA_RECORD)
+    if not training or not recorded:
+        return
+    now = data_fingerprint(cfg.data.dir)
+    changed = [k for k in ("manifest_sha256", "vocabulary_sha256", "vocab_size", "examples", "shard_bytes")
+               if recorded.get(k) != now.get(k)]
+    if changed:
+        detail = "; ".join(f"{k}: {recorded.get(k)!r} when the run started, {now.get(k)!r} now"
+                           for k in changed if k != "shard_bytes")
+        if "shard_bytes" in changed:
+            detail += ("; " if detail else "") + "the shards' sizes differ"
+        raise RunIntegrityError(
+            f"data.dir={cfg.data.dir}: the prepared data changed since this run started training on "
+            f"{recorded.get('data_dir')} ({detail}); a resumed or later stage would train on other data "
+            f"than the earlier ones. Train in another --run-dir (damsm.checkpoint / stream.checkpoint "
+            f"reuse this run's pretrained stages), or restore the data")
+
+
+def pin_data(run: "RunDir", cfg, write: bool = True) -> None:
+    """Give the run its own copy of cfg.data.dir's vocabulary (vocab.txt) and record the data's
+    fingerprint (data.json), both written then renamed, the first time it trains on data. A run that
+    has trained already is checked instead (`check_data`; a run imported without data gets its
+    fingerprint now, once its vocabulary matched). `write=False` only checks (RunIntegrityError)."""
+    if _anything_trained(run):
+        check_data(run, cfg, training=True)
+        if run.read_json(DATA_RECORD):
+            return
+    elif not write:
+        data.vocabulary_path(cfg.data.dir)  # DataError when there is no prepared dataset
+    if not write:
+        return
+    vocab = os.path.join(run.root, VOCAB)
+    if not _anything_trained(run):
+        with tf.io.gfile.GFile(data.vocabulary_path(cfg.data.dir), "rb") as f:
+            images.atomic_write(vocab, f.read())
+    run.write_json(DATA_RECORD, data_fingerprint(cfg.data.dir))
+
+
+def deterministic(cfg) -> bool:
+    """train.deterministic: TensorFlow's op determinism on (`tf.config.experimental.
+    enable_op_determinism`), so that a resumed run ends bit-identical to one never stopped."""
+    return cfg.train.deterministic
+
+
+def for_restore(cfg):
+    """A copy of `cfg` whose frozen ImageNet backbones are built with random weights: what to
+    build a network with when a checkpoint then restores every weight, backbone included. Needs no
+    ImageNet file, no download and no Keras cache, so a run directory works alone (moved, or on
+    another machine). The small CNN backbone (`cnn`) is untouched: it has no pretrained weights."""
+    from mirrorgan_tf.models import backbones
+
+    cfg = copy.deepcopy(cfg)
+    for section in (cfg.damsm, cfg.stream):
+        if section.backbone != "cnn":
+            section.backbone_weights = backbones.restore_only(section.backbone_weights)
+    return cfg
+
+
 def vocabulary_path(cfg) -> str:
-    """The vocabulary file a run's networks were trained with: the one place that says where it is
-    (today the prepared dataset's; a run may later pin its own copy)."""
+    """The vocabulary file of the prepared data at cfg.data.dir (a run's own is `Run.vocab_path`)."""
     return data.vocabulary_path(cfg.data.dir)
 
 
 def restore_damsm(cfg, vocab_size: int, path: str):
     """(STEM, DAMSM image encoder) of configuration `cfg`, restored from the damsm checkpoint found
-    under `path` (run directory, stage folder, checkpoint folder or prefix)."""
+    under `path` (run directory, stage folder, checkpoint folder or prefix). The encoder's backbone
+    is built untrained (`for_restore`): the checkpoint holds its weights."""
+    cfg = for_restore(cfg)
     stem = networks.build_stem(cfg, vocab_size)
     encoder = networks.build_damsm_image_encoder(cfg)
     restore_weights(path, "damsm", stem=stem, image_encoder=encoder)
@@ -145,16 +382,24 @@ class Run:
     """A trained (or training) run directory, read only: its config, vocabulary and networks.
 
     Build with `load_run`. Attributes: `dir` (RunDir), `cfg` (the resolved Config),
-    `vocab_path` (str), `vocab_size` (int)."""
+    `vocab_path` (str: the run's own vocab.txt), `vocab_size` (int, its number of words)."""
 
     def __init__(self, run_dir: RunDir, cfg):
         self.dir, self.cfg = run_dir, cfg
-        self.vocab_path = vocabulary_path(cfg)
-        self.vocab_size = data.vocab_size(cfg)
+        self.vocab_path = pinned_vocabulary(run_dir.root)
+        self.vocab_size = len(_read_words(self.vocab_path))
+        if cfg.data.vocab_size and cfg.data.vocab_size != self.vocab_size:
+            raise RunIntegrityError(f"{run_dir.config_path()}: data.vocab_size={cfg.data.vocab_size}, but the run's "
+                                    f"{self.vocab_path} has {self.vocab_size} words")
 
     @property
     def root(self) -> str:
         return self.dir.root
+
+    def check_data(self) -> None:
+        """The data at the run's data.dir holds word ids of the run's vocabulary (RunIntegrityError
+        otherwise): for whatever reads captions from the data (evaluation)."""
+        check_data(self.dir, self.cfg, training=False)
 
     def gan_checkpoint(self) -> Optional[str]:
         """The latest gan checkpoint prefix of the run, None before the first one."""
@@ -162,21 +407,25 @@ class Run:
 
     def generator(self, finished: bool = True):
         """(STEM, EMA GLAM) restored: STEM from the run's DAMSM stage (or the configured
-        damsm.checkpoint), GLAM from the EMA weights of the latest gan checkpoint. With
-        finished=True the gan stage must be done (FileNotFoundError otherwise); finished=False
-        also takes a run that is still training."""
+        damsm.checkpoint, whose run must share this run's vocabulary), GLAM from the EMA weights of
+        the latest gan checkpoint. With finished=True the gan stage must be done (FileNotFoundError
+        otherwise); finished=False also takes a run that is still training."""
         cfg = self.cfg
         stem = networks.build_stem(cfg, self.vocab_size, batch=1)
         glam = networks.build_glam(cfg, batch=1)
         if finished and not self.dir.is_done("gan"):
             raise FileNotFoundError(f"{self.root}: the gan stage has not finished; nothing to export")
-        restore_weights(resolve_stage_checkpoint(self.dir, "damsm", cfg.damsm.checkpoint), "damsm", stem=stem)
+        restore_weights(self.damsm_checkpoint(), "damsm", stem=stem)
         restore_weights(self.dir.path("gan"), "gan", glam_ema=glam)
         return stem, glam
 
     def damsm_checkpoint(self) -> str:
-        """Where this run's DAMSM is: the configured damsm.checkpoint, else the run's damsm stage."""
-        return self.cfg.damsm.checkpoint or self.dir.path("damsm")
+        """Where this run's DAMSM is: the configured damsm.checkpoint (checked to share this run's
+        vocabulary), else the run's damsm stage."""
+        if self.cfg.damsm.checkpoint:
+            check_other_run(self.vocab_path, self.cfg.damsm.checkpoint, "damsm.checkpoint")
+            return self.cfg.damsm.checkpoint
+        return self.dir.path("damsm")
 
     def damsm(self):
         """(STEM, DAMSM image encoder) of the run, restored (FileNotFoundError without a checkpoint)."""
@@ -184,8 +433,9 @@ class Run:
 
 
 def load_run(path: str) -> Run:
-    """The run directory at `path`. Raises FileNotFoundError when it has no config.yaml, and
-    ConfigError when that config does not load."""
+    """The run directory at `path`. Raises FileNotFoundError when it has no config.yaml,
+    ConfigError when that config does not load, RunIntegrityError when it has no vocab.txt (see
+    `pinned_vocabulary`) or its config's data.vocab_size disagrees with it."""
     config_path = os.path.join(path.rstrip("/"), CONFIG)
     if not tf.io.gfile.exists(config_path):
         raise FileNotFoundError(f"{config_path}: not a run directory (no {CONFIG})")

@@ -148,6 +148,21 @@ class Tokenizer(tf.Module):
             return tf.ragged.boolean_mask(ids, tf.not_equal(ids, _MISSING))
         return tf.ragged.map_flat_values(lambda v: tf.where(tf.not_equal(v, _MISSING), v, UNK_ID), ids)
 
+    def unknown_words(self, captions: tf.Tensor) -> tf.RaggedTensor:
+        """tf.string [N] -> ragged tf.string [N, (words)]: each caption's words (normalised as the
+        tokenizer sees them, in caption order, repeats kept) that the vocabulary does not hold,
+        i.e. exactly the words `__call__` drops (or maps to UNK_ID). TensorFlow ops only, so the
+        serving graph runs it too."""
+        words = split_words(captions)
+        missing = tf.ragged.map_flat_values(lambda w: tf.equal(self.table.lookup(w), _MISSING), words)
+        return tf.ragged.boolean_mask(words, missing)
+
+    def ignored_words(self, captions: tf.Tensor) -> tf.Tensor:
+        """tf.string [N] -> tf.string [N]: each caption's unknown words (see `unknown_words`)
+        joined by single spaces; "" when every word is known. E.g. with the shapes vocabulary,
+        "a racoon detective with a microscope" -> "racoon detective with microscope"."""
+        return tf.strings.reduce_join(self.unknown_words(captions), axis=-1, separator=" ")
+
     def decode(self, ids: Iterable[int]) -> str:
         """Word ids -> text, stopping at the first END_ID (for inspecting captions)."""
         out = []

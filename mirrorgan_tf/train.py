@@ -44,24 +44,59 @@ def prepare_data(cfg, chief: bool = True) -> None:
           f"vocabulary {manifest['vocab_size']} words", flush=True)
 
 
+def stages_to_run(cfg, run, stage: str) -> list[str]:
+    """The training stages `--stage stage` will really run in `run`: for `all`, those not finished
+    and not taken from damsm.checkpoint / stream.checkpoint; else the one named (none for data and
+    export)."""
+    if stage != "all":
+        return [stage] if stage in ("damsm", "stream", "gan") else []
+    reused = {"damsm": cfg.damsm.checkpoint, "stream": cfg.stream.checkpoint, "gan": ""}
+    return [s for s in ("damsm", "stream", "gan") if not run.is_done(s) and not reused[s]]
+
+
 def train(cfg, run_dir: str, stage: str = "all", strategy_kind: str = "auto",
           export_dir: str | None = None) -> dict:
-    """Run the requested stages; returns {stage: LoopResult} (and {"export": path})."""
+    """Run the requested stages; returns {stage: LoopResult} (and {"export": path}).
+
+    Before anything is written or trained, the run directory is checked against what it already
+    holds (`runs.check_config`: a run keeps the config it trained with, keys in runs.STEERING_KEYS
+    aside), the data (`runs.pin_data`: the run's own vocabulary and data fingerprint), the runs it
+    reuses (damsm.checkpoint / stream.checkpoint must share its vocabulary), the dataset's size
+    (`data.check_prepared` for the stages that will run) and the backbones
+    (`training.loop.check_backbones`).
+    Raises RunIntegrityError, DataError, BackboneWeightsError (all ValueError), FileNotFoundError."""
     import keras
+    import tensorflow as tf
 
     from mirrorgan_tf import config as config_lib
+    from mirrorgan_tf import data, runs
     from mirrorgan_tf.distribute import build_strategy, is_chief
-    from mirrorgan_tf.runs import RunDir
-    from mirrorgan_tf.training import damsm, gan, stream
+    from mirrorgan_tf.training import damsm, gan, loop, stream
 
     strategy = build_strategy(strategy_kind)
     chief = is_chief(strategy)
-    run = RunDir(run_dir)
-    if chief:
-        config_lib.save_config(cfg, run.path("config.yaml"))
+    config_lib.check_replica_batches(cfg, strategy.num_replicas_in_sync)
+    run = runs.RunDir(run_dir)
+    runs.check_config(run, cfg)  # before anything is written
+    if runs.deterministic(cfg):
+        tf.config.experimental.enable_op_determinism()
     keras.mixed_precision.set_global_policy(config_lib.precision_policy(cfg.train))
     keras.utils.set_random_seed(cfg.train.seed)
     prepare_data(cfg, chief)
+    todo = stages_to_run(cfg, run, stage)
+    if todo:  # what trains must agree with what trained (exporting reads only the run itself)
+        runs.pin_data(run, cfg, write=False)  # checks only: nothing is written before every check passed
+        vocab = data.vocabulary_path(cfg.data.dir)  # the run's own, when it has one (checked above)
+        for key in ("damsm.checkpoint", "stream.checkpoint"):
+            section, name = key.split(".")
+            if getattr(getattr(cfg, section), name):
+                runs.check_other_run(vocab, getattr(getattr(cfg, section), name), key)
+    data.check_prepared(cfg, stages=todo, num_replicas=strategy.num_replicas_in_sync)
+    loop.check_backbones(cfg, todo)
+    if chief:
+        if todo:
+            runs.pin_data(run, cfg)
+        config_lib.save_config(cfg, run.path("config.yaml"))
     trainers = {"damsm": damsm.train, "stream": stream.train, "gan": gan.train}
     wanted = list(trainers) if stage == "all" else ([stage] if stage in trainers else [])
     results = {}

@@ -15,18 +15,23 @@ Z_DIM = 4
 class CaptionPainter(tf.Module):
     """serving_default: captions string [None] -> images uint8 [None, size, size, 3], every pixel
     the caption's length in bytes (mod 256); generate: captions, noise float32 [None, Z_DIM] ->
-    the same images plus round(noise[:, 0]). Each call adds one to `calls`."""
+    the same images plus round(noise[:, 0]). Each call adds one to `calls`. With echo=True both
+    also answer `ignored_words` (string [None], as the export does): the captions themselves, an
+    output whose size only the answer tells."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, echo: bool = False):
         super().__init__()
-        self.size = size
+        self.size, self.echo = size, echo
         self.calls = tf.Variable(0, dtype=tf.int64)
 
     def _paint(self, captions, offset):
         self.calls.assign_add(1)
         value = tf.math.floormod(tf.strings.length(captions) + offset, 256)
-        return {"images": tf.cast(tf.broadcast_to(value[:, None, None, None],
-                                                  [tf.shape(captions)[0], self.size, self.size, 3]), tf.uint8)}
+        out = {"images": tf.cast(tf.broadcast_to(value[:, None, None, None],
+                                                 [tf.shape(captions)[0], self.size, self.size, 3]), tf.uint8)}
+        if self.echo:
+            out["ignored_words"] = tf.identity(captions)
+        return out
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="captions")])
     def serve(self, captions):
@@ -38,9 +43,9 @@ class CaptionPainter(tf.Module):
         return self._paint(captions, tf.cast(tf.round(noise[:, 0]), tf.int32))
 
 
-def save_painter(path: Path, size: int) -> Path:
+def save_painter(path: Path, size: int, echo: bool = False) -> Path:
     """A CaptionPainter SavedModel at path (a version folder)."""
-    module = CaptionPainter(size)
+    module = CaptionPainter(size, echo)
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve,
                                                         "generate": module.generate})
     return path
@@ -52,10 +57,10 @@ class PainterExports:
     def __init__(self, root: Path):
         self.root = root
 
-    def version(self, base: Path, version: int, size: int = 16) -> Path:
-        saved = self.root / f"painter-{size}"
+    def version(self, base: Path, version: int, size: int = 16, echo: bool = False) -> Path:
+        saved = self.root / f"painter-{size}{'-echo' if echo else ''}"
         if not saved.exists():
-            save_painter(saved, size)
+            save_painter(saved, size, echo)
         target = base / str(version)
         shutil.copytree(saved, target)
         return target

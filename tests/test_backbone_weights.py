@@ -100,7 +100,7 @@ def test_reading_pth_without_torch_names_the_extra(tmp_path, monkeypatch):
 
 
 def test_state_dict_reader_and_layout_errors(tmp_path):
-    torch = pytest.importorskip("torch")
+    import torch  # the `torch` extra, which the README's test command installs
     from mirrorgan_tf.weights import torch_io
     from tests.torch_reference import resnet
 

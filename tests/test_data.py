@@ -240,3 +240,40 @@ def test_a_record_refuses_a_caption_without_word_ids():
     ok = records.encode_example(key="k1", image=b"x", image_format="png", height=1, width=1,
                                 captions=["a bird"], caption_ids=[[2, 3]])
     assert records.parse_example(ok)["caption_ids"].to_list() == [[2, 3]]
+
+
+SAVED_POSITION = textwrap.dedent("""
+    import json, sys
+    from mirrorgan_tf import distribute
+    distribute.split_cpu(2)
+    import tensorflow as tf
+    from mirrorgan_tf import data
+    from mirrorgan_tf.config import load_config
+    cfg = load_config(sys.argv[1], ["data.dir=" + sys.argv[2], "train.batch_size=8"])
+    strategy = distribute.build_strategy("mirrored")
+
+    def keys(batch):
+        return [[k.decode() for k in r.numpy()] for r in strategy.experimental_local_results(batch["key"])]
+
+    reference = iter(data.distributed_dataset(strategy, cfg, "train"))
+    expected = [keys(next(reference)) for _ in range(5)]
+    first = data.DistributedInput(strategy, cfg, "train")
+    got = [keys(next(first)) for _ in range(2)]
+    path = tf.train.Checkpoint(input_pipeline=first).write(sys.argv[3])
+    resumed = data.DistributedInput(strategy, cfg, "train")
+    tf.train.Checkpoint(input_pipeline=resumed).read(path).assert_existing_objects_matched()
+    got += [keys(next(resumed)) for _ in range(3)]
+    print(json.dumps({"expected": expected, "got": got}))
+""")
+
+
+def test_distributed_input_resumes_where_it_was_saved_and_feeds_replicas_as_before(prepared_shapes, tmp_path):
+    """DistributedInput under MirroredStrategy on two CPUs: each replica gets the batches
+    distributed_dataset gives it, and a pipeline restored from a checkpoint after 2 steps goes on
+    with steps 3, 4, 5."""
+    r = subprocess.run([sys.executable, "-c", SAVED_POSITION, str(CONFIGS / "shapes_smoke.yaml"), str(prepared_shapes),
+                        str(tmp_path / "ckpt")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert len(out["got"]) == 5 and all(len(step) == 2 and len(step[0]) == 4 for step in out["got"])
+    assert out["got"] == out["expected"]

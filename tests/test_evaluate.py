@@ -315,6 +315,21 @@ def test_sample_writes_stage_grids_and_attention_reproducibly(trained_run, tmp_p
     assert outs["a"]["000-a-small-red-circle-on-the-left.png"] != outs["c"]["000-a-small-red-circle-on-the-left.png"]
 
 
+def test_sample_says_which_words_it_ignored_as_unknown(trained_run, tmp_path, capsys):
+    from mirrorgan_tf.sample import main
+
+    captions = ["a racoon detective with a huge blue block", "a small red circle", "Racoon: a red circle, racoon"]
+    args = ["--run-dir", str(trained_run[0]), "--num", "1", "--out", str(tmp_path)]
+    assert main([*args, *(x for c in captions for x in ("--caption", c))]) == 0
+    out, err = capsys.readouterr()
+    assert out.split() == [str(tmp_path / f) for f in (
+        "000-a-racoon-detective-with-a-huge-blue-bloc.png", "000-a-racoon-detective-with-a-huge-blue-bloc-attention.png",
+        "001-a-small-red-circle.png", "001-a-small-red-circle-attention.png",
+        "002-racoon-a-red-circle-racoon.png", "002-racoon-a-red-circle-racoon-attention.png")]
+    assert [line for line in err.splitlines() if line.startswith("ignored")] == ["ignored as unknown in 'a racoon detective with a huge blue block': racoon detective with",
+                                "ignored as unknown in 'Racoon: a red circle, racoon': racoon racoon"]
+
+
 def test_sample_bad_input(trained_run, tmp_path, capsys):
     from mirrorgan_tf.sample import main
 

@@ -25,6 +25,9 @@ LOADER = textwrap.dedent("""
     s1 = m.signatures["serving_default"](captions=caps)["images"].numpy()
     s2 = m.signatures["serving_default"](captions=caps)["images"].numpy()
     long = m.signatures["serving_default"](captions=tf.constant(["red " * 60]))["images"].numpy()
+    ignored = [m.signatures["serving_default"](captions=tf.constant(["a racoon detective with a microscope",
+                                                                     "a huge blue block at the top"]))["ignored_words"],
+               gen(captions=tf.constant(["a Racoon-red circle, racoon!"]), noise=noise[:1])["ignored_words"]]
     try:
         m.signatures["serving_default"](captions=tf.constant(["a red circle", "zzz qqq"]))
         error = None
@@ -32,7 +35,9 @@ LOADER = textwrap.dedent("""
         error = str(e)
     print(json.dumps({"signatures": sorted(m.signatures), "shape": list(a.shape), "dtype": str(a.dtype),
                       "deterministic": bool((a == b).all()), "noise_matters": bool((a != c).any()),
-                      "fresh_noise": bool((s1 != s2).any()), "long_shape": list(long.shape), "error": error}))
+                      "fresh_noise": bool((s1 != s2).any()), "long_shape": list(long.shape), "error": error,
+                      "ignored": [[w.decode() for w in t.numpy().tolist()] for t in ignored],
+                      "ignored_dtypes": [t.dtype.name for t in ignored]}))
 """)
 
 
@@ -51,6 +56,9 @@ def test_export_loads_and_runs_without_the_project(trained_run, tmp_path):
     assert out["shape"] == [2, 64, 64, 3] and out["dtype"] == "uint8" and out["long_shape"] == [1, 64, 64, 3]
     assert out["deterministic"] and out["noise_matters"] and out["fresh_noise"]
     assert "no word in the vocabulary" in out["error"] and "zzz qqq" in out["error"]
+    # Unknown words are still dropped, and each signature says which (normalised, in caption order)
+    assert out["ignored"] == [["racoon detective with microscope", ""], ["racoon racoon"]]  # no "with" in shapes
+    assert out["ignored_dtypes"] == ["string", "string"]
 
 
 def test_saved_model_cli_lists_both_signatures(trained_run):
@@ -60,7 +68,8 @@ def test_saved_model_cli_lists_both_signatures(trained_run):
     r = subprocess.run([cli, "show", "--all", "--dir", version], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     for text in ("signature_def['serving_default']", "signature_def['generate']", "inputs['captions']",
-                 "inputs['noise']", "outputs['images']", "dtype: DT_UINT8", "dtype: DT_STRING"):
+                 "inputs['noise']", "outputs['images']", "dtype: DT_UINT8", "dtype: DT_STRING",
+                 "outputs['ignored_words']"):
         assert text in r.stdout
 
 

@@ -4,7 +4,7 @@ the imported Keras networks on real CUB captions and photos."""
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # the `torch` extra, which the README's test command installs
 
 from mirrorgan_tf.models.stem import STEM  # noqa: E402
 from mirrorgan_tf.weights import attngan, read_state_dict  # noqa: E402

@@ -4,11 +4,12 @@ the PyTorch networks; bad input fails before any work, leaving nothing behind.""
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # the `torch` extra, which the README's test command installs
 
 from mirrorgan_tf import import_weights  # noqa: E402
 from mirrorgan_tf.config import load_config  # noqa: E402
@@ -159,13 +160,17 @@ def test_stream_run_loads_back(cub_sample, damsm_run, damsm_files, tmp_path, cap
                                 "--config", CUB, "--out", out]) == 0
     assert "stream.imagenet_normalize=False" in capsys.readouterr().out
     cfg = load_config(os.path.join(out, "config.yaml"))
-    # The run keeps its own copy of the encoder file, which its config names.
-    assert cfg.stream.backbone_weights == os.path.join(out, "stream", "encoder-5-3000.ckpt")
-    assert os.path.isfile(cfg.stream.backbone_weights) and not cfg.stream.imagenet_normalize
+    # The config names the encoder file as the weights' origin; the run holds no copy: its checkpoint
+    # holds every weight, so the run works moved and without the file.
+    assert cfg.stream.backbone_weights == os.path.abspath(enc_path) and not cfg.stream.imagenet_normalize
+    assert not os.path.exists(os.path.join(out, "stream", "encoder-5-3000.ckpt"))
+    moved = str(tmp_path / "moved" / "stream_run")
+    shutil.move(out, moved)
+    os.remove(enc_path)
     # Built from the run's config alone, restored from its checkpoint: the PyTorch captioner's logits.
-    encoder, decoder = networks.build_stream(cfg, cfg.data.vocab_size)
+    encoder, decoder = networks.build_stream(runs.for_restore(cfg), cfg.data.vocab_size)
     ids, _ = inputs.caption_ids(tokens[:2], vocab, cfg.data.words_num)
-    runs.restore_weights(out, "stream", encoder=encoder, decoder=decoder)
+    runs.restore_weights(moved, "stream", encoder=encoder, decoder=decoder)
     logits = decoder(encoder(images, training=False), ids, training=False)
     with torch.no_grad():
         expected = ref_dec(ref_enc(x), torch.from_numpy(ids).long()).numpy()
@@ -190,9 +195,14 @@ def test_attngan_damsm_with_image_encoder_loads_back(cub_sample, damsm_files, tm
                                 "--captions-pickle", pickle_path, "--config", CUB, "--out", out]) == 0
     assert "damsm.resize_align_corners=True" in capsys.readouterr().out
     cfg = load_config(os.path.join(out, "config.yaml"))
-    assert cfg.damsm.backbone_weights == os.path.join(out, "damsm", "image_encoder200.pth")
-    # What every later command does with a run's DAMSM: build it from the config, restore it.
-    _, encoder = runs.restore_damsm(cfg, cfg.data.vocab_size, out)
+    assert cfg.damsm.backbone_weights == os.path.abspath(image_encoder)
+    assert not os.path.exists(os.path.join(out, "damsm", "image_encoder200.pth"))  # the checkpoint has it all
+    moved = str(tmp_path / "moved" / "damsm_full")
+    shutil.move(out, moved)
+    os.remove(image_encoder)
+    # What every later command does with a run's DAMSM (load_run, then restore it), moved and
+    # without the encoder file: built untrained in torchvision's layout, restored.
+    _, encoder = runs.load_run(moved).damsm()
     regions, code = encoder(images, training=False)
     with torch.no_grad():
         ref_regions, ref_code = ref(x)

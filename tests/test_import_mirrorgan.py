@@ -5,7 +5,7 @@ the imported Keras networks on the same noise, real CUB captions and photos."""
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # the `torch` extra, which the README's test command installs
 
 from mirrorgan_tf.models.discriminators import Discriminator  # noqa: E402
 from mirrorgan_tf.models.glam import GLAM  # noqa: E402

@@ -4,7 +4,7 @@ saved in the legacy format, against the imported Keras networks on real CUB capt
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # the `torch` extra, which the README's test command installs
 
 from mirrorgan_tf.models.stream import StreamDecoder  # noqa: E402
 from mirrorgan_tf.weights import read_state_dict, stream  # noqa: E402

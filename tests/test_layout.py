@@ -13,7 +13,7 @@ import ast
 from tests.conftest import REPO
 
 PACKAGE = "mirrorgan_tf"
-CLIS = ("train", "tune", "benchmark", "sample", "evaluate", "export", "serve", "client", "summary")
+CLIS = ("train", "tune", "benchmark", "sample", "evaluate", "export", "serve", "client", "summary", "demo")
 ABOVE_MODELS = ("training", "serving", "metrics", "evaluation", "runs", "losses") + CLIS
 TRAINING_CLIS = ("train.py", "tune.py", "benchmark.py")
 SOURCE_DIRS = ("mirrorgan_tf", "pipelines", "benchmarks")

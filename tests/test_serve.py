@@ -151,11 +151,13 @@ def test_generate_is_deterministic_for_fixed_noise_and_rest_returns_the_same_pix
     assert (a != c).any()
     status, body = rest(server, "POST", "/v1/models/mirrorgan:predict",
                         {"signature_name": "generate", "inputs": {"captions": CAPTIONS[:2], "noise": noise.tolist()}})
-    assert status == 200 and np.array_equal(np.array(body["outputs"], np.uint8), a)
+    assert status == 200 and np.array_equal(np.array(body["outputs"]["images"], np.uint8), a)
+    assert body["outputs"]["ignored_words"] == ["", ""]  # every word of CAPTIONS is known
     status, body = rest(server, "POST", "/v1/models/mirrorgan/versions/1:predict",
                         {"signature_name": "generate",
                          "instances": [{"captions": c, "noise": z} for c, z in zip(CAPTIONS[:2], noise.tolist())]})
-    assert status == 200 and np.array_equal(np.array(body["predictions"], np.uint8), a)
+    assert status == 200 and np.array_equal(np.array([p["images"] for p in body["predictions"]], np.uint8), a)
+    assert [p["ignored_words"] for p in body["predictions"]] == ["", ""]
 
 
 def test_grpc_metadata_lists_both_signatures(server):
@@ -175,22 +177,26 @@ def test_grpc_metadata_lists_both_signatures(server):
     assert {k: spec(v) for k, v in defs["generate"].inputs.items()} == {"captions": ("string", [-1]),
                                                                         "noise": ("float32", [-1, Z_DIM])}
     for name in ("serving_default", "generate"):
-        assert {k: spec(v) for k, v in defs[name].outputs.items()} == {"images": ("uint8", [-1, SIZE, SIZE, 3])}
+        assert {k: spec(v) for k, v in defs[name].outputs.items()} == {"images": ("uint8", [-1, SIZE, SIZE, 3]),
+                                                                       "ignored_words": ("string", [-1])}
         assert defs[name].method_name == "tensorflow/serving/predict"
 
 
 def test_rest_predict_row_and_columnar(server):
     status, body = rest(server, "POST", "/v1/models/mirrorgan:predict", {"instances": CAPTIONS[:2]})
-    assert status == 200 and set(body) == {"predictions"}  # one output: not named, as TF Serving does
-    rows = np.array(body["predictions"])
+    # two outputs (images, ignored_words): one object per instance naming both, as TF Serving does
+    assert status == 200 and set(body) == {"predictions"}
+    assert [set(p) for p in body["predictions"]] == [{"images", "ignored_words"}] * 2
+    rows = np.array([p["images"] for p in body["predictions"]])
     assert rows.shape == (2, SIZE, SIZE, 3) and rows.min() >= 0 and rows.max() <= 255
-    assert all(isinstance(v, int) for v in body["predictions"][0][0][0])
+    assert all(isinstance(v, int) for v in body["predictions"][0]["images"][0][0])
     for inputs in ({"captions": CAPTIONS}, CAPTIONS):
         status, body = rest(server, "POST", "/v1/models/mirrorgan:predict",
                             {"signature_name": "serving_default", "inputs": inputs})
-        assert status == 200 and np.array(body["outputs"]).shape == (3, SIZE, SIZE, 3)
+        assert status == 200 and np.array(body["outputs"]["images"]).shape == (3, SIZE, SIZE, 3)
+        assert body["outputs"]["ignored_words"] == ["", "", ""]
     status, body = rest(server, "POST", "/v1/models/mirrorgan:predict", {"instances": [{"captions": CAPTIONS[0]}]})
-    assert status == 200 and np.array(body["predictions"]).shape == (1, SIZE, SIZE, 3)
+    assert status == 200 and np.array([p["images"] for p in body["predictions"]]).shape == (1, SIZE, SIZE, 3)
 
 
 def test_rest_status_and_metadata(server):

@@ -3,6 +3,7 @@ training run: the registry with no gRPC, the REST routes with no socket, and the
 checked before the model runs (in-process servers for the gRPC ones)."""
 
 import json
+import re
 import logging
 import os
 import shutil
@@ -243,6 +244,54 @@ def test_grpc_answers_over_the_cap_are_refused_before_the_model(painters, tmp_pa
         channel.close()
     finally:
         server.stop()
+
+
+def test_string_outputs_are_checked_once_the_answer_exists(painters, tmp_path, caplog):
+    """A string output (the export's ignored_words) has no size before the model runs: the start-up
+    and pre-run checks bound the other outputs (a lower bound), the answer itself is checked after."""
+    base = tmp_path / "echo"
+    painters.version(base, 1, size=64, echo=True)
+    with pytest.raises(ValueError, match="lower --max-batch to 21 or raise --max-message-mb to 0.38"):
+        ModelServer(server_config(base, max_batch=32, max_message_mb=0.25)).start()  # as without the strings
+
+    base = tmp_path / "echo-32"
+    painters.version(base, 1, size=32, echo=True)  # 3 072 bytes per image
+    with caplog.at_level(logging.WARNING, "mirrorgan_tf.serve"):
+        server = ModelServer(server_config(base, max_batch=2, max_message_mb=0.01))  # 10 485 bytes
+        server.start()
+    try:
+        channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}", options=[("grpc.enable_http_proxy", 0)])
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+
+        def request(captions):
+            r = predict_pb2.PredictRequest()
+            r.model_spec.name = "painter"
+            r.inputs["captions"].CopyFrom(tf.make_tensor_proto(captions, dtype=tf.string))
+            return r
+
+        answer = stub.Predict(request(["ab", "abc"]), timeout=60)
+        assert [v.decode() for v in tf.make_ndarray(answer.outputs["ignored_words"])] == ["ab", "abc"]
+        with pytest.raises(grpc.RpcError) as error:  # two images fit; with 5 000 bytes of strings they do not
+            stub.Predict(request(["x" * 2500] * 2), timeout=60)
+        assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert re.fullmatch(r"the answer takes 1\d{4} bytes as a gRPC message, more than the cap of 10485 bytes "
+                            r"\(--max-message-mb 0.01\); send fewer examples", error.value.details())
+        channel.close()
+    finally:
+        server.stop()
+
+    registry = ModelRegistry("painter", str(base))
+    registry.refresh()
+    api = RestApi(Predictor(registry, max_batch=4, concurrency=1), max_body=40 * KIB)
+    rows = post(api, {"instances": ["ab", "abc"]})["predictions"]  # one object per caption, strings as text
+    assert [r["ignored_words"] for r in rows] == ["ab", "abc"] and np.array(rows[0]["images"]).shape == (32, 32, 3)
+    with pytest.raises(ServingError) as error:  # the images alone exceed the cap: refused before the model
+        post(api, {"instances": ["ab"] * 3})
+    assert "answer to 3 examples would take up to" in error.value.message and calls(api) == 1
+    with pytest.raises(ServingError) as error:  # the images fit, the strings do not: refused after it
+        post(api, {"instances": ["x" * 4000] * 2})
+    assert re.fullmatch(r"the answer takes 4\d{4} bytes as JSON, more than the cap of 40960 bytes "
+                        r"\(--max-message-mb 0.0391\); send fewer examples", error.value.message)
 
 
 def test_the_serve_command_refuses_flags_that_do_not_fit(painters, tmp_path):

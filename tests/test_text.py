@@ -140,3 +140,25 @@ def test_crlf_or_bom_vocabulary_reads_but_the_table_refuses_it(tmp_path):
     assert text.read_vocabulary(str(bom)) == ["<end>", "bird"]
     with pytest.raises(ValueError, match="byte-order mark"):
         text.Tokenizer(str(bom))
+
+
+def test_ignored_words_are_exactly_the_words_the_tokenizer_drops(vocab_file):
+    tok = text.Tokenizer(vocab_file)
+    captions = tf.constant(["a racoon detective with a microscope", "A bird with RED wings",
+                            "Racoon, racoon!", "", "a ﬁsh"])
+    assert [[w.decode() for w in row] for row in tok.unknown_words(captions).to_list()] == [
+        ["racoon", "detective", "microscope"], [], ["racoon", "racoon"], [], []]  # NFKC: "ﬁsh" is "fish"
+    assert [s.decode() for s in tok.ignored_words(captions).numpy()] == [
+        "racoon detective microscope", "", "racoon racoon", "", ""]
+    # the kept words and the ignored ones partition the caption's words
+    kept = [[tok.words[i] for i in row] for row in tok(captions).to_list()]
+    assert kept[0] == ["a", "with", "a"]
+
+
+def test_ignored_words_run_in_a_graph_and_with_an_unk_vocabulary(tmp_path):
+    path = tmp_path / "vocab.txt"
+    text.write_vocabulary(["<end>", "<unk>", "red", "circle"], str(path))
+    tok = text.Tokenizer(str(path), drop_unknown=False)
+    fn = tf.function(tok.ignored_words, input_signature=[tf.TensorSpec([None], tf.string)])
+    assert fn(tf.constant(["a red circle", "unk end"])).numpy().tolist() == [b"a", b"unk end"]
+    assert tok(tf.constant(["a red circle"])).to_list() == [[1, 2, 3]]  # unknown -> <unk>, still reported

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import keras
 import numpy as np
-import pytest
 
-torch = pytest.importorskip("torch")  # the optional extra; installed in the project's dev venv
+import torch  # the `torch` extra, which the README's test command installs
 
 from mirrorgan_tf.models import backbones  # noqa: E402
 from mirrorgan_tf.weights import torch_io  # noqa: E402

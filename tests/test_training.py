@@ -126,7 +126,14 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(prep
     assert r.returncode == 0, r.stderr[-3000:]
     good = tf.train.latest_checkpoint(str(run_dir / "damsm" / "checkpoints"))
     assert good.endswith("ckpt-2")
-    # An infinite learning rate sends the weights to inf/nan on the first step after resuming.
+    # An infinite learning rate sends the weights to inf/nan on the first step after resuming. A run
+    # keeps the config it trained with (a re-run may not change the learning rate), so the run's
+    # record is edited by hand, as someone would who really means to go on at another rate.
+    from mirrorgan_tf.config import save_config
+
+    recorded = load_config(run_dir / "config.yaml")
+    recorded.damsm.learning_rate = float("inf")
+    save_config(recorded, str(run_dir / "config.yaml"))
     r = _cli(run_dir, prepared_shapes, "--stage", "damsm", "--set", "damsm.max_steps=8",
              "--set", "damsm.learning_rate=.inf", "--set", "train.checkpoint_every=1")
     assert r.returncode == 3
@@ -136,6 +143,8 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(prep
     assert tf.train.latest_checkpoint(str(run_dir / "damsm" / "checkpoints")) == good
     reader = tf.train.load_checkpoint(good)
     for name, _ in tf.train.list_variables(good):
+        if name.startswith("input_pipeline/"):  # the iterator's state: a variant, not a number
+            continue
         value = reader.get_tensor(name)
         if isinstance(value, np.ndarray) and value.dtype.kind == "f":
             assert np.isfinite(value).all(), name
@@ -149,3 +158,106 @@ def test_mixed_precision_and_xla_on_one_device(trained_run, prepared_shapes, tmp
     assert r.returncode == 0, r.stderr[-3000:]
     metrics = json.loads((tmp_path / "fast" / "gan" / "metrics.json").read_text())
     assert metrics["steps"] == 2 and all(np.isfinite(v) for v in metrics["last_losses"].values())
+
+
+# A training driver with TensorFlow's op determinism on (train.deterministic), on one device.
+DETERMINISTIC = """
+import sys
+from mirrorgan_tf import train
+from mirrorgan_tf.config import load_config
+config, run_dir, export_dir, *overrides = sys.argv[1:]
+cfg = load_config(config, overrides + ["train.deterministic=true"])
+train.train(cfg, run_dir, "all", "one_device", export_dir)
+"""
+
+
+def _deterministic_run(run_dir, data_dir, **popen):
+    cmd = [sys.executable, "-c", DETERMINISTIC, str(CONFIGS / "shapes_smoke.yaml"), str(run_dir), f"{run_dir}-export",
+           f"data.dir={data_dir}", "damsm.max_steps=16", "stream.max_steps=6", "train.max_steps=12",
+           "train.checkpoint_every=4", "train.sample_every=0"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.Popen(cmd, cwd=REPO, env=env, text=True, **popen)
+
+
+def _kill_after_checkpoint(run_dir, data_dir, stage, step, log):
+    """Start the deterministic run, SIGKILL it once `stage` saved checkpoint `step`; the stage must
+    not have finished by then (else the kill came too late to test a resume)."""
+    ckpt_dir = run_dir / stage / "checkpoints"
+    with open(log, "w") as out:
+        proc = _deterministic_run(run_dir, data_dir, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 300
+            while time.time() < deadline and proc.poll() is None:
+                latest = tf.train.latest_checkpoint(str(ckpt_dir)) if ckpt_dir.exists() else None
+                if latest and int(latest.rsplit("-", 1)[1]) >= step:
+                    break
+                time.sleep(0.05)
+            else:
+                pytest.fail(f"no {stage} checkpoint {step} within the time limit: {Path(log).read_text()[-2000:]}")
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.wait()
+    stages = json.loads((run_dir / "stages.json").read_text()) if (run_dir / "stages.json").exists() else {}
+    assert stage not in stages, f"{stage} finished before the kill"
+
+
+def _final_weights(run_dir, stage):
+    prefix = tf.train.latest_checkpoint(str(run_dir / stage / "checkpoints"))
+    reader = tf.train.load_checkpoint(prefix)
+    names = [n for n, _ in tf.train.list_variables(prefix)
+             if not n.startswith(("input_pipeline", "save_counter", "_CHECKPOINTABLE_OBJECT_GRAPH"))]
+    return os.path.basename(prefix), {n: reader.get_tensor(n) for n in names}
+
+
+def test_a_run_killed_twice_and_resumed_ends_bit_identical_to_one_never_stopped(prepared_shapes, tmp_path):
+    """Input pipeline positions are in the checkpoints: killed in DAMSM and again in the GAN stage,
+    resumed each time, the run ends with exactly the weights of an uninterrupted one."""
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    with open(tmp_path / "straight.log", "w") as out:
+        assert _deterministic_run(straight, prepared_shapes, stdout=out, stderr=subprocess.STDOUT).wait() == 0, \
+            (tmp_path / "straight.log").read_text()[-3000:]
+    _kill_after_checkpoint(killed, prepared_shapes, "damsm", 4, tmp_path / "kill1.log")
+    _kill_after_checkpoint(killed, prepared_shapes, "gan", 4, tmp_path / "kill2.log")
+    assert "damsm: resumed from" in (tmp_path / "kill2.log").read_text()
+    with open(tmp_path / "last.log", "w") as out:
+        assert _deterministic_run(killed, prepared_shapes, stdout=out, stderr=subprocess.STDOUT).wait() == 0
+    assert "gan: resumed from" in (tmp_path / "last.log").read_text()
+    for stage, steps in (("damsm", 16), ("stream", 6), ("gan", 12)):
+        name_a, a = _final_weights(straight, stage)
+        name_b, b = _final_weights(killed, stage)
+        assert name_a == name_b == f"ckpt-{steps}"
+        assert a.keys() == b.keys() and len(a) > 10
+        different = [n for n in a if not np.array_equal(a[n], b[n])]
+        assert not different, f"{stage}: {len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def test_a_test_split_too_small_for_the_sampler_is_refused_before_any_stage(tmp_path):
+    from pipelines.prepare import prepare
+
+    data_dir = tmp_path / "tiny_test"
+    prepare("shapes", str(data_dir), num_train=16, num_test=5, workers=1)
+    start = time.time()
+    r = _cli(tmp_path / "run", data_dir)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "the test split has 5 images, fewer than the 8 fixed sample captions" in r.stderr
+    assert "mirrorgan_tf.data.SAMPLE_CAPTIONS" in r.stderr
+    assert "damsm: done" not in r.stdout and not (tmp_path / "run" / "damsm").exists()
+    assert not (tmp_path / "run" / "config.yaml").exists() and not (tmp_path / "run" / "vocab.txt").exists()
+    assert time.time() - start < 120
+
+
+@pytest.mark.parametrize("stage, overrides, key", [
+    ("damsm", ["damsm.backbone=inception_v3", "damsm.image_size=299", "damsm.backbone_weights=random"],
+     "damsm.backbone_weights=random"),
+    ("stream", ["stream.backbone=resnet152", "stream.image_size=224", "stream.backbone_weights="],
+     "stream.backbone_weights is empty"),
+    # The GAN stage's frozen STREAM is restored from its checkpoint, but must have been pretrained.
+    ("gan", ["stream.backbone=resnet152", "stream.image_size=224", "stream.backbone_weights=random"],
+     "stream.backbone_weights=random"),
+])
+def test_a_stage_refuses_a_random_frozen_imagenet_backbone(prepared_shapes, tmp_path, stage, overrides, key):
+    args = ["--stage", stage] + [x for o in overrides for x in ("--set", o)]
+    r = _cli(tmp_path / "run", prepared_shapes, *args)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert key in r.stderr and "ImageNet backbone would" in r.stderr
+    assert not (tmp_path / "run" / stage).exists()

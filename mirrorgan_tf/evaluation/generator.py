@@ -14,6 +14,20 @@ from mirrorgan_tf import runs
 from mirrorgan_tf.models.networks import generate
 
 
+Z_STREAM, EPS_STREAM = 0, 1
+
+
+def sample_noise(index, seed: int, dim: int, stream: int = Z_STREAM) -> tf.Tensor:
+    """float32 [len(index), dim] standard normal: row k is a pure function of (seed, index[k],
+    stream), so a sample's noise does not depend on its batch. Z_STREAM is the generator's z,
+    EPS_STREAM the conditioning augmentation's epsilon. Needs only TensorFlow, so a client can draw
+    the z a run's sampler draws and hand it to the SavedModel's `generate` signature."""
+    index = tf.constant(np.asarray(index, np.int64))
+    key = tf.constant(seed, tf.int64) * 2 + stream
+    return tf.map_fn(lambda i: tf.random.stateless_normal([dim], seed=tf.stack([key, i])), index,
+                     fn_output_signature=tf.float32)
+
+
 class TrainedGenerator:
     def __init__(self, run_dir: str):
         run = runs.load_run(run_dir)
@@ -29,15 +43,13 @@ class TrainedGenerator:
         return {"images": out["images"], "word_attention": out["word_attention"]}
 
     def noise(self, index: np.ndarray, seed: int, mean_condition: bool = False):
-        def draw(i, dim, stream):
-            return tf.random.stateless_normal([dim], seed=tf.stack([tf.constant(seed, tf.int64) * 2 + stream, i]))
-
-        index = tf.constant(np.asarray(index, np.int64))
-        z = tf.map_fn(lambda i: draw(i, self.z_dim, 0), index, fn_output_signature=tf.float32)
+        """(z [B, z_dim], eps [B, condition_dim]) of samples number `index` (see sample_noise);
+        eps is zeros (the condition's mean) with mean_condition."""
+        z = sample_noise(index, seed, self.z_dim, Z_STREAM)
         if mean_condition:
             eps = tf.zeros([len(index), self.condition_dim])
         else:
-            eps = tf.map_fn(lambda i: draw(i, self.condition_dim, 1), index, fn_output_signature=tf.float32)
+            eps = sample_noise(index, seed, self.condition_dim, EPS_STREAM)
         return z, eps
 
     def __call__(self, ids, lengths, index, seed: int = 0, mean_condition: bool = False) -> dict:

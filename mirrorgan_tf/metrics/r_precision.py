@@ -73,6 +73,13 @@ class RPrecision(Metric):
         if not tf.io.gfile.exists(config_path):
             raise EvalError(f"--damsm-run {root}: not a run directory (no config.yaml)")
         self.damsm_cfg = ctx.cfg if self.own else load_config(config_path)
+        # Word ids must mean the same words to both runs: compare the vocabularies' content.
+        self.run = runs.load_run(ctx.run_dir)
+        if not self.own:
+            try:
+                runs.check_same_vocabulary(self.run.vocab_path, runs.pinned_vocabulary(root), f"--damsm-run {root}")
+            except runs.RunIntegrityError as e:
+                raise EvalError(str(e)) from None
         configured = self.damsm_cfg.damsm.checkpoint if self.own else ""
         self.checkpoint_path = configured or os.path.join(root, "damsm")
         if runs.find_checkpoint(self.checkpoint_path, "damsm") is None:
@@ -81,11 +88,7 @@ class RPrecision(Metric):
 
     def prepare(self):
         ctx = self.ctx
-        vocab = data.vocab_size(ctx.cfg)
-        if data.vocab_size(self.damsm_cfg) != vocab:
-            raise EvalError(f"--damsm-run: its vocabulary ({data.vocab_size(self.damsm_cfg)} words) is not the "
-                            f"run's ({vocab}); a DAMSM must share the generator's vocabulary")
-        self.stem, self.encoder = runs.restore_damsm(self.damsm_cfg, vocab, self.checkpoint_path)
+        self.stem, self.encoder = runs.restore_damsm(self.damsm_cfg, self.run.vocab_size, self.checkpoint_path)
         self.sentences = self._sentence_codes(ctx.all_pairs)
         rng = np.random.default_rng(ctx.seed)
         a = ctx.all_pairs

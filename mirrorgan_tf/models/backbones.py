@@ -13,6 +13,8 @@ Their weights are named by the config keys `damsm.backbone_weights` / `stream.ba
   layout, written here;
 - `random`: untrained weights, only for tests and parameter counts. A training stage must refuse
   it (`require_pretrained_backbone`): a frozen random backbone gives features that never improve.
+- `random:torchvision`: untrained weights in torchvision's layout. Like `random`, for building a
+  network that a checkpoint then restores whole (`restore_only`): no file, no download.
 
 For small datasets such as `shapes`: a small CNN trained from scratch (`SmallCNN`).
 """
@@ -26,11 +28,13 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from mirrorgan_tf.errors import MirrorganError
 from mirrorgan_tf.models.layers import LayerSequence, batch_norm, conv
 from mirrorgan_tf.weights import torch_io
 
 IMAGENET = "imagenet"
 RANDOM = "random"
+RANDOM_TORCHVISION = "random:torchvision"
 
 # The file names keras.applications gives its ImageNet weights (include_top=False) in its cache.
 KERAS_IMAGENET_FILES = {
@@ -47,7 +51,7 @@ TORCHVISION_MEAN = (0.485, 0.456, 0.406)
 TORCHVISION_STD = (0.229, 0.224, 0.225)
 
 
-class BackboneWeightsError(ValueError):
+class BackboneWeightsError(MirrorganError, ValueError):
     """A `*.backbone_weights` value that cannot give a pretrained backbone (message names the key)."""
 
 
@@ -72,8 +76,8 @@ def keras_cache_dir() -> str:
 
 
 def weights_kind(value: str, key: str) -> str:
-    """Classifies a `backbone_weights` value: 'imagenet', 'random', 'torch' (a PyTorch state dict)
-    or 'keras' (a Keras weights file). Files must exist.
+    """Classifies a `backbone_weights` value: 'imagenet', 'random', 'random:torchvision', 'torch' (a
+    PyTorch state dict) or 'keras' (a Keras weights file). Files must exist.
 
     Raises:
       BackboneWeightsError: empty value (names `key` and the ways to fix it).
@@ -83,7 +87,7 @@ def weights_kind(value: str, key: str) -> str:
         raise BackboneWeightsError(f"{key} is empty: a frozen ImageNet backbone would run on random weights; "
                                    + _ways_to_fix(key))
     value = str(value)
-    if value in (IMAGENET, RANDOM):
+    if value in (IMAGENET, RANDOM, RANDOM_TORCHVISION):
         return value
     if not os.path.isfile(value):
         raise FileNotFoundError(f"{key}={value}: weights file not found (or {_ways_to_fix(key)})")
@@ -98,9 +102,18 @@ def require_pretrained_backbone(key: str, value: str) -> None:
       BackboneWeightsError: `value` is empty or `random`; the message names `key` and the ways to fix it.
       FileNotFoundError: `value` is a file path that does not exist.
     """
-    if weights_kind(value, key) == RANDOM:
+    if weights_kind(value, key) in (RANDOM, RANDOM_TORCHVISION):
         raise BackboneWeightsError(f"{key}=random: the frozen ImageNet backbone would train on random weights "
                                    f"and its features would never improve; " + _ways_to_fix(key))
+
+
+def restore_only(value: str) -> str:
+    """The `backbone_weights` value that builds the same layout as `value` with untrained weights,
+    for a network whose checkpoint holds every backbone weight: `random:torchvision` for a PyTorch
+    file (named by its suffix; the file need not exist any more), `random` for everything else
+    (`imagenet`, a Keras file, `random`, empty)."""
+    value = "" if value is None else str(value)
+    return RANDOM_TORCHVISION if value == RANDOM_TORCHVISION or torch_io.is_torch_file(value) else RANDOM
 
 
 def _keras_application(builder, name: str, value: str, key: str, **kwargs) -> keras.Model:
@@ -135,9 +148,11 @@ def inception_v3_regions_and_code(weights: str, config_key: str = "damsm.backbon
     model's `input_convention` is 'inception' either way, its `layout` 'keras' or 'torchvision'.
     Raises BackboneWeightsError / FileNotFoundError (see `weights_kind`), ImportError without torch.
     """
-    if weights_kind(weights, config_key) == "torch":
+    kind = weights_kind(weights, config_key)
+    if kind in ("torch", RANDOM_TORCHVISION):
         model = torchvision_inception_v3()
-        load_torch_state_dict(model, torch_io.read_state_dict(weights, config_key), weights)
+        if kind == "torch":
+            load_torch_state_dict(model, torch_io.read_state_dict(weights, config_key), weights)
     else:
         base = _keras_application(keras.applications.InceptionV3, "InceptionV3", weights, config_key,
                                   include_top=False, input_shape=(299, 299, 3))
@@ -158,9 +173,11 @@ def resnet152_code(weights: str, config_key: str = "stream.backbone_weights") ->
     file and `random`; torchvision's layout ('torch' inputs: RGB in [0, 1], then ImageNet mean / std)
     for a `.pth` file. Raises as `inception_v3_regions_and_code`.
     """
-    if weights_kind(weights, config_key) == "torch":
+    kind = weights_kind(weights, config_key)
+    if kind in ("torch", RANDOM_TORCHVISION):
         model = torchvision_resnet152()
-        load_torch_state_dict(model, torch_io.read_state_dict(weights, config_key), weights)
+        if kind == "torch":
+            load_torch_state_dict(model, torch_io.read_state_dict(weights, config_key), weights)
         model.input_convention = "torch"
     else:
         model = _keras_application(keras.applications.ResNet152, "ResNet152", weights, config_key,

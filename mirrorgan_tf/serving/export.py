@@ -4,9 +4,12 @@
 The graph holds the project's one tokenizer (tensorflow-text ops, the vocabulary as an asset),
 STEM and the EMA generator, so it needs only TensorFlow and TensorFlow Text to run: exactly the
 op set of the stock model server. Signatures:
-    serving_default  captions tf.string [None] -> images tf.uint8 [None, H, W, 3], fresh noise
-    generate         captions tf.string [None], noise tf.float32 [None, z_dim] -> images;
-                     deterministic: the conditioning augmentation uses its mean
+    serving_default  captions tf.string [None] -> images tf.uint8 [None, H, W, 3], fresh noise,
+                     and ignored_words tf.string [None]
+    generate         captions tf.string [None], noise tf.float32 [None, z_dim] -> images and
+                     ignored_words; deterministic: the conditioning augmentation uses its mean
+`ignored_words` holds, per caption, its words outside the vocabulary joined by spaces ("" when
+none): they are dropped, as the original code drops them, and this says which.
 A caption with no word in the vocabulary is an INVALID_ARGUMENT error that names it.
 """
 
@@ -49,18 +52,22 @@ class ServingGraph:
         ids, lengths = self._ids(captions)
         return images.to_uint8(generate(self.stem, self.glam, ids, lengths, noise, eps)["images"][-1])
 
+    def _outputs(self, captions, noise, eps):
+        return {"images": self._images(captions, noise, eps),
+                "ignored_words": self.tokenizer.ignored_words(captions)}
+
     def serve(self, captions):
         n = tf.shape(captions)[0]
         noise = tf.random.normal([n, self.z_dim])
         eps = tf.random.normal([n, self.condition_dim])
-        return {"images": self._images(captions, noise, eps)}
+        return self._outputs(captions, noise, eps)
 
     def generate(self, captions, noise):
         check = tf.debugging.assert_equal(tf.shape(noise), tf.stack([tf.shape(captions)[0], self.z_dim]),
                                           message="noise must be [number of captions, z_dim]")
         with tf.control_dependencies([check]):
             eps = tf.zeros([tf.shape(captions)[0], self.condition_dim])
-        return {"images": self._images(captions, noise, eps)}
+        return self._outputs(captions, noise, eps)
 
 
 def next_version(export_dir: str) -> int:

@@ -14,7 +14,7 @@ from tensorflow_serving.apis import (get_model_metadata_pb2, predict_pb2, predic
                                      prediction_service_pb2_grpc)
 
 from mirrorgan_tf.serving.errors import ServingError, invalid
-from mirrorgan_tf.serving.predict import Predictor, output_bytes
+from mirrorgan_tf.serving.predict import Predictor, output_bytes, sized_outputs
 from mirrorgan_tf.serving.registry import SIGNATURE_DEF_FIELD, Signature, signature_def_map
 
 log = logging.getLogger("mirrorgan_tf.serve")
@@ -130,9 +130,10 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         batch = self.validate.inputs(signature, {n: (_proto_dtype(n, p), _proto_shape(n, p))
                                                  for n, p in request.inputs.items()})
         outputs = self.validate.outputs(signature, request.output_filter)
-        if batch is not None and self.max_message is not None:
+        sized = sized_outputs(signature, outputs)
+        if batch is not None and self.max_message is not None and sized:
             self.validate.response_fits(
-                batch, lambda b: response_bytes(signature, outputs, b, self.validate.registry.name, loaded.version),
+                batch, lambda b: response_bytes(signature, sized, b, self.validate.registry.name, loaded.version),
                 self.max_message, "as a gRPC message")
         arrays = {}
         for name, proto in request.inputs.items():
@@ -148,6 +149,12 @@ class PredictionServicer(prediction_service_pb2_grpc.PredictionServiceServicer):
         response.model_spec.signature_name = signature.name
         for name, value in result.items():
             response.outputs[name].CopyFrom(tf.make_tensor_proto(value))
+        if len(sized) < len(outputs) and self.max_message is not None:  # its size is known only now
+            size = response.ByteSize()
+            if size > self.max_message:
+                raise invalid(f"the answer takes {size} bytes as a gRPC message, more than the cap of "
+                              f"{self.max_message} bytes (--max-message-mb {self.max_message / 2**20:.3g}); "
+                              "send fewer examples")
         return response
 
     def _metadata(self, request):

@@ -149,6 +149,13 @@ def output_bytes(spec: tf.TensorSpec, batch: int) -> int | None:
     return batch * int(np.prod(rest, dtype=np.int64)) * spec.dtype.size
 
 
+def sized_outputs(signature: Signature, outputs: list[str]) -> list[str]:
+    """The outputs among `outputs` whose size output_bytes knows before the model runs (not a
+    string such as the export's `ignored_words`). Their bound is a lower bound on the whole
+    answer: a batch it refuses cannot fit, and the rest is checked once the answer exists."""
+    return [name for name in outputs if output_bytes(signature.outputs[name], 1) is not None]
+
+
 def largest_batch(size_of: Callable[[int], int | None], cap: int, limit: int) -> int:
     """The largest batch b in [0, limit] with size_of(b) <= cap, for a size_of that grows with
     b (binary search); 0 when not even one example fits."""

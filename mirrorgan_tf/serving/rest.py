@@ -167,7 +167,9 @@ def json_outputs(outputs: dict[str, np.ndarray], fmt: str) -> dict:
         if len(outputs) == 1:
             return {"predictions": _json_value(next(iter(outputs.values())))}
         batch = len(next(iter(outputs.values())))
-        return {"predictions": [{n: _json_value(a[i]) for n, a in outputs.items()} for i in range(batch)]}
+        # a[i] of a string output is a bytes scalar: keep it an array so _json_value decodes it
+        return {"predictions": [{n: _json_value(np.asarray(a[i], a.dtype)) for n, a in outputs.items()}
+                                for i in range(batch)]}
     if len(outputs) == 1:
         return {"outputs": _json_value(next(iter(outputs.values())))}
     return {"outputs": {n: _json_value(a) for n, a in outputs.items()}}
@@ -269,9 +271,10 @@ class RestApi:
         batch = validate.inputs(signature, {n: (signature.inputs[n].dtype, a.shape) for n, a in arrays.items()})
         validate.text(signature, arrays)
         outputs = sorted(signature.outputs)
-        bounded = batch is not None and json_response_bound(signature, outputs, batch) is not None
-        if bounded and self.max_body is not None:
-            validate.response_fits(batch, lambda b: json_response_bound(signature, outputs, b), self.max_body,
+        sized = [n for n in outputs if json_response_bound(signature, [n], 1) is not None]
+        bounded = batch is not None and len(sized) == len(outputs)
+        if batch is not None and sized and self.max_body is not None:  # all of the answer, or a lower bound
+            validate.response_fits(batch, lambda b: json_response_bound(signature, sized, b), self.max_body,
                                    "as JSON")
         answer = json_outputs(self.predictor.run(signature, arrays, outputs), fmt)
         if not bounded and self.max_body is not None:  # its size is known only now

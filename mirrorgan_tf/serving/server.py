@@ -53,8 +53,9 @@ def message_cap_problems(loaded: LoadedVersion, model_name: str, max_batch: int,
     def worst(size_of):
         rows = []
         for name, signature in sorted(loaded.signatures.items()):
-            outputs = sorted(signature.outputs)
-            size = size_of(signature, outputs, max_batch)
+            # outputs of unknown size (strings) are checked per answer; the rest can be checked now
+            outputs = [n for n in sorted(signature.outputs) if size_of(signature, [n], 1) is not None]
+            size = size_of(signature, outputs, max_batch) if outputs else None
             if size is not None and size > max_bytes:
                 fits = largest_batch(lambda b: size_of(signature, outputs, b), max_bytes, max_batch)
                 rows.append((fits, name, size))

@@ -38,6 +38,7 @@ def train(cfg, run: RunDir, strategy: tf.distribute.Strategy) -> loop.LoopResult
     """Pretrain STEM and the DAMSM image encoder (checkpoint: stem, image_encoder, opt_text,
     opt_image, step). Each step returns the losses {"word", "sentence"} (both directions summed,
     global-batch means)."""
+    loop.check_backbones(cfg, ["damsm"])  # before the first step, not after hours
     d = cfg.damsm
     total, per_epoch = loop.steps_for(cfg, d.batch_size, d.epochs, d.max_steps)
     loss_scaling = needs_loss_scaling(cfg.train)
@@ -53,7 +54,8 @@ def train(cfg, run: RunDir, strategy: tf.distribute.Strategy) -> loop.LoopResult
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     checkpoint = tf.train.Checkpoint(stem=stem, image_encoder=encoder, opt_text=opt_text, opt_image=opt_image,
                                      step=step)
-    state = loop.TrainState(checkpoint, step, stem.trainable_variables + encoder.trainable_variables)
+    state = loop.TrainState(checkpoint, step, stem.trainable_variables + encoder.trainable_variables,
+                            loop.random_states(stem, encoder))
     gammas = (d.gamma1, d.gamma2, d.gamma3)
 
     @tf.autograph.experimental.do_not_convert  # plain Python loops over stages: nothing to convert
@@ -78,6 +80,6 @@ def train(cfg, run: RunDir, strategy: tf.distribute.Strategy) -> loop.LoopResult
 
     return loop.run_loop(
         "damsm", run, strategy, state, steps.distributed_step(strategy, replica_step),
-        iter(data.distributed_dataset(strategy, cfg, "train", batch_size=d.batch_size)),
+        data.DistributedInput(strategy, cfg, "train", batch_size=d.batch_size),
         loop.Cadence.for_stage(cfg, total), d.batch_size,
         learning_rates=lambda s: {"damsm": float(schedule(s))})

@@ -31,7 +31,7 @@ from mirrorgan_tf import data, distribute, losses
 from mirrorgan_tf.models.networks import (Networks, build_damsm_image_encoder, build_discriminators, build_glam,
                                           build_stem, build_stream)
 from mirrorgan_tf.config import ConfigError, needs_loss_scaling
-from mirrorgan_tf.runs import RunDir, resolve_stage_checkpoint, restore_weights
+from mirrorgan_tf.runs import RunDir, for_restore, resolve_stage_checkpoint, restore_weights
 from mirrorgan_tf.training import loop, steps
 from mirrorgan_tf.training.sampler import Sampler
 
@@ -47,6 +47,7 @@ class GanTrainState:
     checkpoint      glam, glam_ema, opt_g, step, d0.., opt_d0.. (the frozen networks are restored
                     from their own stages, `restore_pretrained`)
     trained_variables  GLAM's and the discriminators' trainable variables
+    random_state    the random seed states of GLAM, its EMA and the discriminators (saved by run_loop)
 
     `sync_batch_norm` (default: train.sync_batch_norm when the strategy has several replicas)
     all-reduces the BatchNorm statistics across replicas. The networks are built in a fixed order,
@@ -57,10 +58,14 @@ class GanTrainState:
         if sync_batch_norm is None:
             sync_batch_norm = t.sync_batch_norm and strategy.num_replicas_in_sync > 1
         sync = sync_batch_norm
+        # The frozen networks are restored whole from their stages' checkpoints (backbones
+        # included), so their ImageNet backbones are built untrained: no file, no download.
+        frozen_cfg = for_restore(cfg)
         with strategy.scope():
             stem = build_stem(cfg, vocab_size)
-            stream_encoder, stream_decoder = build_stream(cfg, vocab_size, sync_batch_norm=sync)
-            damsm_encoder = build_damsm_image_encoder(cfg, sync_batch_norm=sync) if t.damsm_weight > 0 else None
+            stream_encoder, stream_decoder = build_stream(frozen_cfg, vocab_size, sync_batch_norm=sync)
+            damsm_encoder = (build_damsm_image_encoder(frozen_cfg, sync_batch_norm=sync)
+                             if t.damsm_weight > 0 else None)
             glam = build_glam(cfg, seed=t.seed, sync_batch_norm=sync)
             self.glam_ema = build_glam(cfg, seed=t.seed, sync_batch_norm=sync)
             for target, source in zip(self.glam_ema.weights, glam.weights):
@@ -84,6 +89,7 @@ class GanTrainState:
             **{f"d{i}": d for i, d in enumerate(discriminators)},
             **{f"opt_d{i}": o for i, o in enumerate(self.opts_d)})
         self.trained_variables = glam.trainable_variables + [v for d in discriminators for v in d.trainable_variables]
+        self.random_state = loop.random_states(glam, self.glam_ema, *discriminators)
 
     def ema_update(self, decay: float, warmup: bool) -> None:
         """glam_ema <- decay x glam_ema + (1 - decay) x glam for the trainable weights; the
@@ -207,6 +213,7 @@ def make_train_step(cfg, strategy: tf.distribute.Strategy, state: GanTrainState)
 
 def train(cfg, run: RunDir, strategy: tf.distribute.Strategy) -> loop.LoopResult:
     """Train the GAN stage of `run` (the damsm and stream stages must be done or configured)."""
+    loop.check_backbones(cfg, ["gan"])  # before the first step, not after hours
     t = cfg.train
     total, _ = loop.steps_for(cfg, t.batch_size, t.epochs, t.max_steps)
     state = GanTrainState(cfg, strategy, data.vocab_size(cfg))
@@ -215,6 +222,6 @@ def train(cfg, run: RunDir, strategy: tf.distribute.Strategy) -> loop.LoopResult
     sampler = Sampler(cfg, run, state.nets.stem, state.glam_ema) if distribute.is_chief(strategy) else None
     return loop.run_loop(
         "gan", run, strategy, state, train_step,
-        iter(data.distributed_dataset(strategy, cfg, "train", batch_size=t.batch_size)),
+        data.DistributedInput(strategy, cfg, "train", batch_size=t.batch_size),
         loop.Cadence.for_stage(cfg, total, sample_every=t.sample_every), t.batch_size,
         learning_rates=lambda _: {"g": t.g_learning_rate, "d": t.d_learning_rate}, on_sample=sampler)

@@ -17,7 +17,12 @@ from typing import Callable, Iterator, Optional, Sequence
 import tensorflow as tf
 
 from mirrorgan_tf import data, distribute
+from mirrorgan_tf.models.backbones import RANDOM, require_pretrained_backbone
 from mirrorgan_tf.runs import RunDir, checkpoint_dir
+
+
+INPUT_PIPELINE = "input_pipeline"  # the checkpoint's name for the input pipeline's position
+RANDOM_STATE = "random_state"  # and for the trained networks' random seed states (dropout)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -34,6 +39,7 @@ class TrainState:
     checkpoint: tf.train.Checkpoint
     step: tf.Variable
     trained_variables: Sequence[tf.Variable]
+    random_state: Optional[tf.Module] = None  # `random_states(...)` of the trained networks
 
 
 @dataclass
@@ -52,6 +58,39 @@ class Cadence:
         for a stage of `total_steps` steps."""
         t = cfg.train
         return cls(total_steps, t.checkpoint_every, t.keep_checkpoints, t.log_every, sample_every)
+
+
+def check_backbones(cfg, stages) -> None:
+    """Before any stage runs: every frozen ImageNet backbone a stage in `stages` trains on must
+    have pretrained weights (damsm with inception_v3; stream with resnet152; gan's frozen STREAM,
+    and its DAMSM image encoder when train.damsm_weight > 0). Raises BackboneWeightsError naming the
+    key. For gan the value only has to name pretrained weights (not `random`, not empty): the
+    weights themselves come from the stream / damsm checkpoint, so the file may have moved."""
+    def check(key, value, file_needed):
+        if file_needed or str(value).strip() in ("", RANDOM) or str(value).startswith(RANDOM):
+            require_pretrained_backbone(key, value)
+
+    if "damsm" in stages and cfg.damsm.backbone == "inception_v3":
+        check("damsm.backbone_weights", cfg.damsm.backbone_weights, True)
+    if "stream" in stages and cfg.stream.backbone == "resnet152":
+        check("stream.backbone_weights", cfg.stream.backbone_weights, True)
+    if "gan" in stages:
+        if cfg.stream.backbone == "resnet152":
+            check("stream.backbone_weights", cfg.stream.backbone_weights, False)
+        if cfg.train.damsm_weight > 0 and cfg.damsm.backbone == "inception_v3":
+            check("damsm.backbone_weights", cfg.damsm.backbone_weights, False)
+
+
+def random_states(*models) -> tf.Module:
+    """The random seed states of `models`' layers (Keras SeedGenerators: dropout draws from them).
+    Keras keeps them out of a model's weights, so a checkpoint of the models alone would resume
+    dropout from its initial seed and redraw the masks of the first steps; `run_loop` saves this
+    module with the checkpoint. Attribute `states`: the seed variables (int, [2] each), in layer
+    order."""
+    weights = {id(w) for m in models for w in m.weights}
+    module = tf.Module(name=RANDOM_STATE)
+    module.states = [v for m in models for v in m.variables if id(v) not in weights]
+    return module
 
 
 def steps_for(cfg, batch_size: int, epochs: int, max_steps: int) -> tuple[int, int]:
@@ -153,7 +192,10 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
              on_sample: Optional[Callable[[int, tf.summary.SummaryWriter], None]] = None) -> LoopResult:
     """Run `step_fn` until `cadence.total_steps`, resuming from the latest checkpoint of `stage`.
 
-    `step_fn(batch)` returns a dict of scalar losses (already reduced across replicas).
+    `step_fn(batch)` returns a dict of scalar losses (already reduced across replicas). When
+    `iterator` is a tf.Module (data.DistributedInput) its position is saved in every checkpoint
+    (as `input_pipeline`) and restored on resume; a checkpoint saved without it resumes with the
+    input from its start, and says so.
     `learning_rates(step)` gives {name: rate} for TensorBoard; `on_sample(step, writer)` runs every
     `cadence.sample_every` steps and at the end. A non-finite loss stops the run before anything
     is saved, and so do non-finite `state.trained_variables` at a checkpoint (NonFiniteLoss), so
@@ -163,9 +205,25 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
     checkpoint, step_var, total_steps = state.checkpoint, state.step, cadence.total_steps
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir(run, stage, strategy),
                                          max_to_keep=cadence.keep_checkpoints)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        print(f"{stage}: resumed from {manager.latest_checkpoint} at step {int(step_var.numpy())}", flush=True)
+    latest = manager.latest_checkpoint
+    # The input pipeline's position is saved with the weights (data.DistributedInput), so a resumed
+    # stage continues with the batches of the steps after the checkpoint, not the first ones again.
+    # The same for the random seed states of dropout and the like. A checkpoint written before they
+    # were kept resumes without them (and says so).
+    extras = {INPUT_PIPELINE: iterator if isinstance(iterator, tf.Module) else None,
+              RANDOM_STATE: getattr(state, "random_state", None)}
+    extras = {k: v for k, v in extras.items() if v is not None}
+    saved = {name.split("/", 1)[0] for name, _ in tf.train.list_variables(latest)} if latest else set()
+    for name, value in extras.items():
+        if name in saved or not latest:
+            setattr(checkpoint, name, value)
+    if latest:
+        checkpoint.restore(latest).assert_existing_objects_matched()
+        print(f"{stage}: resumed from {latest} at step {int(step_var.numpy())}", flush=True)
+        for name, value in extras.items():
+            if name not in saved:
+                print(f"{stage}: {latest} holds no {name} (saved before it was kept): it starts afresh", flush=True)
+                setattr(checkpoint, name, value)
     chief = distribute.is_chief(strategy)
     writer = tf.summary.create_file_writer(run.logs(stage)) if chief else tf.summary.create_noop_writer()
     start = int(step_var.numpy())

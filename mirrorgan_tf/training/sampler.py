@@ -6,10 +6,9 @@ import numpy as np
 import tensorflow as tf
 
 from mirrorgan_tf import data, images
+from mirrorgan_tf.data import SAMPLE_CAPTIONS  # data.check_prepared refuses a test split smaller than this
 from mirrorgan_tf.models.networks import generate
 from mirrorgan_tf.runs import RunDir
-
-SAMPLE_CAPTIONS = 8
 
 
 class Sampler:

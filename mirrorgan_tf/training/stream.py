@@ -17,6 +17,7 @@ from mirrorgan_tf.training import loop, steps
 def train(cfg, run: RunDir, strategy: tf.distribute.Strategy) -> loop.LoopResult:
     """Pretrain STREAM's encoder and decoder (checkpoint: encoder, decoder, optimizer, step). Each
     step returns the loss {"caption"} (teacher-forced cross-entropy, global-batch mean)."""
+    loop.check_backbones(cfg, ["stream"])  # before the first step, not after hours
     s = cfg.stream
     total, _ = loop.steps_for(cfg, s.batch_size, s.epochs, s.max_steps)
     with strategy.scope():
@@ -40,7 +41,7 @@ def train(cfg, run: RunDir, strategy: tf.distribute.Strategy) -> loop.LoopResult
         return {"caption": loss}
 
     return loop.run_loop(
-        "stream", run, strategy, loop.TrainState(checkpoint, step, variables),
+        "stream", run, strategy, loop.TrainState(checkpoint, step, variables, loop.random_states(encoder, decoder)),
         steps.distributed_step(strategy, replica_step),
-        iter(data.distributed_dataset(strategy, cfg, "train", batch_size=s.batch_size)),
+        data.DistributedInput(strategy, cfg, "train", batch_size=s.batch_size),
         loop.Cadence.for_stage(cfg, total), s.batch_size, learning_rates=lambda _: {"stream": s.learning_rate})

@@ -23,8 +23,10 @@ from typing import Mapping
 
 import numpy as np
 
+from mirrorgan_tf.errors import MirrorganError
 
-class WeightImportError(ValueError):
+
+class WeightImportError(MirrorganError, ValueError):
     """A state dict does not fit the network it is imported into (names the file and the key)."""
 
 

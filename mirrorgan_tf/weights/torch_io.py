@@ -17,6 +17,17 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from mirrorgan_tf.errors import MirrorganError
+
+
+class TorchFileError(MirrorganError, ValueError):
+    """A PyTorch file that cannot be read as a state dict (the message names the file)."""
+
+
+class TorchMissingError(MirrorganError, ImportError):
+    """torch is not installed; the message names the optional extra that brings it."""
+
+
 TORCH_EXTRA_HINT = 'reading PyTorch .pth files needs torch: pip install -e ".[torch]" (or "mirrorgan_tf[torch]")'
 
 # Suffixes we treat as PyTorch files; anything else given as a weights path is a Keras file.
@@ -33,7 +44,7 @@ def import_torch():
     try:
         import torch
     except ImportError as e:  # also a broken install (e.g. a CUDA wheel without its libraries)
-        raise ImportError(f"{TORCH_EXTRA_HINT} ({e})") from e
+        raise TorchMissingError(f"{TORCH_EXTRA_HINT} ({e})") from e
     return torch
 
 
@@ -62,13 +73,13 @@ def read_state_dict(path: str, what: str = "weights") -> dict[str, np.ndarray]:
         # Files pickled by Python 2 (PyTorch 0.3 era) hold byte strings that are not UTF-8.
         obj = torch.load(path, map_location="cpu", weights_only=True, encoding="latin1")
     except Exception as e:  # noqa: BLE001 - torch raises many kinds; the file is what failed
-        raise ValueError(f"{what}: cannot read {path} as a PyTorch state dict of tensors "
+        raise TorchFileError(f"{what}: cannot read {path} as a PyTorch state dict of tensors "
                          f"(weights_only load; a pickled nn.Module is not supported): {e}") from e
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, Mapping) and wrapper in obj and isinstance(obj[wrapper], Mapping):
             obj = obj[wrapper]
     if not isinstance(obj, Mapping) or not obj:
-        raise ValueError(f"{what}: {path} holds {type(obj).__name__}, not a state dict (a mapping of names "
+        raise TorchFileError(f"{what}: {path} holds {type(obj).__name__}, not a state dict (a mapping of names "
                          f"to tensors)")
     out = {}
     for key, value in obj.items():
