@@ -366,7 +366,7 @@ def export_random_generator(tf, cfg, vocab_size: int, root: str) -> str:
     from mirrorgan_tf import config as config_lib
     from mirrorgan_tf import text
     from mirrorgan_tf.models.networks import build_glam, build_stem
-    from mirrorgan_tf.runs import RunDir
+    from mirrorgan_tf.runs import RunDir, pin_data
     from mirrorgan_tf.serving import export
 
     data_dir = os.path.join(root, "data")
@@ -379,6 +379,7 @@ def export_random_generator(tf, cfg, vocab_size: int, root: str) -> str:
     cfg.data.vocab_size = 0
     run = RunDir(os.path.join(root, "run"))
     config_lib.save_config(cfg, run.config_path())
+    pin_data(run, cfg)  # the run's own copy of the vocabulary, as training gives it
     stem = build_stem(cfg, vocab_size, batch=1)
     glam = build_glam(cfg, seed=cfg.train.seed, batch=1)
     for stage, objects in (("damsm", {"stem": stem}), ("gan", {"glam_ema": glam})):
