@@ -5,12 +5,13 @@
         [--threads N] [--json] [--set key=value ...]
 
 No dataset and no pretrained weights are needed: every network starts from random weights
-(the frozen backbones too: `damsm.backbone_weights` and `stream.backbone_weights` are forced to
-random) and the inputs are random tensors of the config's shapes. Measured, after `--warmup`
+(the frozen backbones too: `damsm.backbone_weights` and `stream.backbone_weights` are set to
+`random`) and the inputs are random tensors of the config's shapes. Measured, after `--warmup`
 untimed calls, as the median of `--repeat` timed calls:
 
 train   one full GAN iteration (the training stage's own step: every D updated on real / fake /
         wrong, G on adversarial + KL + lambda x STREAM, the EMA moved) at `--batch` and at batch 4,
+        its first call (`first_step_s`, of which tracing `trace_s`),
         with a breakdown timed part by part on the same inputs: generator forward, the
         discriminator updates, the STREAM loss forward + backward (to the image), the generator's
         backward and update (the G half-step minus its generator forward and STREAM parts), EMA.
@@ -209,16 +210,17 @@ def _build_train_step(cfg, strategy, vocab_size):
     """The training stage's own state and step (training/gan.py): the one place that names them."""
     from mirrorgan_tf.training import gan
 
-    state = gan.GanState(cfg, strategy, vocab_size)
+    state = gan.GanTrainState(cfg, strategy, vocab_size)
     return state, gan.make_train_step(cfg, strategy, state)
 
 
 def _parts(tf, cfg, state):
-    """tf.functions timing the parts of an iteration separately, on the step's own networks."""
+    """tf.functions timing the parts of an iteration separately, on the step's own networks,
+    optimizers and functions (gan.update_discriminators, GanTrainState.ema_update)."""
     from mirrorgan_tf import losses
-    from mirrorgan_tf.training import common
+    from mirrorgan_tf.training import gan, steps
 
-    m, opt_g, opts_d, t = state.models, state.opt_g, state.opts_d, cfg.train
+    m, opt_g, opts_d, t = state.nets, state.opt_g, state.opts_d, cfg.train
 
     @tf.function
     def text(batch):
@@ -231,13 +233,8 @@ def _parts(tf, cfg, state):
 
     @tf.function
     def discriminator_updates(batch, fakes, sentence):
-        total = 0.0
-        for d, opt, real, fake in zip(m.discriminators, opts_d, batch["images"], fakes):
-            with tf.GradientTape() as tape:
-                loss, _ = losses.discriminator_loss(d, real, fake, sentence, training=True)
-                scaled = common.scale_loss(opt, loss)
-            opt.apply_gradients(zip(tape.gradient(scaled, d.trainable_variables), d.trainable_variables))
-            total += loss
+        total, _ = gan.update_discriminators(m.discriminators, opts_d, batch["images"], fakes, sentence,
+                                             losses.wrong_pairs_across_replicas(sentence), 1.0)
         return total
 
     @tf.function
@@ -259,7 +256,7 @@ def _parts(tf, cfg, state):
             loss = (adversarial + t.kl_weight * losses.kl_loss(out["mu"], out["logvar"])
                     + t.stream_weight * losses.stream_loss(m.stream_encoder, m.stream_decoder, fakes[-1],
                                                            batch["caption_ids"], batch["caption_len"]))
-            scaled = common.scale_loss(opt_g, loss)
+            scaled = steps.scale_loss(opt_g, loss)
         grads = tape.gradient(scaled, variables)
         grads = [g if g is not None else tf.zeros_like(v) for g, v in zip(grads, variables)]
         opt_g.apply_gradients(zip(grads, variables))
@@ -267,13 +264,8 @@ def _parts(tf, cfg, state):
 
     @tf.function
     def ema():
-        # As the training step does it: one assign per weight.
-        decay = tf.constant(t.ema_decay, tf.float32)
-        for target, source in zip(m.glam_ema.trainable_weights, m.glam.trainable_weights):
-            target.assign(decay * target + (1.0 - decay) * source)
-        for target, source in zip(m.glam_ema.non_trainable_weights, m.glam.non_trainable_weights):
-            target.assign(source)
-        return decay
+        state.ema_update(t.ema_decay, t.ema_warmup)
+        return state.step
 
     return text, generator_forward, discriminator_updates, stream_forward_backward, generator_half_step, ema
 
@@ -291,7 +283,12 @@ def bench_train(tf, cfg, batch: int, vocab_size: int, warmup: int, repeat: int, 
     state, train_step = _build_train_step(cfg, strategy, vocab_size)
     build_s = time.perf_counter() - t0
     data = random_batch(tf, cfg, batch, vocab_size)
+    # The first step's cost in two parts: tracing (Python builds the graph, gradients included),
+    # then the first call (Grappler's graph optimisation, kernel set-up, first touch of the
+    # memory, and the step itself).
     t0 = time.perf_counter()
+    train_step.get_concrete_function(data)
+    trace_s = time.perf_counter() - t0
     first = _sync(train_step(data))
     first_step_s = time.perf_counter() - t0
     if not all(bool(tf.math.is_finite(v)) for v in first.values()):
@@ -301,11 +298,11 @@ def bench_train(tf, cfg, batch: int, vocab_size: int, warmup: int, repeat: int, 
     result = {"batch": batch, "s_per_iter": statistics.median(times), "times_s": times,
               "cpu_s_per_iter": statistics.median(cpu),
               "images_per_s": batch / statistics.median(times), "build_s": build_s,
-              "first_step_s": first_step_s,
+              "first_step_s": first_step_s, "trace_s": trace_s,
               # More than 1 would mean the step retraces (a Python value or a shape changing per call).
               "traces": train_step.experimental_get_tracing_count()}
-    _progress(f"train batch {batch}: first step {first_step_s:.1f} s, {result['s_per_iter']:.3f} s/iter "
-              f"(CPU {result['cpu_s_per_iter']:.3f} s) {times}")
+    _progress(f"train batch {batch}: first step {first_step_s:.1f} s (tracing {trace_s:.1f} s), "
+              f"{result['s_per_iter']:.3f} s/iter (CPU {result['cpu_s_per_iter']:.3f} s) {times}")
     try:
         flops = graph_flops(tf, train_step.get_concrete_function(data))
         result["gflop_per_iter"] = flops / 1e9
@@ -368,10 +365,9 @@ def export_random_generator(tf, cfg, vocab_size: int, root: str) -> str:
     as after training; returns the SavedModel's version folder."""
     from mirrorgan_tf import config as config_lib
     from mirrorgan_tf import text
-    from mirrorgan_tf.models.glam import GLAM
-    from mirrorgan_tf.models.networks import stem_from_config
+    from mirrorgan_tf.models.networks import build_glam, build_stem
+    from mirrorgan_tf.runs import RunDir, pin_data
     from mirrorgan_tf.serving import export
-    from mirrorgan_tf.training import loop
 
     data_dir = os.path.join(root, "data")
     os.makedirs(data_dir)
@@ -381,13 +377,11 @@ def export_random_generator(tf, cfg, vocab_size: int, root: str) -> str:
         json.dump({"vocabulary": "vocab.txt", "vocab_size": vocab_size}, f)
     cfg.data.dir = data_dir
     cfg.data.vocab_size = 0
-    run = loop.RunDir(os.path.join(root, "run"))
-    config_lib.save_config(cfg, run.path("config.yaml"))
-    stem = stem_from_config(cfg, vocab_size)
-    glam = GLAM.from_config_obj(cfg, seed=cfg.train.seed)
-    t = cfg.data.words_num
-    w, s, mask = stem(tf.ones((1, t), tf.int32), tf.fill([1], t))
-    glam(tf.zeros((1, cfg.model.z_dim)), s, w, mask)
+    run = RunDir(os.path.join(root, "run"))
+    config_lib.save_config(cfg, run.config_path())
+    pin_data(run, cfg)  # the run's own copy of the vocabulary, as training gives it
+    stem = build_stem(cfg, vocab_size, batch=1)
+    glam = build_glam(cfg, seed=cfg.train.seed, batch=1)
     for stage, objects in (("damsm", {"stem": stem}), ("gan", {"glam_ema": glam})):
         manager = tf.train.CheckpointManager(tf.train.Checkpoint(**objects), run.checkpoints(stage), 1)
         run.mark_done(stage, {"steps": 1, "checkpoint": manager.save(checkpoint_number=1)})
@@ -430,16 +424,14 @@ def bench_infer(tf, cfg, batch: int, vocab_size: int, warmup: int, repeat: int) 
                                 "first_call_s": first}
         # The generator's work per image, by the cost model, on the same networks outside the SavedModel.
         try:
-            from mirrorgan_tf.models.glam import GLAM
-            from mirrorgan_tf.models.networks import stem_from_config
+            from mirrorgan_tf.models import networks
 
-            stem, glam = stem_from_config(cfg, vocab_size), GLAM.from_config_obj(cfg)
+            stem, glam = networks.build_stem(cfg, vocab_size, batch=1), networks.build_glam(cfg, batch=1)
             t = cfg.data.words_num
 
             @tf.function
             def generate(ids, lengths, z):
-                w, s, mask = stem(ids, lengths, training=False)
-                return glam(z, s, w, mask, training=False)["images"][-1]
+                return networks.generate(stem, glam, ids, lengths, z)["images"][-1]
 
             spec = (tf.TensorSpec([batch, t], tf.int32), tf.TensorSpec([batch], tf.int32),
                     tf.TensorSpec([batch, cfg.model.z_dim], tf.float32))
@@ -475,8 +467,8 @@ def _variant_config(cfg, precision: str, xla: bool):
     import copy
 
     c = copy.deepcopy(cfg)
-    # float16 needs loss scaling (the config's mixed_precision=true); bfloat16 has float32's range.
-    c.train.mixed_precision = precision == "float16"
+    # As the config names them (config.precision_policy): float16 gets loss scaling, bfloat16 none.
+    c.train.mixed_precision = {"float32": False, "bfloat16": "bfloat16", "float16": "float16"}[precision]
     c.train.xla = xla
     return c
 
@@ -498,7 +490,8 @@ def print_table(report: dict) -> None:
             peak = peaks.get(v["precision"]) or peaks.get("float32")
             share = f" ({100 * rate / peak:.0f} % of peak)" if rate and peak else ""
             print(f"train batch {r['batch']:>3}: {r['s_per_iter']:.3f} s/iter, {r['images_per_s']:.2f} images/s, "
-                  f"first step {r['first_step_s']:.1f} s ({r['traces']} trace), peak RSS {r['peak_rss_mb']:.0f} MB, "
+                  f"first step {r['first_step_s']:.1f} s ({r['traces']} trace, {r['trace_s']:.1f} s), "
+                  f"peak RSS {r['peak_rss_mb']:.0f} MB, "
                   f"{_fmt(r.get('gflop_per_iter'), 4)} GFLOP/iter -> {_fmt(rate, 3)} GFLOP/s{share}")
             for k, s in r.get("breakdown_s", {}).items():
                 print(f"    {k:<32} {s:8.3f} s   CPU {r['breakdown_cpu_s'][k]:8.3f} s")
@@ -547,9 +540,9 @@ def main(argv=None) -> int:
         if name not in PRECISIONS:  # checked before TensorFlow's 4 s import
             p.error(f"--precision: {name!r} is not one of {', '.join(PRECISIONS)}")
 
-    from mirrorgan_tf.config import ConfigError, load_config
+    from mirrorgan_tf.config import ConfigError, load_config, precision_policy
 
-    overrides = ["damsm.backbone_weights=", "stream.backbone_weights="] + a.overrides
+    overrides = ["damsm.backbone_weights=random", "stream.backbone_weights=random"] + a.overrides
     try:
         cfg = load_config(a.config, overrides)
     except (ConfigError, FileNotFoundError) as e:
@@ -576,8 +569,8 @@ def main(argv=None) -> int:
     else:
         batches = [a.batch] + ([SMALL_BATCH] if a.batch != SMALL_BATCH else [])
     for precision, xla in variants:
-        keras.mixed_precision.set_global_policy(PRECISIONS[precision])
         c = _variant_config(cfg, precision, xla)
+        keras.mixed_precision.set_global_policy(precision_policy(c.train))
         entry = {"precision": precision, "xla": xla}
         if a.what in ("infer", "all"):
             entry["infer"] = bench_infer(tf, c, a.batch, a.vocab_size, a.warmup, a.repeat)

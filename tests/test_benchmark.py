@@ -1,5 +1,7 @@
 """The benchmark's helpers (no timing is asserted: times are measurements, not test outcomes)."""
 
+import json
+import math
 import subprocess
 import sys
 
@@ -48,3 +50,45 @@ def test_bad_arguments_exit_2_naming_them():
         r = subprocess.run([sys.executable, "-m", "mirrorgan_tf.benchmark", *args, "--what", "infer"], cwd=REPO,
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 2 and word in r.stderr, (args, r.stderr[-500:])
+
+
+def _figures(value, path=""):
+    """(path, number) of every number in a JSON value, bools excluded."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield from _figures(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _figures(v, f"{path}[{i}]")
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield path, value
+
+
+def test_the_cli_measures_the_smoke_config_end_to_end():
+    r = subprocess.run([sys.executable, "-m", "mirrorgan_tf.benchmark", "--config", "configs/shapes_smoke.yaml",
+                        "--what", "all", "--repeat", "1", "--warmup", "1", "--batch", "4", "--json"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    report = json.loads(r.stdout)
+    assert {"train_s_per_iter", "infer_images_per_s", "infer_latency_s", "peak_rss_mb", "machine",
+            "peak_gflops", "variants"} <= set(report)
+    assert set(report["infer_latency_s"]) == {"batch1", "batch4"}
+    (variant,) = report["variants"]
+    assert (variant["precision"], variant["xla"]) == ("float32", False)
+    (train,) = variant["train"]  # --batch 4 is also the small batch: one training size
+    assert train["batch"] == 4 and train["traces"] == 1  # the step traced once: no retracing
+    parts = {"generator_forward", "discriminator_updates", "stream_loss_forward_backward", "generator_half_step",
+             "ema", "generator_backward_and_update"}
+    assert set(train["breakdown_s"]) == parts and set(train["breakdown_cpu_s"]) == parts
+    assert {"s_per_iter", "cpu_s_per_iter", "images_per_s", "first_step_s", "trace_s", "gflop_per_iter",
+            "achieved_gflops", "peak_rss_mb"} <= set(train)
+    assert {"export_s", "load_s", "batch1", "batch4", "gflop_per_image", "peak_rss_mb"} <= set(variant["infer"])
+    assert report["train_s_per_iter"] == train["s_per_iter"]
+    figures = dict(_figures(report))
+    assert len(figures) > 40
+    for path, value in figures.items():
+        assert math.isfinite(value), path
+        # The one derived figure, half-step minus two of its parts timed apart, may dip below 0
+        # when the machine is busy; everything measured must be positive.
+        if "generator_backward_and_update" not in path:
+            assert value > 0, (path, value)

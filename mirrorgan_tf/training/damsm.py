@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 
 from mirrorgan_tf import data, losses
+from mirrorgan_tf.config import needs_loss_scaling
 from mirrorgan_tf.models import damsm
 from mirrorgan_tf.models.networks import build_damsm_image_encoder, build_stem
 from mirrorgan_tf.runs import RunDir
@@ -40,14 +41,14 @@ def train(cfg, run: RunDir, strategy: tf.distribute.Strategy) -> loop.LoopResult
     loop.check_backbones(cfg, ["damsm"])  # before the first step, not after hours
     d = cfg.damsm
     total, per_epoch = loop.steps_for(cfg, d.batch_size, d.epochs, d.max_steps)
-    mixed = cfg.train.mixed_precision
+    loss_scaling = needs_loss_scaling(cfg.train)
     sync_batch_norm = cfg.train.sync_batch_norm and strategy.num_replicas_in_sync > 1
     with strategy.scope():
         stem = build_stem(cfg, data.vocab_size(cfg))
         encoder = build_damsm_image_encoder(cfg, sync_batch_norm=sync_batch_norm)
         schedule = EpochDecay(d.learning_rate, d.lr_decay, d.lr_min_factor, per_epoch)
-        opt_text = steps.adam(schedule, d.beta_1, d.beta_2, mixed)
-        opt_image = steps.adam(schedule, d.beta_1, d.beta_2, mixed)
+        opt_text = steps.adam(schedule, d.beta_1, d.beta_2, loss_scaling)
+        opt_image = steps.adam(schedule, d.beta_1, d.beta_2, loss_scaling)
         opt_text.build(stem.trainable_variables)
         opt_image.build(encoder.trainable_variables)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
@@ -71,7 +72,7 @@ def train(cfg, run: RunDir, strategy: tf.distribute.Strategy) -> loop.LoopResult
             scaled = steps.scale_loss(opt_text, loss)
         grads = tape.gradient(scaled, text_vars + image_vars)
         text_grads = grads[: len(text_vars)]
-        if not mixed:  # with loss scaling the clip would act on scaled gradients; skip it there
+        if not loss_scaling:  # the clip would act on loss-scaled gradients; skip it there (float16)
             text_grads = steps.clip_by_global_norm_across_replicas(text_grads, d.rnn_grad_clip)
         opt_text.apply_gradients(zip(text_grads, text_vars))
         opt_image.apply_gradients(zip(grads[len(text_vars):], image_vars))

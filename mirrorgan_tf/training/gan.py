@@ -30,7 +30,7 @@ import tensorflow as tf
 from mirrorgan_tf import data, distribute, losses
 from mirrorgan_tf.models.networks import (Networks, build_damsm_image_encoder, build_discriminators, build_glam,
                                           build_stem, build_stream)
-from mirrorgan_tf.config import ConfigError
+from mirrorgan_tf.config import ConfigError, needs_loss_scaling
 from mirrorgan_tf.runs import RunDir, for_restore, resolve_stage_checkpoint, restore_weights
 from mirrorgan_tf.training import loop, steps
 from mirrorgan_tf.training.sampler import Sampler
@@ -75,11 +75,12 @@ class GanTrainState:
                 if frozen is not None:
                     frozen.trainable = False
             self.nets = Networks(stem, damsm_encoder, glam, discriminators, stream_encoder, stream_decoder)
-            self.opt_g = steps.adam(t.g_learning_rate, t.beta_1, t.beta_2, t.mixed_precision)
+            loss_scaling = needs_loss_scaling(t)
+            self.opt_g = steps.adam(t.g_learning_rate, t.beta_1, t.beta_2, loss_scaling)
             self.opt_g.build(glam.trainable_variables)
             self.opts_d = []
             for d in discriminators:
-                opt = steps.adam(t.d_learning_rate, t.beta_1, t.beta_2, t.mixed_precision)
+                opt = steps.adam(t.d_learning_rate, t.beta_1, t.beta_2, loss_scaling)
                 opt.build(d.trainable_variables)
                 self.opts_d.append(opt)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
@@ -94,16 +95,26 @@ class GanTrainState:
         """glam_ema <- decay x glam_ema + (1 - decay) x glam for the trainable weights; the
         BatchNorm statistics are copied. With `warmup` the decay is min(decay, (1 + n) / (10 + n)),
         n the steps taken before this one (as TensorFlow's ExponentialMovingAverage with
-        num_updates), so the average does not drag the random initial weights along."""
+        num_updates), so the average does not drag the random initial weights along.
+
+        Computed as glam_ema -= (1 - decay) x (glam_ema - glam), the same average rearranged as
+        tf.train.ExponentialMovingAverage does, with the in-place AssignSubVariableOp of each
+        weight's tf.Variable: one subtraction, one product and one in-place update per weight,
+        where the direct formula takes two products, a sum and a full assign (and Keras'
+        own `assign_sub` is a read, a subtraction and a full assign). Equal to the direct
+        formula within float32 rounding (tests/test_training_steps.py). Under a tf.distribute
+        strategy, call in cross-replica context: every replica's copy is updated."""
         decay = tf.constant(decay, tf.float32)
         if warmup:
             n = tf.cast(self.step, tf.float32)
             decay = tf.minimum(decay, (1.0 + n) / (10.0 + n))
+        rate = 1.0 - decay
         glam = self.nets.glam
         for target, source in zip(self.glam_ema.trainable_weights, glam.trainable_weights):
-            target.assign(decay * target + (1.0 - decay) * source)
+            t, s = target.value, source.value  # the tf.Variables behind the Keras variables
+            t.assign_sub(rate * (t - s), read_value=False)
         for target, source in zip(self.glam_ema.non_trainable_weights, glam.non_trainable_weights):
-            target.assign(source)
+            target.value.assign(source.value, read_value=False)
 
 
 def restore_pretrained(cfg, run: RunDir, state: GanTrainState) -> None:

@@ -135,6 +135,50 @@ class LoopResult:
     checkpoint: tf.train.Checkpoint
 
 
+class NonFiniteGuard:
+    """Remembers, on the device, the first step whose losses were not all finite, so the loop
+    need not bring every loss to the host every step (on a GPU each such read stalls the
+    pipeline until the step has finished).
+
+    `record(values, step)` runs a small tf.function (traced once per loss structure): if no bad
+    step is recorded yet and any loss in `values` ({name: scalar tensor}) is inf or NaN, it
+    stores `step` and all the losses of that step. `check(stage, latest)` reads the record (one
+    host transfer) and raises NonFiniteLoss naming the stage, the first bad step, the first
+    non-finite loss by name and its value, and the latest good checkpoint `latest`. The loop
+    checks before every log, sample and save, so nothing is ever written from a bad step."""
+
+    def __init__(self):
+        self.first_bad_step = tf.Variable(0, dtype=tf.int64, trainable=False, name="first_non_finite_step")
+        self._names: Optional[list] = None
+        self._values_at_bad_step: Optional[tf.Variable] = None
+
+    @tf.function
+    def _record(self, values, step):
+        stacked = tf.stack([tf.cast(tf.reshape(v, []), tf.float64) for v in values])
+        first = tf.logical_and(tf.equal(self.first_bad_step, 0),
+                               tf.logical_not(tf.reduce_all(tf.math.is_finite(stacked))))
+        self.first_bad_step.assign(tf.where(first, step, self.first_bad_step))
+        self._values_at_bad_step.assign(tf.where(first, stacked, self._values_at_bad_step))
+
+    def record(self, values: dict, step: int) -> None:
+        if self._names is None:
+            self._names = list(values)
+            self._values_at_bad_step = tf.Variable(tf.zeros([len(self._names)], tf.float64), trainable=False,
+                                                   name="losses_at_first_non_finite_step")
+        elif list(values) != self._names:
+            raise ValueError(f"the step's losses changed from {self._names} to {list(values)}")
+        self._record([values[k] for k in self._names], tf.constant(step, tf.int64))
+
+    def check(self, stage: str, latest: Optional[str]) -> None:
+        bad_step = int(self.first_bad_step.numpy())
+        if not bad_step:
+            return
+        values = self._values_at_bad_step.numpy()
+        name, value = next((n, v) for n, v in zip(self._names, values) if not math.isfinite(v))
+        raise NonFiniteLoss(f"stage '{stage}', step {bad_step}: loss '{name}' is {value}; stopped without saving. "
+                            f"The latest checkpoint is still {latest or '(none yet)'}")
+
+
 def _first_non_finite(variables) -> Optional[str]:
     for v in variables:
         if not bool(tf.reduce_all(tf.math.is_finite(v))):
@@ -187,28 +231,32 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
     t0 = time.time()
     losses: dict = {}
     step = start
+    guard = NonFiniteGuard()
     with writer.as_default():
         while step < total_steps:
             batch = next(iterator)
             values = step_fn(batch)
             step += 1
-            losses = {k: float(v) for k, v in values.items()}
-            bad = {k: v for k, v in losses.items() if not math.isfinite(v)}
-            if bad:
-                name, value = next(iter(bad.items()))
-                raise NonFiniteLoss(
-                    f"stage '{stage}', step {step}: loss '{name}' is {value}; stopped without saving. "
-                    f"The latest checkpoint is still {manager.latest_checkpoint or '(none yet)'}")
+            # No host transfer here: the guard records a bad step on the device; the losses are
+            # read (and the guard checked) only where something is logged or written.
+            guard.record(values, step)
             step_var.assign(step)
-            if step % cadence.log_every == 0 or step == total_steps:
+            final = step == total_steps
+            log = step % cadence.log_every == 0 or final
+            sample = bool(on_sample and cadence.sample_every and (step % cadence.sample_every == 0 or final))
+            save = step % cadence.checkpoint_every == 0 or final
+            if log or sample or save:
+                guard.check(stage, manager.latest_checkpoint)
+            if log:
+                losses = {k: float(v) for k, v in values.items()}
                 for k, v in losses.items():
                     tf.summary.scalar(f"loss/{k}", v, step=step)
                 for k, v in (learning_rates(step) if learning_rates else {}).items():
                     tf.summary.scalar(f"learning_rate/{k}", v, step=step)
-            progress.update(step, losses, final=step == total_steps)
-            if on_sample and cadence.sample_every and (step % cadence.sample_every == 0 or step == total_steps):
+                progress.update(step, losses, final=final)
+            if sample:
                 on_sample(step, writer)
-            if step % cadence.checkpoint_every == 0 or step == total_steps:
+            if save:
                 broken = _first_non_finite(state.trained_variables)
                 if broken:
                     raise NonFiniteLoss(

@@ -10,11 +10,13 @@ import keras
 import tensorflow as tf
 
 
-def adam(learning_rate, beta_1: float, beta_2: float, mixed_precision: bool, **kwargs):
-    """keras Adam, wrapped in a LossScaleOptimizer under mixed precision (float16 gradients
-    would underflow without it)."""
+def adam(learning_rate, beta_1: float, beta_2: float, loss_scaling: bool, **kwargs):
+    """keras Adam, wrapped in a LossScaleOptimizer when `loss_scaling` (pass
+    `config.needs_loss_scaling(cfg.train)`: true under mixed_float16 only, whose small gradients
+    would underflow; bfloat16 has float32's exponent range, and a LossScaleOptimizer there would
+    only add its finiteness check and a skipped-step branch to every update)."""
     opt = keras.optimizers.Adam(learning_rate, beta_1=beta_1, beta_2=beta_2, **kwargs)
-    return keras.optimizers.LossScaleOptimizer(opt) if mixed_precision else opt
+    return keras.optimizers.LossScaleOptimizer(opt) if loss_scaling else opt
 
 
 def scale_loss(optimizer, loss):

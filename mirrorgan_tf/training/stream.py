@@ -7,6 +7,7 @@ from __future__ import annotations
 import tensorflow as tf
 
 from mirrorgan_tf import data
+from mirrorgan_tf.config import needs_loss_scaling
 from mirrorgan_tf.models import stream
 from mirrorgan_tf.models.networks import build_stream
 from mirrorgan_tf.runs import RunDir
@@ -22,7 +23,7 @@ def train(cfg, run: RunDir, strategy: tf.distribute.Strategy) -> loop.LoopResult
     with strategy.scope():
         encoder, decoder = build_stream(cfg, data.vocab_size(cfg),
                                         sync_batch_norm=cfg.train.sync_batch_norm and strategy.num_replicas_in_sync > 1)
-        opt = steps.adam(s.learning_rate, 0.9, 0.999, cfg.train.mixed_precision)
+        opt = steps.adam(s.learning_rate, 0.9, 0.999, needs_loss_scaling(cfg.train))
         variables = encoder.trainable_variables + decoder.trainable_variables
         opt.build(variables)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")

@@ -1,0 +1,103 @@
+"""Pieces of the training steps that keep their numerics while doing less work: the fused EMA
+update, loss scaling only where float16 needs it, and the loop's on-device non-finite guard."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mirrorgan_tf.config import load_config, needs_loss_scaling
+from mirrorgan_tf.distribute import build_strategy
+from mirrorgan_tf.runs import RunDir
+from mirrorgan_tf.training import gan, loop, steps
+from tests.conftest import CONFIGS
+
+VOCAB = 30
+
+
+def _state(*overrides):
+    cfg = load_config(CONFIGS / "shapes_smoke.yaml", list(overrides))
+    keras.utils.set_random_seed(0)
+    return cfg, gan.GanTrainState(cfg, build_strategy("one_device"), VOCAB)
+
+
+@pytest.mark.parametrize("warmup", [False, True])
+def test_ema_update_equals_the_direct_formula(warmup):
+    _, state = _state()
+    rng = np.random.default_rng(1)
+    glam, ema = state.nets.glam, state.glam_ema
+    for v in glam.weights + ema.weights:  # distinct sources and targets, BN statistics included
+        v.assign(rng.normal(size=v.shape).astype("float32"))
+    state.step.assign(7)
+    decay = 0.999
+    expected_decay = min(decay, (1 + 7) / (10 + 7)) if warmup else decay
+    expected = [expected_decay * t.numpy() + (1 - expected_decay) * s.numpy()
+                for t, s in zip(ema.trainable_weights, glam.trainable_weights)]
+    tf.function(lambda: state.ema_update(decay, warmup))()
+    for got, want in zip(ema.trainable_weights, expected):
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-6, atol=1e-6)
+    for target, source in zip(ema.non_trainable_weights, glam.non_trainable_weights):
+        np.testing.assert_array_equal(target.numpy(), source.numpy())
+    assert len(ema.non_trainable_weights) > 0 and len(ema.trainable_weights) > 10
+
+
+@pytest.mark.parametrize("value,scaled", [(False, False), (True, True), ("float16", True), ("bfloat16", False)])
+def test_only_float16_gets_a_loss_scale_optimizer(value, scaled):
+    cfg, state = _state(f"train.mixed_precision={str(value).lower()}")
+    assert needs_loss_scaling(cfg.train) is scaled
+    for opt in [state.opt_g, *state.opts_d]:
+        assert isinstance(opt, keras.optimizers.LossScaleOptimizer) is scaled
+    plain = steps.adam(1e-3, 0.5, 0.999, loss_scaling=False)
+    assert type(plain) is keras.optimizers.Adam and steps.scale_loss(plain, tf.constant(2.0)) == 2.0
+
+
+def test_guard_names_the_first_non_finite_step_and_traces_once():
+    guard = loop.NonFiniteGuard()
+    for step, values in enumerate(([1.0, 2.0], [3.0, 4.0], [5.0, np.nan], [np.inf, np.nan], [1.0, 1.0]), 1):
+        guard.record({"d": tf.constant(values[0]), "g": tf.constant(values[1])}, step)
+        if step == 2:
+            guard.check("gan", None)  # all finite so far: no error
+    with pytest.raises(loop.NonFiniteLoss, match=r"stage 'gan', step 3: loss 'g' is nan; stopped without saving\. "
+                                                 r"The latest checkpoint is still ckpt-2"):
+        guard.check("gan", "ckpt-2")
+    assert guard._record.experimental_get_tracing_count() == 1
+    with pytest.raises(ValueError, match="losses changed"):
+        guard.record({"d": tf.constant(1.0)}, 6)
+
+
+def _toy_loop(tmp_path, losses_per_step, log_every, checkpoint_every):
+    """run_loop over a real one-weight stage whose step returns the given losses in turn."""
+    strategy = build_strategy("one_device")
+    with strategy.scope():
+        weight = tf.Variable(1.0, name="w")
+        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    state = loop.TrainState(tf.train.Checkpoint(w=weight, step=step_var), step_var, [weight])
+
+    @tf.function
+    def step_fn(batch):
+        weight.assign_add(1.0)
+        return {"loss": batch * weight}
+
+    batches = iter(tf.constant(x, tf.float32) for x in losses_per_step)
+    cadence = loop.Cadence(len(losses_per_step), checkpoint_every, 5, log_every)
+    run = RunDir(str(tmp_path / "run"))
+    return run, loop.run_loop("toy", run, strategy, state, step_fn, batches, cadence, global_batch=1)
+
+
+def test_loop_stops_at_the_cadence_naming_the_first_bad_step_and_saves_nothing(tmp_path):
+    # The NaN comes at step 5, between the checkpoint at step 4 and the next log/save at step 8.
+    with pytest.raises(loop.NonFiniteLoss, match=r"stage 'toy', step 5: loss 'loss' is nan; .* still .*ckpt-4"):
+        _toy_loop(tmp_path, [1.0, 1.0, 1.0, 1.0, np.nan, 1.0, 1.0, 1.0, 1.0], log_every=4, checkpoint_every=4)
+    ckpts = tmp_path / "run" / "toy" / "checkpoints"
+    assert tf.train.latest_checkpoint(str(ckpts)).endswith("ckpt-4")
+    assert not (tmp_path / "run" / "stages.json").exists()
+
+
+def test_loop_reads_the_last_losses_at_the_end(tmp_path):
+    run, result = _toy_loop(tmp_path, [1.0, 2.0, 3.0], log_every=2, checkpoint_every=10)
+    # Step n multiplies the batch by the weight after n increments: 3 x 4 at the last step.
+    assert result.last_losses == {"loss": 12.0} and result.steps == 3
+    assert json.loads(open(run.path("toy", "metrics.json")).read())["last_losses"] == {"loss": 12.0}
+    assert tf.train.latest_checkpoint(run.checkpoints("toy")).endswith("ckpt-3")
