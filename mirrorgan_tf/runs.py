@@ -254,6 +254,49 @@ def check_other_run(run_vocab: str, path: str, key: str) -> str:
     return root
 
 
+# What the frozen networks of a reused stage are built from besides its own section: STEM's and
+# the DAMSM image encoder's widths come from `model`, so they must agree with the reused run's.
+_REUSED_MODEL_KEYS = {"damsm": ("embedding_dim", "word_embedding_dim"), "stream": ()}
+
+
+def adopt_reused_stages(cfg):
+    """The config a run trains with when it reuses another run's pretrained stage
+    (damsm.checkpoint / stream.checkpoint naming a path inside a run directory): a copy of `cfg`
+    whose `damsm` (resp. `stream`) section is the reused run's, `checkpoint` aside. The frozen
+    networks are then built as they were trained (an imported torchvision-layout DAMSM, another
+    backbone or width), and the run's config.yaml records what really trained them.
+
+    Returns (config, changes), changes a list of (key, this config's value, the reused run's value)
+    for the keys that differed, for the caller to print. A path outside any run directory is left
+    alone (`check_other_run` refuses it later). Raises RunIntegrityError when the reused run's
+    `model.embedding_dim` or `model.word_embedding_dim` differ from this config's (STEM's widths:
+    the generator reads its features), naming the key, both values and the run; ConfigError when
+    the reused run's config.yaml does not load."""
+    cfg = copy.deepcopy(cfg)
+    changes = []
+    for stage in ("damsm", "stream"):
+        section = getattr(cfg, stage)
+        root = run_root(section.checkpoint) if section.checkpoint else None
+        if root is None:
+            continue
+        other = load_config(os.path.join(root, CONFIG))
+        for key in _REUSED_MODEL_KEYS[stage]:
+            mine, theirs = getattr(cfg.model, key), getattr(other.model, key)
+            if mine != theirs:
+                raise RunIntegrityError(
+                    f"{stage}.checkpoint={section.checkpoint}: that run's model.{key} is {theirs}, this "
+                    f"config's {mine}; its {'STEM' if stage == 'damsm' else 'STREAM'} cannot feed this "
+                    f"generator (set model.{key}={theirs}, or pretrain {stage} in this run)")
+        adopted = copy.deepcopy(getattr(other, stage))
+        adopted.checkpoint = section.checkpoint
+        for field in dataclasses.fields(adopted):
+            mine, theirs = getattr(section, field.name), getattr(adopted, field.name)
+            if mine != theirs:
+                changes.append((f"{stage}.{field.name}", mine, theirs))
+        setattr(cfg, stage, adopted)
+    return cfg, changes
+
+
 def _anything_trained(run: "RunDir") -> bool:
     """Whether any stage of the run has started (a stage record or a checkpoint)."""
     if run.stages():

@@ -58,6 +58,9 @@ def train(cfg, run_dir: str, stage: str = "all", strategy_kind: str = "auto",
           export_dir: str | None = None, strategy=None) -> dict:
     """Run the requested stages; returns {stage: LoopResult} (and {"export": path}).
 
+    A stage reused from another run (damsm.checkpoint / stream.checkpoint inside a run directory)
+    takes that run's `damsm` / `stream` section (`runs.adopt_reused_stages`), so its frozen networks
+    are built as they were trained and this run's config.yaml says so.
     Before anything is written or trained, the run directory is checked against what it already
     holds (`runs.check_config`: a run keeps the config it trained with, keys in runs.STEERING_KEYS
     aside), the data (`runs.pin_data`: the run's own vocabulary and data fingerprint), the runs it
@@ -92,6 +95,10 @@ def _train(cfg, run_dir, stage, strategy_kind, export_dir, strategy) -> dict:
     chief = is_chief(strategy)
     config_lib.check_replica_batches(cfg, strategy.num_replicas_in_sync)
     run = runs.RunDir(run_dir)
+    # A reused stage's networks are built as its run trained them, and this run records that.
+    cfg, adopted = runs.adopt_reused_stages(cfg)
+    for key, mine, theirs in adopted:
+        print(f"{key}: {theirs!r} from the reused run ({mine!r} in this config)", flush=True)
     runs.check_config(run, cfg)  # before anything is written
     if runs.deterministic(cfg):
         tf.config.experimental.enable_op_determinism()

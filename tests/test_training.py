@@ -65,11 +65,31 @@ def test_running_again_skips_finished_stages(trained_run, prepared_shapes):
 
 def test_a_later_run_reuses_pretrained_stages(trained_run, prepared_shapes, tmp_path):
     run_dir, _ = trained_run
+    # This config's own damsm / stream sections differ from the reused run's (8-wide CNNs, a
+    # 32-unit decoder): the frozen networks must be built as that run trained them, or their
+    # checkpoints do not restore; the DAMSM term makes the GAN stage build the image encoder too.
     r = _cli(tmp_path / "reuse", prepared_shapes, "--set", f"damsm.checkpoint={run_dir}/damsm",
-             "--set", f"stream.checkpoint={run_dir}/stream", "--set", "train.max_steps=1")
+             "--set", f"stream.checkpoint={run_dir}/stream", "--set", "train.max_steps=1",
+             "--set", "damsm.cnn_width=16", "--set", "stream.cnn_width=16", "--set", "stream.hidden_dim=48",
+             "--set", "train.damsm_weight=1")
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"STEM from {run_dir}/damsm/checkpoints/ckpt-6" in r.stdout
+    assert "damsm.cnn_width: 8 from the reused run (16 in this config)" in r.stdout
+    assert "stream.hidden_dim: 32 from the reused run (48 in this config)" in r.stdout
     assert not (tmp_path / "reuse" / "damsm").exists()
+    recorded = load_config(tmp_path / "reuse" / "config.yaml")
+    assert (recorded.damsm.cnn_width, recorded.stream.cnn_width, recorded.stream.hidden_dim) == (8, 8, 32)
+    assert recorded.damsm.checkpoint == f"{run_dir}/damsm"
+    r = _cli(tmp_path / "reuse", prepared_shapes, "--set", f"damsm.checkpoint={run_dir}/damsm",  # same command: resumes
+             "--set", f"stream.checkpoint={run_dir}/stream", "--set", "train.max_steps=1",
+             "--set", "damsm.cnn_width=16", "--set", "stream.cnn_width=16", "--set", "stream.hidden_dim=48",
+             "--set", "train.damsm_weight=1")
+    assert r.returncode == 0 and "gan: already finished" in r.stdout, r.stderr[-3000:]
+    # STEM's widths feed the generator: a reused DAMSM of another width is refused, naming both.
+    r = _cli(tmp_path / "wider", prepared_shapes, "--set", f"damsm.checkpoint={run_dir}/damsm",
+             "--set", "model.embedding_dim=24")
+    assert r.returncode == 2 and "that run's model.embedding_dim is 16, this config's 24" in r.stderr
+    assert not (tmp_path / "wider" / "config.yaml").exists()
     r = _cli(tmp_path / "empty", prepared_shapes, "--stage", "gan")
     assert r.returncode == 2 and "stage 'damsm' has not finished" in r.stderr
 
