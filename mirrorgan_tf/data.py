@@ -68,7 +68,7 @@ def vocab_size(cfg: Config) -> int:
     return size
 
 
-def check_prepared(cfg: Config, stages=TRAINING_STAGES, num_replicas: int = 1) -> dict:
+def check_prepared(cfg: Config, stages=TRAINING_STAGES) -> dict:
     """Refuse, before any stage runs, a prepared dataset too small for what `stages` will do with
     it; returns the manifest.
 
@@ -78,12 +78,12 @@ def check_prepared(cfg: Config, stages=TRAINING_STAGES, num_replicas: int = 1) -
       stream.batch_size, train.batch_size): batches have a static shape (drop_remainder) over a
       repeated stream, so a smaller split repeats images within a batch, and DAMSM would take an
       image's own caption as its negative;
-    - each stage's global batch divides over `num_replicas`, and DAMSM keeps at least two
-      captions per replica (its negatives are the other captions of the replica's batch);
     - for "gan": the test split holds at least SAMPLE_CAPTIONS images (the sampler's one batch;
       fewer ended the stage with StopIteration after DAMSM and STREAM had trained);
     - data.vocab_size, when set, equals the manifest's; every listed shard exists.
-    `stages`: the training stages that will run (a subset of TRAINING_STAGES).
+    `stages`: the training stages that will run (a subset of TRAINING_STAGES). How the batches
+    split over replicas is the config's question, checked once the strategy exists
+    (`config.check_replica_batches`).
     """
     path = os.path.join(cfg.data.dir, MANIFEST)
     manifest = load_manifest(cfg.data.dir)
@@ -105,12 +105,6 @@ def check_prepared(cfg: Config, stages=TRAINING_STAGES, num_replicas: int = 1) -
         if train < batch:
             problems.append(f"the train split has {train} images, fewer than {key}={batch} (one {stage} batch "
                             f"of distinct images): lower {key} or prepare more training images")
-        if batch % num_replicas:
-            problems.append(f"{key}={batch} does not divide over {num_replicas} replicas")
-    if "damsm" in stages and cfg.damsm.batch_size // num_replicas < 2:
-        problems.append(f"damsm.batch_size={cfg.damsm.batch_size} leaves {cfg.damsm.batch_size // num_replicas} "
-                        f"caption(s) per replica on {num_replicas} replica(s); DAMSM's contrastive loss needs "
-                        "at least 2 (its negatives are the other captions of a replica's batch)")
     if "gan" in stages and count("test") < SAMPLE_CAPTIONS:
         problems.append(f"the test split has {count('test')} images, fewer than the {SAMPLE_CAPTIONS} fixed sample "
                         f"captions the gan stage draws from it (mirrorgan_tf.data.SAMPLE_CAPTIONS): prepare more "

@@ -113,7 +113,7 @@ def _train(cfg, run_dir, stage, strategy_kind, export_dir, strategy) -> dict:
             section, name = key.split(".")
             if getattr(getattr(cfg, section), name):
                 runs.check_other_run(vocab, getattr(getattr(cfg, section), name), key)
-    data.check_prepared(cfg, stages=todo, num_replicas=strategy.num_replicas_in_sync)
+    data.check_prepared(cfg, stages=todo)
     loop.check_backbones(cfg, todo)
     if chief:
         if todo:

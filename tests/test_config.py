@@ -213,6 +213,11 @@ def test_per_replica_batches_are_checked_against_the_replica_count():
         check_replica_batches(big, 8)
     with pytest.raises(ConfigError, match=r"stream.batch_size=8 is not divisible by the 3 replicas"):
         check_replica_batches(load_config(CONFIGS / "shapes_smoke.yaml", ["damsm.batch_size=9"]), 3)
+    with pytest.raises(ConfigError, match=r"damsm.batch_size=2 over 2 replicas gives 1 per replica; each needs "
+                                          r"at least 2 \(the DAMSM losses need a negative caption"):
+        check_replica_batches(load_config(CONFIGS / "shapes_smoke.yaml", ["damsm.batch_size=2"]), 2)
+    with pytest.raises(ConfigError, match=r"damsm.batch_size=10 is not divisible by the 4 replicas"):
+        check_replica_batches(load_config(CONFIGS / "shapes_smoke.yaml", ["damsm.batch_size=10", "stream.batch_size=8"]), 4)
 
 
 def test_mixed_precision_names_its_policy_and_loss_scaling():

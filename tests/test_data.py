@@ -210,19 +210,11 @@ def test_check_prepared_lists_every_problem_at_once(prepared_shapes):
     assert "damsm" not in _refusal(cfg, stages=("stream", "gan"))
 
 
-def test_check_prepared_refuses_batches_that_do_not_split_over_replicas(prepared_shapes):
-    message = _refusal(_cfg(prepared_shapes, "shapes_smoke.yaml", "damsm.batch_size=3"), num_replicas=2)
-    assert "damsm.batch_size=3 does not divide over 2 replicas" in message
-    assert "damsm.batch_size=3 leaves 1 caption(s) per replica" in message
-    message = _refusal(_cfg(prepared_shapes, "shapes_smoke.yaml", "damsm.batch_size=2"), num_replicas=2)
-    assert "leaves 1 caption(s) per replica on 2 replica(s)" in message
-
-
 def test_check_prepared_accepts_a_dataset_that_fits_and_names_a_missing_shard(prepared_shapes, tmp_path):
     import shutil
 
     cfg = _cfg(prepared_shapes)
-    manifest = data.check_prepared(cfg, num_replicas=2)
+    manifest = data.check_prepared(cfg)
     assert manifest["splits"]["train"]["examples"] == 96 and manifest["splits"]["test"]["examples"] == 48
     copy = tmp_path / "copy"
     shutil.copytree(prepared_shapes, copy)
