@@ -209,6 +209,10 @@ class TuneConfig:
     objective: Literal["auto", "attributes", "attributes_seen", "attributes_unseen", "r_precision",
                        "fid"] = "auto"
     max_trials: int = 8  # random and bayesian; hyperband sizes its own brackets
+    # bayesian: trials drawn at random before the Gaussian process proposes the rest. 0 = half of
+    # max_trials, at least 2. Keras Tuner's own default, 3 x the number of searched keys, would make
+    # an 8-trial search of shapes.yaml's 5 keys (15 random points) a random search.
+    initial_points: int = 0
     trial_steps: int = 0  # GAN steps per trial (hyperband: the most a trial gets); 0 = train.max_steps
     executions_per_trial: int = 1  # trainings per trial (seeds train.seed + k); the objective is their mean
     eval_captions: int = 1000
@@ -427,6 +431,8 @@ def _check_fields(cfg: Config) -> None:
         (cfg.stream.batch_size >= 1, f"stream.batch_size must be >= 1, got {cfg.stream.batch_size}"),
         (0.0 <= cfg.train.ema_decay < 1.0, "train.ema_decay must be in [0, 1)"),
         (cfg.tune.max_trials >= 1, f"tune.max_trials must be >= 1, got {cfg.tune.max_trials}"),
+        (cfg.tune.initial_points >= 0, f"tune.initial_points must be >= 0 (0: half of max_trials), "
+                                       f"got {cfg.tune.initial_points}"),
         (cfg.tune.trial_steps >= 0, f"tune.trial_steps must be >= 0 (0 = train.max_steps), got {cfg.tune.trial_steps}"),
         (cfg.tune.executions_per_trial >= 1,
          f"tune.executions_per_trial must be >= 1, got {cfg.tune.executions_per_trial}"),

@@ -116,6 +116,20 @@ def test_a_search_given_anew_replaces_and_null_removes():
     assert "train.kl_weight" not in space and space["train.stream_weight"].max == 20.0
 
 
+def test_a_bayesian_search_lets_its_gaussian_process_choose_half_the_trials():
+    from mirrorgan_tf.tuning import objective as objective_lib
+    from mirrorgan_tf.tuning.tuner import make_oracle
+
+    cfg = load_config(CONFIGS / "shapes.yaml")  # 8 trials over 5 keys
+    objective = objective_lib.resolve("auto", {"attributes": True})
+    # Keras Tuner's own default, 3 x 5 keys = 15 random points, would leave all 8 trials random.
+    assert make_oracle(cfg, objective, 1200).num_initial_points == 4
+    assert make_oracle(load_config(CONFIGS / "shapes.yaml", ["tune.max_trials=3"]), objective, 1200).num_initial_points == 2
+    assert make_oracle(load_config(CONFIGS / "shapes.yaml", ["tune.initial_points=6"]), objective, 1200).num_initial_points == 6
+    with pytest.raises(ConfigError, match=r"tune.initial_points must be >= 0 \(0: half of max_trials\), got -1"):
+        load_config(CONFIGS / "shapes.yaml", ["tune.initial_points=-1"])
+
+
 def test_bad_flags_fail_before_any_work(tmp_path):
     r = run_tune(str(CONFIGS / "cub.yaml"), tmp_path / "R", "--objective", "attributes", "--trial-steps", "10")
     assert r.returncode == 2

@@ -59,6 +59,13 @@ class Search:
         return os.path.join(self.root, "trials", name)
 
 
+def initial_points(tune_cfg) -> int:
+    """How many trials the Bayesian oracle draws at random before its Gaussian process proposes:
+    tune.initial_points, or for 0 half of tune.max_trials (at least 2, which a Gaussian process
+    needs to fit anything)."""
+    return tune_cfg.initial_points or max(2, tune_cfg.max_trials // 2)
+
+
 def make_oracle(cfg, objective: objective_lib.Objective, steps: int) -> keras_tuner.Oracle:
     """The oracle `tune.tuner` names, over `space.hyperparameters(cfg)`, scoring `objective`.
     Hyperband's resource unit is `tune.hyperband_unit_steps` GAN steps: its max_epochs is
@@ -71,7 +78,8 @@ def make_oracle(cfg, objective: objective_lib.Objective, steps: int) -> keras_tu
     if t.tuner == "random":
         return keras_tuner.oracles.RandomSearchOracle(max_trials=t.max_trials, **common)
     if t.tuner == "bayesian":
-        return keras_tuner.oracles.BayesianOptimizationOracle(max_trials=t.max_trials, **common)
+        return keras_tuner.oracles.BayesianOptimizationOracle(
+            max_trials=t.max_trials, num_initial_points=initial_points(t), **common)
     oracle = keras_tuner.oracles.HyperbandOracle(
         max_epochs=max(1, steps // t.hyperband_unit_steps), factor=t.hyperband_factor, **common)
     oracle.max_trials = t.max_trials  # a cap on top of Hyperband's own brackets
