@@ -142,16 +142,11 @@ def test_bad_arguments_fail_first(damsm_files, damsm_run, tmp_path, capsys):
 
 
 def test_stream_run_loads_back(cub_sample, damsm_run, damsm_files, tmp_path, capsys):
-    from tests.torch_reference import init, resnet
-    from tests.torch_reference.stream import Decoder, Encoder
+    from tests.torch_reference.stream import Decoder, random_encoder
 
     _, _, _, tokens, vocab = damsm_files
     images = inputs.cub_images(cub_sample, 256, 2)
-    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
-    calibration = torch.nn.functional.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False)
-    torch.manual_seed(8)
-    ref_enc = Encoder(init.randomize(resnet.resnet152(), calibration, seed=8)).eval()
-    inputs.randomize_batch_norm(ref_enc.bn, seed=8)
+    ref_enc, x = random_encoder(images, seed=8)
     ref_dec = Decoder(len(vocab), 256, 512).eval()
     enc_path = inputs.save_legacy(ref_enc, tmp_path / "encoder-5-3000.ckpt")
     dec_path = inputs.save_legacy(ref_dec, tmp_path / "decoder-5-3000.ckpt")

@@ -46,15 +46,10 @@ def test_stream_decoder_matches_decoder_rnn(cub_sample, tmp_path):
 
 def test_stream_encoder_matches_encoder_cnn(cub_sample, tmp_path):
     from mirrorgan_tf.models.stream import StreamEncoder
-    from tests.torch_reference import init, resnet
-    from tests.torch_reference.stream import Encoder
+    from tests.torch_reference.stream import random_encoder
 
     images = inputs.cub_images(cub_sample, 256, 2)
-    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
-    calibration = torch.nn.functional.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False)
-    torch.manual_seed(7)
-    ref = Encoder(init.randomize(resnet.resnet152(), calibration, seed=7)).eval()
-    inputs.randomize_batch_norm(ref.bn, seed=7)
+    ref, x = random_encoder(images, seed=7)
     path = inputs.save_legacy(ref, tmp_path / "encoder-5-3000.ckpt")
     state = read_state_dict(path)
     assert "resnet.0.weight" in state and "resnet.7.2.bn3.running_var" in state and "bn.running_mean" in state

@@ -45,3 +45,18 @@ class Encoder(nn.Module):
         x = torch.nn.functional.interpolate(images, size=(224, 224), mode="bilinear",
                                             align_corners=self.align_corners)
         return self.bn(self.linear(self.resnet(x).flatten(1)))
+
+
+def random_encoder(images, seed: int) -> tuple[Encoder, torch.Tensor]:
+    """(an Encoder in eval mode over a random ResNet-152, the images as an NCHW tensor) for
+    `images` [B, H, W, 3] in [-1, 1]: the trunk's weights are drawn and its BatchNorm statistics
+    calibrated on these images at 224 px (init.randomize), the final BatchNorm1d's statistics and
+    affine drawn too, so that no layer is the identity. Seeded by `seed`."""
+    from tests.torch_reference import init, inputs, resnet
+
+    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+    calibration = torch.nn.functional.interpolate(x, size=(224, 224), mode="bilinear", align_corners=False)
+    torch.manual_seed(seed)
+    encoder = Encoder(init.randomize(resnet.resnet152(), calibration, seed=seed)).eval()
+    inputs.randomize_batch_norm(encoder.bn, seed=seed)
+    return encoder, x
