@@ -258,6 +258,21 @@ def _parts(tf, cfg, state):
     return text, generator_forward, discriminator_updates, stream_forward_backward, ema
 
 
+def use_precision(cfg) -> str:
+    """Set Keras' global dtype policy to the one `train.mixed_precision` names
+    (config.precision_policy) and return it. Call right before building networks:
+    `keras.backend.clear_session()` drops the global policy back to float32, and every network
+    built after it would silently run in float32 (the benchmark's bfloat16 training figures
+    were float32 ones until this was called per build)."""
+    import keras
+
+    from mirrorgan_tf.config import precision_policy
+
+    policy = precision_policy(cfg.train)
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
 def build_train_state(tf, cfg, vocab_size: int):
     """The GAN stage's state (training/gan.py: every network, optimizer and the EMA copy) on one
     device, seeded by train.seed. Returns (state, strategy, seconds taken). Built once and shared
@@ -270,6 +285,7 @@ def build_train_state(tf, cfg, vocab_size: int):
 
     keras.utils.set_random_seed(cfg.train.seed)
     strategy = build_strategy("one_device")
+    use_precision(cfg)
     t0 = time.perf_counter()
     state = gan.GanTrainState(cfg, strategy, vocab_size)
     build_s = time.perf_counter() - t0
@@ -308,6 +324,9 @@ def bench_train(tf, cfg, batch: int, vocab_size: int, warmup: int, repeat: int, 
               "cpu_s_per_iter": statistics.median(cpu),
               "images_per_s": batch / statistics.median(times), "build_s": build_s,
               "first_step_s": first_step_s, "trace_s": trace_s,
+              # What the networks really compute in (the generator's and STREAM's backbone's).
+              "compute_dtype": {"glam": state.nets.glam.compute_dtype,
+                                "stream_encoder": state.nets.stream_encoder.backbone.compute_dtype},
               # More than 1 would mean the step retraces (a Python value or a shape changing per call).
               "traces": train_step.experimental_get_tracing_count()}
     _progress(f"train batch {batch}: first step {first_step_s:.1f} s (tracing {trace_s:.1f} s), "
@@ -395,6 +414,7 @@ def export_random_generator(tf, cfg, vocab_size: int, root: str, networks: dict 
     run = RunDir(os.path.join(root, "run"))
     config_lib.save_config(cfg, run.config_path())
     pin_data(run, cfg)  # the run's own copy of the vocabulary, as training gives it
+    use_precision(cfg)
     stem = build_stem(cfg, vocab_size, batch=1)
     glam = build_glam(cfg, seed=cfg.train.seed, batch=1)
     for stage, objects in (("damsm", {"stem": stem}), ("gan", {"glam_ema": glam})):
@@ -420,6 +440,7 @@ def bench_infer(tf, cfg, batch: int, vocab_size: int, warmup: int, repeat: int) 
         built = {}
         path = export_random_generator(tf, copy.deepcopy(cfg), vocab_size, root, built)
         out["export_s"] = time.perf_counter() - t0
+        out["compute_dtype"] = {"glam": built["glam"].compute_dtype}
         _progress(f"infer: exported in {out['export_s']:.1f} s")
         gc.collect()
         t0 = time.perf_counter()
@@ -561,7 +582,7 @@ def main(argv=None) -> int:
         if name not in PRECISIONS:  # checked before TensorFlow's 4 s import
             p.error(f"--precision: {name!r} is not one of {', '.join(PRECISIONS)}")
 
-    from mirrorgan_tf.config import ConfigError, load_config, precision_policy
+    from mirrorgan_tf.config import ConfigError, load_config
 
     overrides = ["damsm.backbone_weights=random", "stream.backbone_weights=random"] + a.overrides
     try:
@@ -592,7 +613,6 @@ def main(argv=None) -> int:
         batches = [a.batch] + ([SMALL_BATCH] if a.batch != SMALL_BATCH else [])
     for precision, xla in variants:
         c = _variant_config(cfg, precision, xla)
-        keras.mixed_precision.set_global_policy(precision_policy(c.train))
         entry = {"precision": precision, "xla": xla}
         if a.what in ("infer", "all"):
             entry["infer"] = bench_infer(tf, c, a.batch, a.vocab_size, a.warmup, a.repeat)

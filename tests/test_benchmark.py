@@ -5,6 +5,7 @@ import math
 import subprocess
 import sys
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -95,13 +96,23 @@ def test_the_cli_measures_the_smoke_config_end_to_end():
             assert value > 0, (path, value)
 
 
-def test_train_batches_share_one_build_and_keep_the_requested_order(capsys):
-    """Two batch sizes on one set of networks: each size traces its own step once, the entries
-    come back in the order asked for, and the derived parts are the step minus the timed ones."""
-    assert benchmark.main(["--config", "configs/shapes_smoke.yaml", "--what", "train", "--train-batches", "4,2",
-                           "--repeat", "1", "--warmup", "1", "--json"]) == 0
+def test_train_batches_share_one_build_and_run_in_the_precision_asked_for(capsys):
+    """bfloat16, generation then two batch sizes on one set of networks: every network really
+    computes in bfloat16 (the export's clear_session once dropped training back to float32
+    unnoticed), each size traces its own step once, the entries come back in the order asked
+    for, and the derived parts are the step minus the timed ones."""
+    try:
+        assert benchmark.main(["--config", "configs/shapes_smoke.yaml", "--what", "all", "--precision", "bfloat16",
+                               "--batch", "4", "--train-batches", "4,2", "--repeat", "1", "--warmup", "1",
+                               "--json"]) == 0
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
     report = json.loads(capsys.readouterr().out)
     (variant,) = report["variants"]
+    assert variant["precision"] == "bfloat16"
+    assert variant["infer"]["compute_dtype"] == {"glam": "bfloat16"}
+    for r in variant["train"]:
+        assert r["compute_dtype"] == {"glam": "bfloat16", "stream_encoder": "bfloat16"}, r["batch"]
     large, small = variant["train"]
     assert (large["batch"], small["batch"]) == (4, 2)
     assert report["train_s_per_iter"] == large["s_per_iter"]
