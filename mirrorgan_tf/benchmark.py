@@ -534,7 +534,8 @@ def print_table(report: dict) -> None:
             print(f"train batch {r['batch']:>3}: {r['s_per_iter']:.3f} s/iter, {r['images_per_s']:.2f} images/s, "
                   f"first step {r['first_step_s']:.1f} s ({r['traces']} trace, {r['trace_s']:.1f} s), "
                   f"peak RSS {r['peak_rss_mb']:.0f} MB, "
-                  f"{_fmt(r.get('gflop_per_iter'), 4)} GFLOP/iter -> {_fmt(rate, 3)} GFLOP/s{share}")
+                  f"{_fmt(r.get('gflop_per_iter'), 4)} GFLOP/iter -> {_fmt(rate, 3)} GFLOP/s{share}, "
+                  f"computing in {r['compute_dtype']['glam']}")
             for k, s in r.get("breakdown_s", {}).items():
                 print(f"    {k:<32} {s:8.3f} s   CPU {r['breakdown_cpu_s'][k]:8.3f} s")
         inf = v.get("infer")
