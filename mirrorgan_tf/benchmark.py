@@ -13,8 +13,10 @@ train   one full GAN iteration (the training stage's own step: every D updated o
         wrong, G on adversarial + KL + lambda x STREAM, the EMA moved) at `--batch` and at batch 4,
         its first call (`first_step_s`, of which tracing `trace_s`),
         with a breakdown timed part by part on the same inputs: generator forward, the
-        discriminator updates, the STREAM loss forward + backward (to the image), the generator's
-        backward and update (the G half-step minus its generator forward and STREAM parts), EMA.
+        discriminator updates, the STREAM loss forward + backward (to the image), EMA; derived
+        from those: the G half-step (the whole step minus the D updates and EMA) and the
+        generator's backward and update (the G half-step minus its generator forward and STREAM
+        parts). The networks are built once (`build_s`) for every batch size.
 infer   `serving_default` of a SavedModel exported (by serving/export.py) into a temporary folder:
         latency and images/s at batch 1 and at `--batch`.
 
@@ -174,8 +176,13 @@ def time_calls(fn, args, warmup: int, repeat: int, sync, cpu_times=None) -> list
     return times
 
 
+_START = time.perf_counter()
+
+
 def _progress(message: str) -> None:
-    print(f"benchmark: {message}", file=sys.stderr, flush=True)
+    """One line on stderr, stamped with the seconds since the module was loaded: where the
+    benchmark's own wall time goes."""
+    print(f"benchmark [{time.perf_counter() - _START:7.1f} s]: {message}", file=sys.stderr, flush=True)
 
 
 def _sync(result):
@@ -206,21 +213,19 @@ def random_batch(tf, cfg, batch: int, vocab_size: int, seed: int = 0) -> dict:
     }
 
 
-def _build_train_step(cfg, strategy, vocab_size):
-    """The training stage's own state and step (training/gan.py): the one place that names them."""
-    from mirrorgan_tf.training import gan
-
-    state = gan.GanTrainState(cfg, strategy, vocab_size)
-    return state, gan.make_train_step(cfg, strategy, state)
-
-
 def _parts(tf, cfg, state):
     """tf.functions timing the parts of an iteration separately, on the step's own networks,
-    optimizers and functions (gan.update_discriminators, GanTrainState.ema_update)."""
-    from mirrorgan_tf import losses
-    from mirrorgan_tf.training import gan, steps
+    optimizers and functions (gan.update_discriminators, GanTrainState.ema_update).
 
-    m, opt_g, opts_d, t = state.nets, state.opt_g, state.opts_d, cfg.train
+    The generator's half-step (forward, adversarial + KL + STREAM loss, backward, update) is not
+    traced and timed again on its own: it is the whole step minus the discriminator updates and
+    the EMA (the step computes the fakes once for both halves), so `bench_train` derives it from
+    the step's own time. Timing it apart cost a third of the breakdown's time (a second trace of
+    nearly the whole step, and warm-up + repeat calls of nearly a whole step)."""
+    from mirrorgan_tf import losses
+    from mirrorgan_tf.training import gan
+
+    m, opts_d, t = state.nets, state.opts_d, cfg.train
 
     @tf.function
     def text(batch):
@@ -246,42 +251,62 @@ def _parts(tf, cfg, state):
         return loss, tape.gradient(loss, image)
 
     @tf.function
-    def generator_half_step(batch, words, sentence, mask):
-        variables = m.glam.trainable_variables
-        with tf.GradientTape() as tape:
-            out = m.glam(batch["noise"], sentence, words, mask, eps=batch["ca_noise"], training=True)
-            fakes = out["images"]
-            adversarial = tf.add_n([losses.generator_adversarial_loss(d, f, sentence, training=True)
-                                    for d, f in zip(m.discriminators, fakes)])
-            loss = (adversarial + t.kl_weight * losses.kl_loss(out["mu"], out["logvar"])
-                    + t.stream_weight * losses.stream_loss(m.stream_encoder, m.stream_decoder, fakes[-1],
-                                                           batch["caption_ids"], batch["caption_len"]))
-            scaled = steps.scale_loss(opt_g, loss)
-        grads = tape.gradient(scaled, variables)
-        grads = [g if g is not None else tf.zeros_like(v) for g, v in zip(grads, variables)]
-        opt_g.apply_gradients(zip(grads, variables))
-        return loss
-
-    @tf.function
     def ema():
         state.ema_update(t.ema_decay, t.ema_warmup)
         return state.step
 
-    return text, generator_forward, discriminator_updates, stream_forward_backward, generator_half_step, ema
+    return text, generator_forward, discriminator_updates, stream_forward_backward, ema
 
 
-def bench_train(tf, cfg, batch: int, vocab_size: int, warmup: int, repeat: int, breakdown: bool = True) -> dict:
+def use_precision(cfg) -> str:
+    """Set Keras' global dtype policy to the one `train.mixed_precision` names
+    (config.precision_policy) and return it. Call right before building networks:
+    `keras.backend.clear_session()` drops the global policy back to float32, and every network
+    built after it would silently run in float32 (the benchmark's bfloat16 training figures
+    were float32 ones until this was called per build)."""
+    import keras
+
+    from mirrorgan_tf.config import precision_policy
+
+    policy = precision_policy(cfg.train)
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+def build_train_state(tf, cfg, vocab_size: int):
+    """The GAN stage's state (training/gan.py: every network, optimizer and the EMA copy) on one
+    device, seeded by train.seed. Returns (state, strategy, seconds taken). Built once and shared
+    by every batch size `bench_train` measures: the networks do not depend on the batch size
+    (ResNet-152 and the rest take 10-30 s to build)."""
     import keras
 
     from mirrorgan_tf.distribute import build_strategy
+    from mirrorgan_tf.training import gan
 
     keras.utils.set_random_seed(cfg.train.seed)
     strategy = build_strategy("one_device")
+    use_precision(cfg)
+    t0 = time.perf_counter()
+    state = gan.GanTrainState(cfg, strategy, vocab_size)
+    build_s = time.perf_counter() - t0
+    _progress(f"train: networks built in {build_s:.1f} s")
+    return state, strategy, build_s
+
+
+def bench_train(tf, cfg, batch: int, vocab_size: int, warmup: int, repeat: int, breakdown: bool = True,
+                built=None) -> dict:
+    """Times of the GAN training iteration at `batch` (see the module's docstring for the keys).
+    `built`: (state, strategy, build seconds) of `build_train_state`, shared across batch sizes;
+    built here when None. The step is a new tf.function traced for this batch, so its tracing
+    count and first-step time are this batch's own."""
+    from mirrorgan_tf.training import gan
+
     reset_peak_rss()
     _reset_gpu_peak(tf)
-    t0 = time.perf_counter()
-    state, train_step = _build_train_step(cfg, strategy, vocab_size)
-    build_s = time.perf_counter() - t0
+    if built is None:
+        built = build_train_state(tf, cfg, vocab_size)
+    state, strategy, build_s = built
+    train_step = gan.make_train_step(cfg, strategy, state)
     data = random_batch(tf, cfg, batch, vocab_size)
     # The first step's cost in two parts: tracing (Python builds the graph, gradients included),
     # then the first call (Grappler's graph optimisation, kernel set-up, first touch of the
@@ -299,6 +324,9 @@ def bench_train(tf, cfg, batch: int, vocab_size: int, warmup: int, repeat: int, 
               "cpu_s_per_iter": statistics.median(cpu),
               "images_per_s": batch / statistics.median(times), "build_s": build_s,
               "first_step_s": first_step_s, "trace_s": trace_s,
+              # What the networks really compute in (the generator's and STREAM's backbone's).
+              "compute_dtype": {"glam": state.nets.glam.compute_dtype,
+                                "stream_encoder": state.nets.stream_encoder.backbone.compute_dtype},
               # More than 1 would mean the step retraces (a Python value or a shape changing per call).
               "traces": train_step.experimental_get_tracing_count()}
     _progress(f"train batch {batch}: first step {first_step_s:.1f} s (tracing {trace_s:.1f} s), "
@@ -309,24 +337,29 @@ def bench_train(tf, cfg, batch: int, vocab_size: int, warmup: int, repeat: int, 
         result["achieved_gflops"] = flops / 1e9 / result["s_per_iter"]
     except Exception as e:  # the cost model is an aid, not the measurement
         result["flops_error"] = f"{type(e).__name__}: {e}"
+    _progress(f"train batch {batch}: cost model counted")
     if breakdown:
-        text, g_fwd, d_upd, stream_fb, g_half, ema = _parts(tf, cfg, state)
+        text, g_fwd, d_upd, stream_fb, ema = _parts(tf, cfg, state)
         words, sentence, mask = text(data)
-        fakes = g_fwd(data, words, sentence, mask)
+        fakes = _sync(g_fwd(data, words, sentence, mask))  # g_fwd's first (tracing) call
         parts = {
-            "generator_forward": (g_fwd, (data, words, sentence, mask)),
-            "discriminator_updates": (d_upd, (data, fakes, sentence)),
-            "stream_loss_forward_backward": (stream_fb, (data, fakes[-1])),
-            "generator_half_step": (g_half, (data, words, sentence, mask)),
-            "ema": (ema, ()),
+            "generator_forward": (g_fwd, (data, words, sentence, mask), 1),
+            "discriminator_updates": (d_upd, (data, fakes, sentence), 0),
+            "stream_loss_forward_backward": (stream_fb, (data, fakes[-1]), 0),
+            "ema": (ema, (), 0),
         }
         medians, cpu_medians = {}, {}
-        for name, (fn, args) in parts.items():
+        for name, (fn, args, calls_made) in parts.items():
             cpu = []
-            medians[name] = statistics.median(time_calls(fn, args, warmup, repeat, _sync, cpu))
+            # As for the step: `warmup` untimed calls in all, the first (tracing) one included.
+            medians[name] = statistics.median(
+                time_calls(fn, args, max(1, warmup) - calls_made, repeat, _sync, cpu))
             cpu_medians[name] = statistics.median(cpu)
             _progress(f"train batch {batch}: {name} {medians[name]:.3f} s (CPU {cpu_medians[name]:.3f} s)")
-        for m in (medians, cpu_medians):
+        for m, whole in ((medians, result["s_per_iter"]), (cpu_medians, result["cpu_s_per_iter"])):
+            # Derived: the step minus its discriminator half and the EMA (STEM's forward, a few
+            # milliseconds, included), and that minus the generator forward and STREAM parts.
+            m["generator_half_step"] = whole - m["discriminator_updates"] - m["ema"]
             m["generator_backward_and_update"] = (
                 m["generator_half_step"] - m["generator_forward"] - m["stream_loss_forward_backward"])
         result["breakdown_s"] = medians
@@ -335,7 +368,7 @@ def bench_train(tf, cfg, batch: int, vocab_size: int, warmup: int, repeat: int, 
     gpu_peak = _gpu_peak_mb(tf)
     if gpu_peak is not None:
         result["gpu_peak_mb"] = gpu_peak
-    del state, train_step
+    del train_step
     return result
 
 
@@ -360,9 +393,10 @@ def _random_vocabulary(size: int) -> list[str]:
     return words
 
 
-def export_random_generator(tf, cfg, vocab_size: int, root: str) -> str:
+def export_random_generator(tf, cfg, vocab_size: int, root: str, networks: dict | None = None) -> str:
     """A run directory with random STEM and EMA generator, exported by serving/export.py exactly
-    as after training; returns the SavedModel's version folder."""
+    as after training; returns the SavedModel's version folder. If `networks` is a dict, the
+    exported `stem` and `glam` are put into it (for the cost model, instead of building them twice)."""
     from mirrorgan_tf import config as config_lib
     from mirrorgan_tf import text
     from mirrorgan_tf.models.networks import build_glam, build_stem
@@ -380,11 +414,14 @@ def export_random_generator(tf, cfg, vocab_size: int, root: str) -> str:
     run = RunDir(os.path.join(root, "run"))
     config_lib.save_config(cfg, run.config_path())
     pin_data(run, cfg)  # the run's own copy of the vocabulary, as training gives it
+    use_precision(cfg)
     stem = build_stem(cfg, vocab_size, batch=1)
     glam = build_glam(cfg, seed=cfg.train.seed, batch=1)
     for stage, objects in (("damsm", {"stem": stem}), ("gan", {"glam_ema": glam})):
         manager = tf.train.CheckpointManager(tf.train.Checkpoint(**objects), run.checkpoints(stage), 1)
         run.mark_done(stage, {"steps": 1, "checkpoint": manager.save(checkpoint_number=1)})
+    if networks is not None:
+        networks.update(stem=stem, glam=glam)
     return export.export(run.root, os.path.join(root, "export"), version=1)
 
 
@@ -400,13 +437,16 @@ def bench_infer(tf, cfg, batch: int, vocab_size: int, warmup: int, repeat: int) 
     out = {}
     with tempfile.TemporaryDirectory(prefix="mirrorgan-bench-") as root:
         t0 = time.perf_counter()
-        path = export_random_generator(tf, copy.deepcopy(cfg), vocab_size, root)
+        built = {}
+        path = export_random_generator(tf, copy.deepcopy(cfg), vocab_size, root, built)
         out["export_s"] = time.perf_counter() - t0
-        keras.backend.clear_session()
+        out["compute_dtype"] = {"glam": built["glam"].compute_dtype}
+        _progress(f"infer: exported in {out['export_s']:.1f} s")
         gc.collect()
         t0 = time.perf_counter()
         serve = tf.saved_model.load(path).signatures["serving_default"]
         out["load_s"] = time.perf_counter() - t0
+        _progress(f"infer: loaded in {out['load_s']:.1f} s")
         vocab = _random_vocabulary(vocab_size - 2)
         rng = np.random.default_rng(0)
         size = cfg.image_sizes[-1]
@@ -422,11 +462,12 @@ def bench_infer(tf, cfg, batch: int, vocab_size: int, warmup: int, repeat: int) 
             latency = statistics.median(times)
             out[f"batch{n}"] = {"batch": n, "latency_s": latency, "images_per_s": n / latency, "times_s": times,
                                 "first_call_s": first}
+            _progress(f"infer batch {n}: first call {first:.1f} s, {latency:.3f} s")
         # The generator's work per image, by the cost model, on the same networks outside the SavedModel.
         try:
             from mirrorgan_tf.models import networks
 
-            stem, glam = networks.build_stem(cfg, vocab_size, batch=1), networks.build_glam(cfg, batch=1)
+            stem, glam = built["stem"], built["glam"]
             t = cfg.data.words_num
 
             @tf.function
@@ -441,6 +482,7 @@ def bench_infer(tf, cfg, batch: int, vocab_size: int, warmup: int, repeat: int) 
             b["achieved_gflops"] = out["gflop_per_image"] * b["images_per_s"]
         except Exception as e:
             out["flops_error"] = f"{type(e).__name__}: {e}"
+        _progress("infer: cost model counted")
     out["peak_rss_mb"] = peak_rss_mb()
     gpu_peak = _gpu_peak_mb(tf)
     if gpu_peak is not None:
@@ -492,7 +534,8 @@ def print_table(report: dict) -> None:
             print(f"train batch {r['batch']:>3}: {r['s_per_iter']:.3f} s/iter, {r['images_per_s']:.2f} images/s, "
                   f"first step {r['first_step_s']:.1f} s ({r['traces']} trace, {r['trace_s']:.1f} s), "
                   f"peak RSS {r['peak_rss_mb']:.0f} MB, "
-                  f"{_fmt(r.get('gflop_per_iter'), 4)} GFLOP/iter -> {_fmt(rate, 3)} GFLOP/s{share}")
+                  f"{_fmt(r.get('gflop_per_iter'), 4)} GFLOP/iter -> {_fmt(rate, 3)} GFLOP/s{share}, "
+                  f"computing in {r['compute_dtype']['glam']}")
             for k, s in r.get("breakdown_s", {}).items():
                 print(f"    {k:<32} {s:8.3f} s   CPU {r['breakdown_cpu_s'][k]:8.3f} s")
         inf = v.get("infer")
@@ -540,7 +583,7 @@ def main(argv=None) -> int:
         if name not in PRECISIONS:  # checked before TensorFlow's 4 s import
             p.error(f"--precision: {name!r} is not one of {', '.join(PRECISIONS)}")
 
-    from mirrorgan_tf.config import ConfigError, load_config, precision_policy
+    from mirrorgan_tf.config import ConfigError, load_config
 
     overrides = ["damsm.backbone_weights=random", "stream.backbone_weights=random"] + a.overrides
     try:
@@ -564,27 +607,33 @@ def main(argv=None) -> int:
               "machine": machine_info(tf), "peak_gflops": {}, "variants": []}
     for precision in sorted({v[0] for v in variants}, key=list(PRECISIONS).index):
         report["peak_gflops"][precision] = measured_peak_gflops(tf, precision.replace("float32", "float32"))
+        _progress(f"peak {precision}: {report['peak_gflops'][precision]:.1f} GFLOP/s")
     if a.train_batches:
         batches = [int(b) for b in a.train_batches.split(",")]
     else:
         batches = [a.batch] + ([SMALL_BATCH] if a.batch != SMALL_BATCH else [])
     for precision, xla in variants:
         c = _variant_config(cfg, precision, xla)
-        keras.mixed_precision.set_global_policy(precision_policy(c.train))
         entry = {"precision": precision, "xla": xla}
         if a.what in ("infer", "all"):
             entry["infer"] = bench_infer(tf, c, a.batch, a.vocab_size, a.warmup, a.repeat)
             keras.backend.clear_session()
             gc.collect()
         if a.what in ("train", "all"):
-            entry["train"] = []
-            for b in batches:
+            # One set of networks for every batch size; the smallest batch runs first, so that its
+            # peak memory is not raised by what the larger batch's step left allocated.
+            built = build_train_state(tf, c, a.vocab_size)
+            by_batch = {}
+            for b in sorted(set(batches)):
                 c.train.batch_size = b
-                entry["train"].append(bench_train(tf, c, b, a.vocab_size, a.warmup, a.repeat, not a.no_breakdown))
-                keras.backend.clear_session()
+                by_batch[b] = bench_train(tf, c, b, a.vocab_size, a.warmup, a.repeat, not a.no_breakdown, built)
                 gc.collect()
+            entry["train"] = [by_batch[b] for b in dict.fromkeys(batches)]
+            del built
+            keras.backend.clear_session()
+            gc.collect()
         report["variants"].append(entry)
-        print(f"benchmark: {precision}, XLA {'on' if xla else 'off'} done", file=sys.stderr, flush=True)
+        _progress(f"{precision}, XLA {'on' if xla else 'off'} done")
     keras.mixed_precision.set_global_policy("float32")
 
     # The headline keys: the first variant at --batch.

@@ -5,7 +5,9 @@ import math
 import subprocess
 import sys
 
+import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from mirrorgan_tf import benchmark
@@ -92,3 +94,36 @@ def test_the_cli_measures_the_smoke_config_end_to_end():
         # when the machine is busy; everything measured must be positive.
         if "generator_backward_and_update" not in path:
             assert value > 0, (path, value)
+
+
+def test_train_batches_share_one_build_and_run_in_the_precision_asked_for(capsys):
+    """bfloat16, generation then two batch sizes on one set of networks: every network really
+    computes in bfloat16 (the export's clear_session once dropped training back to float32
+    unnoticed), each size traces its own step once, the entries come back in the order asked
+    for, and the derived parts are the step minus the timed ones."""
+    try:
+        assert benchmark.main(["--config", "configs/shapes_smoke.yaml", "--what", "all", "--precision", "bfloat16",
+                               "--batch", "4", "--train-batches", "4,2", "--repeat", "1", "--warmup", "1",
+                               "--json"]) == 0
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    report = json.loads(capsys.readouterr().out)
+    (variant,) = report["variants"]
+    assert variant["precision"] == "bfloat16"
+    assert variant["infer"]["compute_dtype"] == {"glam": "bfloat16"}
+    for r in variant["train"]:
+        assert r["compute_dtype"] == {"glam": "bfloat16", "stream_encoder": "bfloat16"}, r["batch"]
+    large, small = variant["train"]
+    assert (large["batch"], small["batch"]) == (4, 2)
+    assert report["train_s_per_iter"] == large["s_per_iter"]
+    assert large["build_s"] == small["build_s"] > 0  # one build, shared
+    for r in (large, small):
+        assert r["traces"] == 1 and r["gflop_per_iter"] > 0
+        for parts, whole in ((r["breakdown_s"], r["s_per_iter"]), (r["breakdown_cpu_s"], r["cpu_s_per_iter"])):
+            assert parts["generator_half_step"] == pytest.approx(
+                whole - parts["discriminator_updates"] - parts["ema"], rel=1e-12)
+            assert parts["generator_backward_and_update"] == pytest.approx(
+                parts["generator_half_step"] - parts["generator_forward"] - parts["stream_loss_forward_backward"],
+                rel=1e-12)
+    # The cost model's count grows with the batch (its fixed part is the weights' updates).
+    assert large["gflop_per_iter"] > small["gflop_per_iter"]
