@@ -15,18 +15,30 @@ CONFIGS = REPO / "configs"
 CUB_SAMPLE = Path(os.environ.get("MIRRORGAN_CUB_SAMPLE", REPO.parent / "shared" / "data" / "cub_sample" / "birds"))
 
 
-# The slowest tests, slowest first (seconds on 2 quiet cores, one process), started first so that
-# under pytest-xdist (pytest.ini: -n 2) no long test is left running alone at the end. Entries are
-# node id prefixes; a test not listed keeps its place in collection order.
+# The slowest tests and groups, slowest first, started first so that under pytest-xdist
+# (pytest.ini: -n 2) no long one is left running alone at the end. Entries are node id prefixes
+# (a module's name stands for its group, see below); the rest keep their collection order. The
+# seconds are from one whole run on 2 cores with training experiments beside it (load average
+# about 8, so 3-6 times the quiet figures); only their order matters here.
 SLOWEST_FIRST = [
-    "tests/test_training.py::test_a_run_killed_twice_and_resumed_ends_bit_identical_to_one_never_stopped",  # 102
-    "tests/test_tune.py::test_a_chief_and_two_workers_run_each_trial_exactly_once",
-    "tests/test_tune.py::test_a_killed_search_continues_without_repeating_finished_trials_and_no_policy_leaks",
-    "tests/test_tune.py::test_a_search_records_a_diverging_trial_as_failed_and_its_best_config_trains",
-    "tests/test_distributed.py::test_mirrored",  # 75
-    "tests/test_summary.py::test_coco_networks_are_the_wider_attngan_coco_ones",  # 68
-    "tests/test_training.py::test_mixed_precision_and_xla_on_one_device",  # 51
-    "tests/test_summary.py::test_published_cub_networks_have_the_original_parameter_counts",  # 36
+    "tests/test_training.py::test_a_run_killed_twice_and_resumed_ends_bit_identical_to_one_never_stopped",  # 639
+    "tests/test_tune.py::test_a_chief_and_two_workers_run_each_trial_exactly_once",  # 487
+    "tests/test_distributed.py::test_mirrored_on_two_cpus_equals_one_device",  # 412
+    "tests/test_run_integrity.py",  # 400 in all, most in its module fixture's training
+    "tests/test_evaluate.py",  # 400 in all, most in its module fixture's evaluation
+    "tests/test_summary.py::test_coco_networks_are_the_wider_attngan_coco_ones",  # 377
+    "tests/test_tune.py::test_a_search_records_a_diverging_trial_as_failed_and_its_best_config_trains",  # 373
+    "tests/test_tune.py::test_a_killed_search_continues_without_repeating_finished_trials_and_no_policy_leaks",  # 295
+    "tests/test_training.py::test_mixed_precision_and_xla_on_one_device",  # 287
+    "tests/test_training.py::test_a_later_run_reuses_pretrained_stages",  # 263
+    "tests/test_import_cli.py",  # 225 in all
+    "tests/test_summary.py::test_published_cub_networks_have_the_original_parameter_counts",  # 177
+    "tests/test_export.py::test_export_cli_writes_the_next_version_atomically",  # 175
+    "tests/test_training.py::test_sigkill_mid_stage_resumes_from_the_last_checkpoint",  # 132
+    "tests/test_demo_page.py",  # 115 in all
+    "tests/test_summary.py::test_summary_cli_prints_json_and_a_table",  # 114
+    "tests/test_import_mirrorgan.py::test_discriminators_match_d_nets",  # 110 + 18
+    "tests/test_training.py::test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint",  # 102
 ]
 WIDER_THAN_A_TEST = ("package", "module", "class")
 
