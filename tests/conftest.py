@@ -47,10 +47,10 @@ WIDER_THAN_A_TEST = ("package", "module", "class")
 def pytest_collection_modifyitems(config, items):
     """Group and order the tests for pytest-xdist's `--dist loadgroup` (pytest.ini).
 
-    Tests of one module that use a fixture wider than a test (module or class scope: a model
-    server, an evaluated run, a browser) get that module's xdist_group, so the fixture is built once
-    and what it writes stays in one worker; every other test is scheduled on its own, so the long
-    ones spread over the workers. Then the SLOWEST_FIRST tests move to the front (a group goes
+    A module in which any test uses a fixture wider than a test (module or class scope: a model
+    server, an evaluated run, a browser) becomes one xdist_group, so the fixture is built once and
+    what it writes stays in one worker; every other test is scheduled on its own, so the long ones
+    spread over the workers. Then the SLOWEST_FIRST tests move to the front (a group goes
     where its first test is). Without xdist the marks do nothing and only the order changes."""
     shared = {item.nodeid.split("::")[0] for item in items
               if any(defs[-1].scope in WIDER_THAN_A_TEST
