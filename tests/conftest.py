@@ -15,6 +15,58 @@ CONFIGS = REPO / "configs"
 CUB_SAMPLE = Path(os.environ.get("MIRRORGAN_CUB_SAMPLE", REPO.parent / "shared" / "data" / "cub_sample" / "birds"))
 
 
+# The slowest tests and groups, slowest first, started first so that under pytest-xdist
+# (pytest.ini: -n 2) no long one is left running alone at the end. Entries are node id prefixes
+# (a module's name stands for its group, see below); the rest keep their collection order. The
+# seconds are from one whole run on 2 cores with training experiments beside it (load average
+# about 8, so 3-6 times the quiet figures); only their order matters here.
+SLOWEST_FIRST = [
+    "tests/test_training.py::test_a_run_killed_twice_and_resumed_ends_bit_identical_to_one_never_stopped",  # 639
+    "tests/test_tune.py::test_a_chief_and_two_workers_run_each_trial_exactly_once",  # 487
+    "tests/test_distributed.py::test_mirrored_on_two_cpus_equals_one_device",  # 412
+    "tests/test_run_integrity.py",  # 400 in all, most in its module fixture's training
+    "tests/test_evaluate.py",  # 400 in all, most in its module fixture's evaluation
+    "tests/test_summary.py::test_coco_networks_are_the_wider_attngan_coco_ones",  # 377
+    "tests/test_tune.py::test_a_search_records_a_diverging_trial_as_failed_and_its_best_config_trains",  # 373
+    "tests/test_tune.py::test_a_killed_search_continues_without_repeating_finished_trials_and_no_policy_leaks",  # 295
+    "tests/test_training.py::test_mixed_precision_and_xla_on_one_device",  # 287
+    "tests/test_training.py::test_a_later_run_reuses_pretrained_stages",  # 263
+    "tests/test_import_cli.py",  # 225 in all
+    "tests/test_summary.py::test_published_cub_networks_have_the_original_parameter_counts",  # 177
+    "tests/test_export.py::test_export_cli_writes_the_next_version_atomically",  # 175
+    "tests/test_training.py::test_sigkill_mid_stage_resumes_from_the_last_checkpoint",  # 132
+    "tests/test_demo_page.py",  # 115 in all
+    "tests/test_summary.py::test_summary_cli_prints_json_and_a_table",  # 114
+    "tests/test_import_mirrorgan.py::test_discriminators_match_d_nets",  # 110 + 18
+    "tests/test_training.py::test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint",  # 102
+]
+WIDER_THAN_A_TEST = ("package", "module", "class")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist turns xdist_group marks into node ids
+def pytest_collection_modifyitems(config, items):
+    """Group and order the tests for pytest-xdist's `--dist loadgroup` (pytest.ini).
+
+    A module in which any test uses a fixture wider than a test (module or class scope: a model
+    server, an evaluated run, a browser) becomes one xdist_group, so the fixture is built once and
+    what it writes stays in one worker; every other test is scheduled on its own, so the long ones
+    spread over the workers. Then the SLOWEST_FIRST tests move to the front (a group goes
+    where its first test is). Without xdist the marks do nothing and only the order changes."""
+    shared = {item.nodeid.split("::")[0] for item in items
+              if any(defs[-1].scope in WIDER_THAN_A_TEST
+                     for defs in item._fixtureinfo.name2fixturedefs.values() if defs)}
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        if module in shared:
+            item.add_marker(pytest.mark.xdist_group(module))
+
+    def rank(item):
+        return next((i for i, prefix in enumerate(SLOWEST_FIRST) if item.nodeid.startswith(prefix)),
+                    len(SLOWEST_FIRST))
+
+    items.sort(key=rank)  # stable: the rest keep their collection order
+
+
 @pytest.fixture(scope="session")
 def cub_sample() -> Path:
     if not (CUB_SAMPLE / "CUB_200_2011").is_dir():
@@ -22,22 +74,50 @@ def cub_sample() -> Path:
     return CUB_SAMPLE
 
 
+def _built_once(tmp_path_factory, name: str, build) -> tuple[Path, str]:
+    """`build(out)` (returning a str or None) run once per test session, even under pytest-xdist.
+
+    Without xdist, `out` is in this session's temporary folder. Under xdist every worker is its
+    own process with its own temporary folder; the folder shared by the workers of one run (the
+    parent of theirs) holds `out`, and a file lock makes the first worker to ask build it while
+    the others wait and then reuse it (the pattern of pytest-xdist's documentation). A marker
+    written after `build` returns tells a finished build from one that raised; a worker meeting
+    an unfinished one deletes it and builds again (and fails the same way, with its own error).
+    Returns (out, the text `build` returned, "" for None)."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        out = tmp_path_factory.mktemp(name) / name
+        return out, build(out) or ""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp().parent / "built-once"
+    root.mkdir(exist_ok=True)
+    out, done = root / name / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(out.parent, ignore_errors=True)
+            out.parent.mkdir()
+            done.write_text(build(out) or "")  # only reached when build returned
+        return out, done.read_text()
+
+
 @pytest.fixture(scope="session")
 def prepared_cub(cub_sample, tmp_path_factory) -> Path:
     from pipelines.prepare import prepare
 
-    out = tmp_path_factory.mktemp("cub") / "cub"
-    prepare("cub", str(out), str(cub_sample), workers=2)
-    return out
+    def build(out):
+        prepare("cub", str(out), str(cub_sample), workers=2)
+
+    return _built_once(tmp_path_factory, "cub", build)[0]
 
 
 @pytest.fixture(scope="session")
 def prepared_shapes(tmp_path_factory) -> Path:
     from pipelines.prepare import prepare
 
-    out = tmp_path_factory.mktemp("shapes") / "shapes"
-    prepare("shapes", str(out), num_train=96, num_test=48, workers=1, shard_size_mb=1)
-    return out
+    def build(out):
+        prepare("shapes", str(out), num_train=96, num_test=48, workers=1, shard_size_mb=1)
+
+    return _built_once(tmp_path_factory, "shapes", build)[0]
 
 
 def smoke_train(run_dir, data_dir, *args, **kwargs):
@@ -51,11 +131,14 @@ def smoke_train(run_dir, data_dir, *args, **kwargs):
 @pytest.fixture(scope="session")
 def trained_run(prepared_shapes, tmp_path_factory):
     """The whole smoke pipeline through the command line (data -> damsm -> stream -> gan ->
-    export), once per session: training, export, serving and evaluation tests read it."""
-    run_dir = tmp_path_factory.mktemp("run") / "smoke"
-    r = smoke_train(run_dir, prepared_shapes)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    return run_dir, r.stdout
+    export), once per session (once for all xdist workers): training, export, serving and
+    evaluation tests read it. Returns (run folder, the command's stdout)."""
+    def train(run_dir):
+        r = smoke_train(run_dir, prepared_shapes)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        return r.stdout
+
+    return _built_once(tmp_path_factory, "smoke", train)
 
 
 def make_mini_cub(sample: Path, dest: Path, train: int = 4, test: int = 3) -> Path:
