@@ -29,7 +29,8 @@ setup(
         # selenium drives Debian's headless chromium + chromium-driver in the page tests.
         # pytest-xdist runs the suite on two processes (pytest.ini); filelock lets its workers
         # share the session fixtures (prepared data, the smoke run) instead of each building them.
-        "test": ["pytest>=8", "pytest-xdist>=3.6", "filelock>=3.10", "scipy>=1.11", "selenium>=4.11,<5"],
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "filelock>=3.10", "scipy>=1.11", "scikit-learn>=1.3",
+                 "selenium>=4.11,<5"],  # scikit-learn: the tests build Keras Tuner's Bayesian oracle
         # python -m mirrorgan_tf.demo: the page's Blocks, launch() and css= as Gradio 6 has them.
         "demo": ["gradio>=6.0,<7"],
         # keras-tuner's BayesianOptimization needs these.

@@ -45,7 +45,9 @@ WIDER_THAN_A_TEST = ("package", "module", "class")
 
 @pytest.hookimpl(tryfirst=True)  # before xdist turns xdist_group marks into node ids
 def pytest_collection_modifyitems(config, items):
-    """Group and order the tests for pytest-xdist's `--dist loadgroup` (pytest.ini).
+    """Group and order the tests for pytest-xdist (pytest.ini). Under `--dist loadfile` (the
+    setting) each file is one unit anyway and the xdist_group marks below are inert; they serve a
+    run with `--dist loadgroup`, which here split tests/test_serve.py over both workers.
 
     A module in which any test uses a fixture wider than a test (module or class scope: a model
     server, an evaluated run, a browser) becomes one xdist_group, so the fixture is built once and
