@@ -17,7 +17,7 @@ CUB_SAMPLE = Path(os.environ.get("MIRRORGAN_CUB_SAMPLE", REPO.parent / "shared" 
 
 # The slowest tests and groups, slowest first, started first so that under pytest-xdist
 # (pytest.ini: -n 2) no long one is left running alone at the end. Entries are node id prefixes
-# (a module's name stands for its group, see below); the rest keep their collection order. The
+# (a module's name stands for all its tests); the rest keep their collection order. The
 # seconds are from one whole run on 2 cores with training experiments beside it (load average
 # about 8, so 3-6 times the quiet figures); only their order matters here.
 SLOWEST_FIRST = [
@@ -40,33 +40,18 @@ SLOWEST_FIRST = [
     "tests/test_import_mirrorgan.py::test_discriminators_match_d_nets",  # 110 + 18
     "tests/test_training.py::test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint",  # 102
 ]
-WIDER_THAN_A_TEST = ("package", "module", "class")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist turns xdist_group marks into node ids
 def pytest_collection_modifyitems(config, items):
-    """Group and order the tests for pytest-xdist (pytest.ini). Under `--dist loadfile` (the
-    setting) each file is one unit anyway and the xdist_group marks below are inert; they serve a
-    run with `--dist loadgroup`, which here split tests/test_serve.py over both workers.
-
-    A module in which any test uses a fixture wider than a test (module or class scope: a model
-    server, an evaluated run, a browser) becomes one xdist_group, so the fixture is built once and
-    what it writes stays in one worker; every other test is scheduled on its own, so the long ones
-    spread over the workers. Then the SLOWEST_FIRST tests move to the front (a group goes
-    where its first test is). Without xdist the marks do nothing and only the order changes."""
-    shared = {item.nodeid.split("::")[0] for item in items
-              if any(defs[-1].scope in WIDER_THAN_A_TEST
-                     for defs in item._fixtureinfo.name2fixturedefs.values() if defs)}
-    for item in items:
-        module = item.nodeid.split("::")[0]
-        if module in shared:
-            item.add_marker(pytest.mark.xdist_group(module))
+    """Order the tests for pytest-xdist (pytest.ini: `-n 2 --dist loadfile`, each file whole to one
+    worker): the SLOWEST_FIRST tests move to the front, so the files holding them start first.
+    The sort is stable: the rest keep their collection order. Without xdist only the order changes."""
 
     def rank(item):
         return next((i for i, prefix in enumerate(SLOWEST_FIRST) if item.nodeid.startswith(prefix)),
                     len(SLOWEST_FIRST))
 
-    items.sort(key=rank)  # stable: the rest keep their collection order
+    items.sort(key=rank)
 
 
 @pytest.fixture(scope="session")
