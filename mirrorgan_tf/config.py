@@ -146,6 +146,12 @@ class TrainConfig:
     stream_weight: float = 10.0  # lambda
     kl_weight: float = 1.0
     damsm_weight: float = 0.0  # AttnGAN's DAMSM term in the G loss; not in MirrorGAN's
+    # Wrong pairs that differ in one word (text.WordSwap): each a group of classes separated by
+    # spaces, synonyms joined by "/", e.g. "circle/disc square/block triangle". Non-empty: D's
+    # wrong-pair term averages the reference's pairs (another image's caption) and these, a real
+    # image with its caption's word of one class swapped for another class's (losses.
+    # discriminator_loss). Empty (default): the published loss.
+    wrong_word_swaps: List[str] = field(default_factory=list)
     ema_decay: float = 0.999
     # Warm the EMA up as tf.train.ExponentialMovingAverage does with num_updates: decay
     # min(ema_decay, (1 + step) / (10 + step)). The original has none, and over 1,000 steps a

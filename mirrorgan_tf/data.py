@@ -16,6 +16,9 @@ A batch is a dict:
     class_id     int64 [B] (-1 where unknown)
     attributes   int64 [B, A] (A = number of attributes in the manifest; 0 for most datasets)
     key          string [B]
+With `train.wrong_word_swaps` set, training batches also hold (`text.WordSwap`):
+    swapped_ids  int32 [B, words_num], caption_ids with one word swapped for another class's
+    swapped      float32 [B], 1.0 where a swap was made, 0.0 where the caption had no such word
 """
 
 from __future__ import annotations
@@ -68,6 +71,16 @@ def vocab_size(cfg: Config) -> int:
     return size
 
 
+def word_swap(cfg: Config) -> text.WordSwap:
+    """The `text.WordSwap` of `train.wrong_word_swaps` on the prepared vocabulary. Raises DataError
+    naming the key, the vocabulary file and the word when a listed word is not in it."""
+    path = vocabulary_path(cfg.data.dir)
+    try:
+        return text.WordSwap(text.read_vocabulary(path), cfg.train.wrong_word_swaps, vocab_path=path)
+    except text.VocabularyError as e:
+        raise DataError(str(e)) from None
+
+
 def check_prepared(cfg: Config, stages=TRAINING_STAGES) -> dict:
     """Refuse, before any stage runs, a prepared dataset too small for what `stages` will do with
     it; returns the manifest.
@@ -80,7 +93,8 @@ def check_prepared(cfg: Config, stages=TRAINING_STAGES) -> dict:
       image's own caption as its negative;
     - for "gan": the test split holds at least SAMPLE_CAPTIONS images (the sampler's one batch;
       fewer ended the stage with StopIteration after DAMSM and STREAM had trained);
-    - data.vocab_size, when set, equals the manifest's; every listed shard exists.
+    - data.vocab_size, when set, equals the manifest's; every listed shard exists;
+    - for "gan": every word of `train.wrong_word_swaps` is in the vocabulary (`word_swap`).
     `stages`: the training stages that will run (a subset of TRAINING_STAGES). How the batches
     split over replicas is the config's question, checked once the strategy exists
     (`config.check_replica_batches`).
@@ -118,6 +132,11 @@ def check_prepared(cfg: Config, stages=TRAINING_STAGES) -> dict:
         if missing:
             problems.append(f"the {split} split's shard {missing[0]} is missing"
                             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    if "gan" in stages and cfg.train.wrong_word_swaps:
+        try:
+            word_swap(cfg)
+        except DataError as e:
+            problems.append(str(e))
     if problems:
         raise DataError(f"{path}: this dataset cannot be trained on as configured:\n  - " + "\n  - ".join(problems))
     return manifest
@@ -151,6 +170,7 @@ class _Example:
     """The per-example map function, configured once per pipeline."""
 
     def __init__(self, cfg: Config, training: bool):
+        self.swap = word_swap(cfg) if training and cfg.train.wrong_word_swaps else None
         self.sizes = cfg.image_sizes
         self.words_num = cfg.data.words_num
         self.training = training
@@ -191,7 +211,7 @@ class _Example:
         ex = records.parse_example(serialized)
         image_seed, caption_seed, noise_seed, ca_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
         caption_ids, caption_len, caption = self.caption(ex["caption_ids"], ex["captions"], caption_seed)
-        return {
+        out = {
             # The generator's noise travels with the example, so a step computes the same thing
             # however the batch is split across replicas.
             "noise": tf.random.stateless_normal([self.z_dim], noise_seed),
@@ -204,6 +224,11 @@ class _Example:
             "attributes": ex["attributes"],
             "key": ex["key"],
         }
+        if self.swap is not None:
+            # Folded in, not split off: the other seeds stay what they are without swaps.
+            out["swapped_ids"], out["swapped"] = self.swap(
+                caption_ids, caption_len, tf.random.experimental.stateless_fold_in(seed, 5))
+        return out
 
 
 def make_dataset(cfg: Config, split: str = "train", *, training: Optional[bool] = None,

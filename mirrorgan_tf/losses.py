@@ -58,6 +58,23 @@ def wrong_pairs_across_replicas(sentence):
     return wrong, weight
 
 
+def swapped_pairs_across_replicas(swapped):
+    """Weights for the one-word-swap wrong pairs (`text.WordSwap`) of this replica: swapped
+    float32 [B] (1 where the caption was swapped) -> (weights float32 [B], share float32 scalar).
+    The weights average over the swapped captions of the global batch (under the usual 1 / N
+    loss scaling they sum to 1 over all replicas), and `share` is the part of the wrong-pair term
+    they take: 1/2 when the global batch holds any swapped caption, else 0 (the reference's wrong
+    pairs then keep the whole term). Call in a replica context (or outside any strategy)."""
+    swapped = ops.cast(swapped, "float32")
+    ctx = tf.distribute.get_replica_context()
+    n = ctx.num_replicas_in_sync if ctx is not None else 1
+    count = ops.sum(swapped)
+    if n > 1:
+        count = ctx.all_reduce(tf.distribute.ReduceOp.SUM, count)
+    weights = swapped * float(n) / ops.maximum(count, 1.0)
+    return weights, ops.where(count > 0, 0.5, 0.0)
+
+
 def pair_classes(batch) -> tf.Tensor:
     """int64 [B] ids that say which captions of a batch describe the same kind of image, so that
     contrastive losses (DAMSM) do not treat them as negatives: the class where known, else the
@@ -72,10 +89,17 @@ def pair_classes(batch) -> tf.Tensor:
     return class_id
 
 
-def discriminator_loss(d, real_images, fake_images, sentence, training=True, wrong=None):
+def discriminator_loss(d, real_images, fake_images, sentence, training=True, wrong=None, swapped=None):
     """One stage's D loss: (real + cond real) / 2 + (fake + cond fake + cond wrong) / 3, where the
     "wrong" pairs are real images [0 : B-1] with sentences [1 : B] (`wrong_pairs`; a trainer that
-    splits the batch across replicas passes its share of the global pairs). Returns (loss, terms)."""
+    splits the batch across replicas passes its share of the global pairs).
+
+    swapped: None (the published loss), or (sentence float [B, D] of each image's own caption
+    with one word swapped (`text.WordSwap`), weights [B], share) from
+    `swapped_pairs_across_replicas`; then cond wrong = (1 - share) x the reference's pairs +
+    share x the swapped pairs, each an average over its pairs (share 1/2, or 0 when no caption of
+    the batch could be swapped). real_images, fake_images float [B, s, s, 3] in [-1, 1].
+    Returns (float32 scalar loss, dict of float32 scalar terms)."""
     wrong_sentence, wrong_weight = wrong if wrong is not None else wrong_pairs(sentence)
     h_real = d.encode(real_images, training=training)
     h_fake = d.encode(ops.stop_gradient(fake_images), training=training)
@@ -87,7 +111,13 @@ def discriminator_loss(d, real_images, fake_images, sentence, training=True, wro
         "cond_fake": ops.mean(bce_with_logits(d.cond_logits(h_fake, sentence, training=training), 0.0)),
         "cond_wrong": ops.sum(wrong_bce * ops.cast(wrong_weight, "float32")),
     }
-    loss = (terms["real"] + terms["cond_real"]) / 2.0 + (terms["fake"] + terms["cond_fake"] + terms["cond_wrong"]) / 3.0
+    cond_wrong = terms["cond_wrong"]
+    if swapped is not None:
+        swapped_sentence, swapped_weight, share = swapped
+        swapped_bce = bce_with_logits(d.cond_logits(h_real, swapped_sentence, training=training), 0.0)
+        terms["cond_swapped"] = ops.sum(swapped_bce * ops.cast(swapped_weight, "float32"))
+        cond_wrong = (1.0 - share) * cond_wrong + share * terms["cond_swapped"]
+    loss = (terms["real"] + terms["cond_real"]) / 2.0 + (terms["fake"] + terms["cond_fake"] + cond_wrong) / 3.0
     return loss, terms
 
 

@@ -193,3 +193,82 @@ def fit_caption(ids: tf.Tensor, words_num: int, seed: tf.Tensor | None = None):
     padded = tf.pad(kept, [[0, words_num - length]], constant_values=END_ID)
     padded = tf.ensure_shape(padded, [words_num])
     return padded, length
+
+
+class WordSwap:
+    """Counterfactual captions by one word swap: "a small orange square" -> "a small orange
+    circle". The wrong pairs they make (a real image with its caption so changed) differ from the
+    truth in one attribute only, so a discriminator cannot reject them by an easier cue, as it can
+    the reference's wrong pairs (another image's caption, which differs in most attributes).
+    `train.wrong_word_swaps` in the config; its use is in `losses.discriminator_loss`.
+
+    groups: each a string of classes separated by spaces, each class a word or synonyms joined by
+    "/" ("circle/disc square/block triangle"). A swap replaces one word of a class by a word of
+    another class of the same group (class first, then synonym, both uniform). Words are
+    normalised as the tokenizer normalises them and must be single vocabulary words.
+
+    Raises VocabularyError naming `where` and the word for a word the vocabulary lacks, a word in
+    two classes, a group of fewer than two classes, or a multi-word entry.
+    """
+
+    def __init__(self, words: list[str], groups: Iterable[str], where: str = "train.wrong_word_swaps",
+                 vocab_path: str = "the vocabulary"):
+        ids = {w: i for i, w in enumerate(words)}
+        class_words: list[list[int]] = []   # global class index -> its word ids
+        class_group: list[int] = []         # global class index -> group index
+        owner: dict[int, int] = {}          # word id -> its class index
+        for g, group in enumerate(groups):
+            classes = str(group).split()
+            if len(classes) < 2:
+                raise VocabularyError(f"{where}[{g}] = {group!r}: a group needs at least two classes separated by "
+                                      "spaces (synonyms of one class are joined by '/')")
+            for entry in classes:
+                members = []
+                for raw in entry.split("/"):
+                    normalised = [w.decode() for w in split_words(tf.constant([raw])).to_list()[0]]
+                    if len(normalised) != 1:
+                        raise VocabularyError(f"{where}[{g}]: {raw!r} is not one word as the tokenizer splits it")
+                    word = normalised[0]
+                    if word not in ids or word in RESERVED:
+                        raise VocabularyError(f"{where}[{g}]: {word!r} is not a word of {vocab_path}")
+                    if ids[word] in owner:
+                        raise VocabularyError(f"{where}[{g}]: {word!r} is listed twice")
+                    owner[ids[word]] = len(class_words)
+                    members.append(ids[word])
+                class_words.append(members)
+                class_group.append(g)
+        num_classes = len(class_words)
+        # For each word id: the classes it may become (the other classes of its group), padded.
+        others = [[c for c in range(num_classes) if class_group[c] == class_group[owner[i]] and c != owner[i]]
+                  if i in owner else [] for i in range(len(words))]
+        width = max([len(o) for o in others] + [1])
+        synonyms = max([len(m) for m in class_words] + [1])
+        self.num_groups = len(set(class_group))
+        self._others = tf.constant([o + [0] * (width - len(o)) for o in others], tf.int32)          # [V, width]
+        self._num_others = tf.constant([len(o) for o in others], tf.int32)                          # [V]
+        self._class_words = tf.constant([m + [0] * (synonyms - len(m)) for m in class_words] or [[0]], tf.int32)
+        self._class_size = tf.constant([len(m) for m in class_words] or [0], tf.int32)
+
+    def __call__(self, ids: tf.Tensor, length: tf.Tensor, seed: tf.Tensor):
+        """One padded caption int32 [W] (END_ID after `length` words) and a stateless seed [2] ->
+        (int32 [W], the caption with one swappable word replaced; float32 scalar, 1.0 if a swap
+        was made, 0.0 if the caption has no swappable word, when the ids come back unchanged)."""
+        ids = tf.convert_to_tensor(ids, tf.int32)
+        position_seed, class_seed, word_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+        in_caption = tf.range(tf.shape(ids)[0]) < tf.cast(length, tf.int32)
+        choices = tf.where(in_caption, tf.gather(self._num_others, ids), 0)
+        candidates = tf.cast(tf.where(choices > 0)[:, 0], tf.int32)
+        found = tf.size(candidates) > 0
+
+        def swap():
+            pick = tf.random.stateless_uniform([], position_seed, 0, tf.size(candidates), dtype=tf.int32)
+            position = candidates[pick]
+            word = ids[position]
+            to_class = self._others[word, tf.random.stateless_uniform([], class_seed, 0, self._num_others[word],
+                                                                      dtype=tf.int32)]
+            new = self._class_words[to_class, tf.random.stateless_uniform([], word_seed, 0,
+                                                                          self._class_size[to_class], dtype=tf.int32)]
+            return tf.tensor_scatter_nd_update(ids, [[position]], [new])
+
+        swapped = tf.cond(found, swap, lambda: ids)
+        return tf.ensure_shape(swapped, ids.shape), tf.cast(found, tf.float32)

@@ -131,17 +131,20 @@ def restore_pretrained(cfg, run: RunDir, state: GanTrainState) -> None:
     print(f"gan: STREAM from {prefix}", flush=True)
 
 
-def update_discriminators(discriminators, optimizers, real_images, fake_images, sentence, wrong, scale: float):
+def update_discriminators(discriminators, optimizers, real_images, fake_images, sentence, wrong, scale: float,
+                          swapped=None):
     """One Adam step of every discriminator on its real / fake / wrong-pair terms
     (`losses.discriminator_loss`); the fakes are not differentiated. Runs in a replica context.
 
     real_images, fake_images: lists per stage of float32 [B, s, s, 3]; sentence [B, D]; wrong the
-    replica's wrong pairs (`losses.wrong_pairs_across_replicas`); scale 1 / replicas.
+    replica's wrong pairs (`losses.wrong_pairs_across_replicas`); scale 1 / replicas; swapped
+    None or the one-word-swap pairs (`train.wrong_word_swaps`, see `losses.discriminator_loss`).
     Returns (sum of the scaled losses, {"d1": ..., "dN": ...} each scaled)."""
     total, per_stage = 0.0, {}
     for i, (d, opt, real, fake) in enumerate(zip(discriminators, optimizers, real_images, fake_images)):
         with tf.GradientTape() as tape:
-            d_loss, _ = losses.discriminator_loss(d, real, fake, sentence, training=True, wrong=wrong)
+            d_loss, _ = losses.discriminator_loss(d, real, fake, sentence, training=True, wrong=wrong,
+                                                  swapped=swapped)
             d_loss = d_loss * scale
             scaled = steps.scale_loss(opt, d_loss)
         opt.apply_gradients(zip(tape.gradient(scaled, d.trainable_variables), d.trainable_variables))
@@ -167,6 +170,11 @@ def make_train_step(cfg, strategy: tf.distribute.Strategy, state: GanTrainState)
         ids, lengths = batch["caption_ids"], batch["caption_len"]
         words, sentence, mask = nets.stem(ids, lengths, training=False)
         words, sentence = tf.stop_gradient(words), tf.stop_gradient(sentence)
+        swapped = None
+        if "swapped_ids" in batch:
+            # The swapped captions keep their length: one word replaced by one word.
+            _, swapped_sentence, _ = nets.stem(batch["swapped_ids"], lengths, training=False)
+            swapped = (tf.stop_gradient(swapped_sentence),) + losses.swapped_pairs_across_replicas(batch["swapped"])
         out_losses = {}
         with tf.GradientTape() as g_tape:
             out = nets.glam(batch["noise"], sentence, words, mask, eps=batch["ca_noise"], training=True)
@@ -174,7 +182,7 @@ def make_train_step(cfg, strategy: tf.distribute.Strategy, state: GanTrainState)
             with g_tape.stop_recording():
                 d_total, d_losses = update_discriminators(
                     nets.discriminators, state.opts_d, batch["images"], fakes, sentence,
-                    losses.wrong_pairs_across_replicas(sentence), scale)
+                    losses.wrong_pairs_across_replicas(sentence), scale, swapped=swapped)
                 out_losses.update(d_losses)
             adversarial = tf.add_n([losses.generator_adversarial_loss(d, fake, sentence, training=True)
                                     for d, fake in zip(nets.discriminators, fakes)])
@@ -203,7 +211,7 @@ def make_train_step(cfg, strategy: tf.distribute.Strategy, state: GanTrainState)
     def train_step(batch):
         # Only the tensors the step uses: XLA compiles no string tensors (keys, caption text).
         batch = {k: batch[k] for k in ("images", "caption_ids", "caption_len", "noise", "ca_noise", "class_id",
-                                       "attributes")}
+                                       "attributes", "swapped_ids", "swapped") if k in batch}
         result = steps.reduce_losses(strategy, strategy.run(step_fn, args=(batch,)))
         state.ema_update(t.ema_decay, t.ema_warmup)
         return result
