@@ -269,3 +269,36 @@ def test_distributed_input_resumes_where_it_was_saved_and_feeds_replicas_as_befo
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert len(out["got"]) == 5 and all(len(step) == 2 and len(step[0]) == 4 for step in out["got"])
     assert out["got"] == out["expected"]
+
+
+SHAPE_SWAP = "train.wrong_word_swaps=[circle/disc square/block triangle]"
+
+
+def test_one_word_swaps_travel_with_training_batches_and_change_nothing_else(prepared_shapes):
+    plain = next(iter(data.make_dataset(_cfg(prepared_shapes), "train")))
+    cfg = _cfg(prepared_shapes, "shapes_smoke.yaml", SHAPE_SWAP)
+    batch = next(iter(data.make_dataset(cfg, "train")))
+    assert "swapped_ids" not in plain
+    # The swap's randomness is folded in: images, captions and noise are those of a run without it.
+    for key in plain:
+        for a, b in zip(tf.nest.flatten(plain[key]), tf.nest.flatten(batch[key])):
+            np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=key)
+    vocab = [w.strip() for w in open(data.vocabulary_path(str(prepared_shapes)), encoding="utf-8")]
+    ids, swapped = batch["caption_ids"].numpy(), batch["swapped_ids"].numpy()
+    shape_class = {"circle": 0, "disc": 0, "square": 1, "block": 1, "triangle": 2}
+    assert batch["swapped_ids"].shape == batch["caption_ids"].shape and batch["swapped"].dtype == tf.float32
+    assert (batch["swapped"].numpy() == 1.0).all()  # every shapes caption names its shape
+    for before, after in zip(ids, swapped):
+        (position,) = np.flatnonzero(before != after)
+        old, new = vocab[before[position]], vocab[after[position]]
+        assert shape_class[old] != shape_class[new]
+    # Evaluation batches carry none.
+    assert "swapped_ids" not in next(iter(data.make_dataset(cfg, "test")))
+
+
+def test_check_prepared_names_a_swap_word_the_vocabulary_lacks(prepared_shapes):
+    cfg = _cfg(prepared_shapes, "shapes_smoke.yaml", "train.wrong_word_swaps=[circle heptagon]")
+    message = _refusal(cfg)
+    assert "train.wrong_word_swaps[0]: 'heptagon' is not a word of" in message
+    assert data.vocabulary_path(str(prepared_shapes)) in message
+    assert data.check_prepared(cfg, stages=("damsm", "stream"))  # only the gan stage reads the key

@@ -11,6 +11,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from tests.conftest import CONFIGS, REPO
@@ -26,9 +27,12 @@ MIRRORED = textwrap.dedent("""
     from mirrorgan_tf.config import load_config
     from mirrorgan_tf.training import gan
 
-    cfg = load_config(sys.argv[1], ["data.dir=" + sys.argv[2], "train.batch_size=8"])
+    cfg = load_config(sys.argv[1], ["data.dir=" + sys.argv[2], "train.batch_size=8"] + sys.argv[3:])
     vocab = data.vocab_size(cfg)
     batch = next(iter(data.make_dataset(cfg, "train", batch_size=8)))
+    if "swapped" in batch:  # the replicas must hold different numbers of swapped captions
+        flags = batch["swapped"].numpy()
+        assert flags[:4].sum() != flags[4:].sum() and flags.sum() > 0, flags
     one = tf.distribute.OneDeviceStrategy("/cpu:0")
     two = distribute.build_strategy("mirrored")
     assert two.num_replicas_in_sync == 2
@@ -71,10 +75,13 @@ MIRRORED = textwrap.dedent("""
 """)
 
 
-def test_mirrored_on_two_cpus_equals_one_device(prepared_shapes):
+# With one-word-swap wrong pairs of colours only some captions name (red, blue), the two replicas
+# hold 3 and 2 of the 5 swapped captions: their weights must still average over the global batch.
+@pytest.mark.parametrize("overrides", [[], ["train.wrong_word_swaps=[red blue]"]], ids=["published", "word_swaps"])
+def test_mirrored_on_two_cpus_equals_one_device(prepared_shapes, overrides):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    r = subprocess.run([sys.executable, "-c", MIRRORED, str(CONFIGS / "shapes_smoke.yaml"), str(prepared_shapes)],
-                       cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    r = subprocess.run([sys.executable, "-c", MIRRORED, str(CONFIGS / "shapes_smoke.yaml"), str(prepared_shapes),
+                        *overrides], cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-4000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])
     one, one_sync, two = result["one"], result["one_sync"], result["two"]

@@ -141,3 +141,28 @@ def test_word_loss(class_ids):
     for i, n in enumerate(lengths):
         np.testing.assert_allclose(attn.numpy()[i, :n].reshape(n, 9), ref_attn[i], atol=1e-5)
         np.testing.assert_allclose(attn.numpy()[i, :n].reshape(n, 9).sum(-1), 1.0, atol=1e-5)  # over regions
+
+
+def test_discriminator_loss_with_one_word_swaps_averages_both_kinds_of_wrong_pairs():
+    real = rng.normal(size=(4, 1)).astype("float32")
+    fake = rng.normal(size=(4, 1)).astype("float32")
+    sent = rng.normal(size=(4, 1)).astype("float32")
+    swapped_sent = rng.normal(size=(4, 1)).astype("float32")
+    r, s, w = real[:, 0], sent[:, 0], swapped_sent[:, 0]
+    plain, plain_terms = losses.discriminator_loss(StubD(), real, fake, sent)
+    # Images 0 and 2 had a swappable word: their pairs average into half the wrong-pair term.
+    weights, share = losses.swapped_pairs_across_replicas(np.array([1, 0, 1, 0], "float32"))
+    np.testing.assert_allclose(weights, [0.5, 0, 0.5, 0])
+    assert float(share) == 0.5
+    loss, terms = losses.discriminator_loss(StubD(), real, fake, sent, swapped=(swapped_sent, weights, share))
+    reference_wrong = bce(0.5 * r[:-1] + s[1:], 0).mean()
+    swapped_wrong = bce(0.5 * r[[0, 2]] + w[[0, 2]], 0).mean()
+    np.testing.assert_allclose(float(terms["cond_swapped"]), swapped_wrong, rtol=1e-5)
+    np.testing.assert_allclose(float(loss) - float(plain),
+                               ((reference_wrong + swapped_wrong) / 2 - reference_wrong) / 3, rtol=1e-4, atol=1e-6)
+    assert float(plain_terms["cond_wrong"]) == pytest.approx(float(terms["cond_wrong"]))
+    # No swappable caption in the batch: the published loss, exactly.
+    weights, share = losses.swapped_pairs_across_replicas(np.zeros(4, "float32"))
+    assert float(share) == 0.0 and not np.any(weights)
+    none, _ = losses.discriminator_loss(StubD(), real, fake, sent, swapped=(swapped_sent, weights, share))
+    assert float(none) == pytest.approx(float(plain), rel=1e-6)

@@ -162,3 +162,62 @@ def test_ignored_words_run_in_a_graph_and_with_an_unk_vocabulary(tmp_path):
     fn = tf.function(tok.ignored_words, input_signature=[tf.TensorSpec([None], tf.string)])
     assert fn(tf.constant(["a red circle", "unk end"])).numpy().tolist() == [b"a", b"unk end"]
     assert tok(tf.constant(["a red circle"])).to_list() == [[1, 2, 3]]  # unknown -> <unk>, still reported
+
+
+SWAP_WORDS = ["<end>", "<unk>", "a", "small", "orange", "circle", "disc", "square", "block", "triangle", "on",
+              "the", "left", "red"]
+
+
+def _ids(caption, n=8):
+    ids = [SWAP_WORDS.index(w) for w in caption.split()]
+    return tf.constant(ids + [0] * (n - len(ids)), tf.int32), len(ids)
+
+
+def test_word_swap_changes_one_word_into_another_class_of_its_group():
+    swap = text.WordSwap(SWAP_WORDS, ["circle/disc square/block triangle"])
+    ids, n = _ids("a small orange block on the left")
+    seen = set()
+    for k in range(60):
+        out, made = swap(ids, n, tf.constant([k, 3]))
+        out = out.numpy()
+        assert float(made) == 1.0
+        changed = np.flatnonzero(out != ids.numpy())
+        assert changed.tolist() == [3]  # only the shape word, never the padding
+        seen.add(SWAP_WORDS[out[3]])
+    # Every word of the other classes turns up, never a synonym of the caption's own class.
+    assert seen == {"circle", "disc", "triangle"}
+    # The same seed, the same swap (the input pipeline's reproducibility rests on it).
+    np.testing.assert_array_equal(swap(ids, n, tf.constant([5, 3]))[0], swap(ids, n, tf.constant([5, 3]))[0])
+
+
+def test_word_swap_leaves_a_caption_without_a_listed_word_and_says_so():
+    swap = text.WordSwap(SWAP_WORDS, ["circle/disc square/block triangle", "red orange"])
+    ids, n = _ids("a small circle")
+    # A listed word after the caption's end (a cut caption's padding never holds one, but the
+    # length is what counts) is not swapped either.
+    padded = tf.tensor_scatter_nd_update(ids, [[5]], [SWAP_WORDS.index("red")])
+    out, made = swap(padded, 2, tf.constant([1, 2]))
+    assert float(made) == 0.0
+    np.testing.assert_array_equal(out, padded)
+    # With two groups, either word may be the one swapped, one at a time.
+    ids, n = _ids("a red circle")
+    changed = set()
+    for k in range(40):
+        out, made = swap(ids, n, tf.constant([k, 9]))
+        diff = np.flatnonzero(out.numpy() != ids.numpy())
+        assert len(diff) == 1 and float(made) == 1.0
+        changed.add(int(diff[0]))
+    assert changed == {1, 2}
+
+
+@pytest.mark.parametrize("groups, message", [
+    (["circle square", "heptagon triangle"], "train.wrong_word_swaps[1]: 'heptagon' is not a word of"),
+    (["circle"], "train.wrong_word_swaps[0] = 'circle': a group needs at least two classes"),
+    (["circle/disc square/circle"], "'circle' is listed twice"),
+    (["circle square-block"], "'square-block' is not one word"),
+    (["<end> circle"], "'end' is not a word of"),
+])
+def test_word_swap_refuses_what_it_cannot_swap(groups, message):
+    with pytest.raises(text.VocabularyError) as e:
+        text.WordSwap(SWAP_WORDS, groups)
+    assert message in str(e.value)
