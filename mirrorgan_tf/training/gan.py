@@ -168,13 +168,18 @@ def make_train_step(cfg, strategy: tf.distribute.Strategy, state: GanTrainState)
     def replica_step(batch):
         scale = steps.replica_scale()
         ids, lengths = batch["caption_ids"], batch["caption_len"]
-        words, sentence, mask = nets.stem(ids, lengths, training=False)
-        words, sentence = tf.stop_gradient(words), tf.stop_gradient(sentence)
         swapped = None
         if "swapped_ids" in batch:
-            # The swapped captions keep their length: one word replaced by one word.
-            _, swapped_sentence, _ = nets.stem(batch["swapped_ids"], lengths, training=False)
+            # One STEM pass over both: the LSTM's cost is per time step far more than per caption.
+            # The swapped captions keep their length (one word replaced by one word).
+            b = ids.shape[0] or tf.shape(ids)[0]
+            words, sentence, mask = nets.stem(tf.concat([ids, batch["swapped_ids"]], 0),
+                                              tf.concat([lengths, lengths], 0), training=False)
+            words, sentence, mask, swapped_sentence = words[:b], sentence[:b], mask[:b], sentence[b:]
             swapped = (tf.stop_gradient(swapped_sentence),) + losses.swapped_pairs_across_replicas(batch["swapped"])
+        else:
+            words, sentence, mask = nets.stem(ids, lengths, training=False)
+        words, sentence = tf.stop_gradient(words), tf.stop_gradient(sentence)
         out_losses = {}
         with tf.GradientTape() as g_tape:
             out = nets.glam(batch["noise"], sentence, words, mask, eps=batch["ca_noise"], training=True)
