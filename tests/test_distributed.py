@@ -27,7 +27,9 @@ MIRRORED = textwrap.dedent("""
     from mirrorgan_tf.config import load_config
     from mirrorgan_tf.training import gan
 
-    cfg = load_config(sys.argv[1], ["data.dir=" + sys.argv[2], "train.batch_size=8"] + sys.argv[3:])
+    # The bounds below are in units of the learning rate: pin it, whatever the config's default.
+    cfg = load_config(sys.argv[1], ["data.dir=" + sys.argv[2], "train.batch_size=8", "train.g_learning_rate=2e-4",
+                                    "train.d_learning_rate=2e-4"] + sys.argv[3:])
     vocab = data.vocab_size(cfg)
     batch = next(iter(data.make_dataset(cfg, "train", batch_size=8)))
     if "swapped" in batch:  # the replicas must hold different numbers of swapped captions
