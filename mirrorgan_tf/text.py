@@ -229,7 +229,7 @@ class WordSwap:
                     if len(normalised) != 1:
                         raise VocabularyError(f"{where}[{g}]: {raw!r} is not one word as the tokenizer splits it")
                     word = normalised[0]
-                    if word not in ids or word in RESERVED:
+                    if word not in ids:  # normalising already turned "<end>" into "end"
                         raise VocabularyError(f"{where}[{g}]: {word!r} is not a word of {vocab_path}")
                     if ids[word] in owner:
                         raise VocabularyError(f"{where}[{g}]: {word!r} is listed twice")
@@ -243,7 +243,6 @@ class WordSwap:
                   if i in owner else [] for i in range(len(words))]
         width = max([len(o) for o in others] + [1])
         synonyms = max([len(m) for m in class_words] + [1])
-        self.num_groups = len(set(class_group))
         self._others = tf.constant([o + [0] * (width - len(o)) for o in others], tf.int32)          # [V, width]
         self._num_others = tf.constant([len(o) for o in others], tf.int32)                          # [V]
         self._class_words = tf.constant([m + [0] * (synonyms - len(m)) for m in class_words] or [[0]], tf.int32)
