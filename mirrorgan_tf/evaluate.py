@@ -8,6 +8,9 @@ Metrics (default: every one whose inputs are there):
   fid          --inception-graph classify_image_graph_def.pb (published) or --inception-weights F
   is           --is-classifier F (Keras model, or the 2015 ImageNet graph .pb)
   attributes   shapes only: colour/shape/size/position accuracy, seen and unseen pairs
+  spread       shapes only, --samples-per-caption K >= 2: within-caption spread of the five factors
+               the data varies inside a class (background, colour, size, centre x / y), read from
+               pixels, as a ratio to the real within-class spread (1.0 = as varied as the data)
 Every metric is also given on real test images where that means something.
 """
 
@@ -26,7 +29,11 @@ def parse(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", required=True)
     p.add_argument("--metrics", help="comma-separated: r_precision,fid,is,attributes")
-    p.add_argument("--num-images", type=int, help="default: one per usable caption of the split")
+    p.add_argument("--num-images", type=int, help="captions to draw (default: every usable caption of the "
+                   "split); each gives --samples-per-caption images")
+    p.add_argument("--samples-per-caption", type=int, default=1,
+                   help="images per caption, each with its own z and conditioning noise (spread and diversity "
+                        "need at least 2)")
     p.add_argument("--split", default="test")
     p.add_argument("--folds", type=int, default=10, help="R-precision folds")
     p.add_argument("--damsm-run", help="run directory of an independently trained DAMSM")
@@ -42,6 +49,7 @@ def parse(argv=None):
 
 def build_context(a):
     """Everything cheap: config, captions, metric checks. Raises EvalError / FileNotFoundError."""
+    import numpy as np
     import tensorflow as tf
 
     from mirrorgan_tf import data
@@ -67,17 +75,21 @@ def build_context(a):
             raise EvalError(f"--metrics: unknown {', '.join(unknown)} (known: {', '.join(REGISTRY)})")
     else:
         names = [n for n in AUTOMATIC if n != "attributes" or data.attribute_names(manifest)]
+        names += ["spread"] if a.samples_per_caption > 1 and data.attribute_names(manifest) else []
         names += ["fid"] if (a.inception_graph or a.inception_weights) else []
         names += ["is"] if a.is_classifier else []
     if a.num_images is not None and a.num_images < 1:
         raise EvalError(f"--num-images {a.num_images}: must be at least 1")
+    if a.samples_per_caption < 1:
+        raise EvalError(f"--samples-per-caption {a.samples_per_caption}: must be at least 1")
     all_pairs = load_pairs(cfg, a.split)
     if not len(all_pairs):
         raise EvalError(f"split {a.split!r} of {cfg.data.dir} has no usable caption")
-    rows = all_pairs.first(a.num_images or len(all_pairs))
+    # The samples of one caption are consecutive; each sample number draws its own noise.
+    rows = np.repeat(all_pairs.first(a.num_images or len(all_pairs)), a.samples_per_caption)
     options = {"damsm_run": a.damsm_run, "inception_graph": a.inception_graph, "folds": a.folds,
                "inception_weights": a.inception_weights, "is_classifier": a.is_classifier,
-               "classifier_steps": a.classifier_steps}
+               "classifier_steps": a.classifier_steps, "samples_per_caption": a.samples_per_caption}
     ctx = Context(cfg=cfg, run_dir=a.run_dir, split=a.split, all_pairs=all_pairs, rows=rows, manifest=manifest,
                   batch_size=a.batch_size, seed=a.seed, options=options)
     metrics = [REGISTRY[n](ctx) for n in names]  # each checks its inputs now
@@ -104,6 +116,7 @@ def evaluate(a) -> dict:
             m.update(images, samples)
     seconds = time.time() - start
     settings = {"run_dir": a.run_dir, "split": a.split, "images": n, "seed": a.seed,
+                "samples_per_caption": a.samples_per_caption,
                 "generator": "EMA GLAM, final stage", "generation_seconds": round(seconds, 1)}
     return {m.name: {**m.result(), "settings": settings} for m in metrics}
 
