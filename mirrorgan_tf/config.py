@@ -152,6 +152,12 @@ class TrainConfig:
     # image with its caption's word of one class swapped for another class's (losses.
     # discriminator_loss). Empty (default): the published loss.
     wrong_word_swaps: List[str] = field(default_factory=list)
+    # Mode seeking (Mao et al., CVPR 2019, "Mode Seeking GANs"): the generator draws each caption
+    # twice, with two noises, and is penalised by weight x 1 / (d_image / d_latent + 1e-5), so that
+    # it cannot ignore its noise (losses.mode_seeking_loss). The examples of a batch are paired
+    # (2i, 2i + 1) and the generator draws both with example 2i's caption. 0 (default): the
+    # published loss, every example drawn with its own caption.
+    mode_seeking_weight: float = 0.0
     ema_decay: float = 0.999
     # Warm the EMA up as tf.train.ExponentialMovingAverage does with num_updates: decay
     # min(ema_decay, (1 + step) / (10 + step)). The original has none, and over 1,000 steps a
@@ -436,6 +442,8 @@ def _check_fields(cfg: Config) -> None:
                                     "losses need other captions of the batch as negatives)"),
         (cfg.stream.batch_size >= 1, f"stream.batch_size must be >= 1, got {cfg.stream.batch_size}"),
         (0.0 <= cfg.train.ema_decay < 1.0, "train.ema_decay must be in [0, 1)"),
+        (cfg.train.mode_seeking_weight >= 0.0,
+         f"train.mode_seeking_weight must be >= 0 (0 = off), got {cfg.train.mode_seeking_weight}"),
         (cfg.tune.max_trials >= 1, f"tune.max_trials must be >= 1, got {cfg.tune.max_trials}"),
         (cfg.tune.initial_points >= 0, f"tune.initial_points must be >= 0 (0: half of max_trials), "
                                        f"got {cfg.tune.initial_points}"),
@@ -614,6 +622,10 @@ def check_replica_batches(cfg: Config, replicas: int) -> None:
         if batch % replicas:
             raise ConfigError(f"{key}={batch} is not divisible by the {replicas} replicas; "
                               f"set it to a multiple of {replicas}")
+    if cfg.train.mode_seeking_weight > 0 and (cfg.train.batch_size // replicas) % 2:
+        raise ConfigError(f"train.mode_seeking_weight={cfg.train.mode_seeking_weight:g} pairs the examples of each "
+                          f"replica's batch, but train.batch_size={cfg.train.batch_size} over {replicas} replicas "
+                          f"gives {cfg.train.batch_size // replicas} per replica: make it even")
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:

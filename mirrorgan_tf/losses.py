@@ -89,7 +89,8 @@ def pair_classes(batch) -> tf.Tensor:
     return class_id
 
 
-def discriminator_loss(d, real_images, fake_images, sentence, training=True, wrong=None, swapped=None):
+def discriminator_loss(d, real_images, fake_images, sentence, training=True, wrong=None, swapped=None,
+                       fake_sentence=None):
     """One stage's D loss: (real + cond real) / 2 + (fake + cond fake + cond wrong) / 3, where the
     "wrong" pairs are real images [0 : B-1] with sentences [1 : B] (`wrong_pairs`; a trainer that
     splits the batch across replicas passes its share of the global pairs).
@@ -99,8 +100,10 @@ def discriminator_loss(d, real_images, fake_images, sentence, training=True, wro
     `swapped_pairs_across_replicas`; then cond wrong = (1 - share) x the reference's pairs +
     share x the swapped pairs, each an average over its pairs (share 1/2, or 0 when no caption of
     the batch could be swapped). real_images, fake_images float [B, s, s, 3] in [-1, 1].
-    Returns (float32 scalar loss, dict of float32 scalar terms)."""
+    fake_sentence: the sentences the fakes were drawn from, when not `sentence` (mode seeking's
+    paired captions, `mode_seeking_pairs`). Returns (float32 scalar loss, dict of float32 scalar terms)."""
     wrong_sentence, wrong_weight = wrong if wrong is not None else wrong_pairs(sentence)
+    fake_sentence = sentence if fake_sentence is None else fake_sentence
     h_real = d.encode(real_images, training=training)
     h_fake = d.encode(ops.stop_gradient(fake_images), training=training)
     wrong_bce = bce_with_logits(d.cond_logits(h_real, wrong_sentence, training=training), 0.0)
@@ -108,7 +111,7 @@ def discriminator_loss(d, real_images, fake_images, sentence, training=True, wro
         "real": ops.mean(bce_with_logits(d.uncond_logits(h_real, training=training), 1.0)),
         "cond_real": ops.mean(bce_with_logits(d.cond_logits(h_real, sentence, training=training), 1.0)),
         "fake": ops.mean(bce_with_logits(d.uncond_logits(h_fake, training=training), 0.0)),
-        "cond_fake": ops.mean(bce_with_logits(d.cond_logits(h_fake, sentence, training=training), 0.0)),
+        "cond_fake": ops.mean(bce_with_logits(d.cond_logits(h_fake, fake_sentence, training=training), 0.0)),
         "cond_wrong": ops.sum(wrong_bce * ops.cast(wrong_weight, "float32")),
     }
     cond_wrong = terms["cond_wrong"]
@@ -125,6 +128,34 @@ def generator_adversarial_loss(d, fake_images, sentence, training=True):
     """One stage's G term: BCE(uncond fake, real) + BCE(cond fake, real)."""
     uncond, cond = d(fake_images, sentence, training=training)
     return ops.mean(bce_with_logits(uncond, 1.0)) + ops.mean(bce_with_logits(cond, 1.0))
+
+
+def mode_seeking_pairs(batch_size: int):
+    """int32 [B]: for each example of a batch, the example whose caption the generator draws it
+    with under mode seeking: 2i for both 2i and 2i + 1, so that each pair is one caption under two
+    noises. Pairs never straddle replicas (each replica's batch is even), so N replicas pair the
+    same examples as one device on the global batch. B must be even."""
+    if batch_size % 2:
+        raise ValueError(f"mode seeking pairs the examples of a batch: its size must be even, got {batch_size}")
+    return ops.repeat(ops.arange(0, batch_size, 2, dtype="int32"), 2)
+
+
+def mode_seeking_loss(images, latents, eps: float = 1e-5):
+    """The mode-seeking term of Mao et al. (CVPR 2019, "Mode Seeking GANs", eq. 3): for each pair of
+    samples (rows 2i, 2i + 1) drawn from one caption with two latents, d_I / d_z = mean |x1 - x2| /
+    mean |z1 - z2| (means over pixels and latent dimensions), and the loss 1 / (d_I / d_z + eps),
+    averaged over the pairs. Mao et al. take the ratio of batch means; here each pair's ratio is
+    its own, so the term of a batch split over replicas equals the one device's.
+
+    images float [B, s, s, 3] in [-1, 1] (B even, pairs adjacent); latents float [B, L], the
+    generator's noise (z and the conditioning augmentation's epsilon, concatenated). Returns a
+    float32 scalar > 0 (about 1 / 0.1-0.3 for a generator that uses its noise, up to 1 / eps for
+    one that ignores it)."""
+    images = ops.cast(images, "float32")
+    latents = ops.cast(latents, "float32")
+    image_distance = ops.mean(ops.abs(images[0::2] - images[1::2]), axis=(1, 2, 3))
+    latent_distance = ops.mean(ops.abs(latents[0::2] - latents[1::2]), axis=1)
+    return ops.mean(1.0 / (image_distance / latent_distance + eps))
 
 
 def kl_loss(mu, logvar):

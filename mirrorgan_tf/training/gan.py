@@ -10,11 +10,15 @@ Losses each step returns (global-batch means, summed over replicas):
     d1 ... dN   discriminator i's loss: (real + cond real) / 2 + (fake + cond fake + cond wrong) / 3
     d           d1 + ... + dN
     g           the whole generator loss: g_adv + kl_weight x kl + stream_weight x stream
-                (+ damsm_weight x damsm)
+                (+ damsm_weight x damsm) (+ mode_seeking_weight x mode_seeking)
     g_adv       the adversarial terms of all stages (unconditional + conditional)
     kl          the conditioning augmentation's KL term (unweighted)
     stream      the STREAM redescription loss on the final image (unweighted)
     damsm       AttnGAN's DAMSM term (unweighted), only when train.damsm_weight > 0
+    mode_seeking  the mode-seeking term (unweighted), only when train.mode_seeking_weight > 0: then
+                the examples are paired (2i, 2i + 1) and the generator draws both of a pair from
+                example 2i's caption with their own noises (`losses.mode_seeking_loss`); D scores
+                the fakes against the captions they were drawn from, the real images against their own.
 
 Distribution: each replica works on its share of the global batch; losses are scaled so that the
 gradients sum to the global-batch gradient, BatchNorm statistics are all-reduced
@@ -132,19 +136,20 @@ def restore_pretrained(cfg, run: RunDir, state: GanTrainState) -> None:
 
 
 def update_discriminators(discriminators, optimizers, real_images, fake_images, sentence, wrong, scale: float,
-                          swapped=None):
+                          swapped=None, fake_sentence=None):
     """One Adam step of every discriminator on its real / fake / wrong-pair terms
     (`losses.discriminator_loss`); the fakes are not differentiated. Runs in a replica context.
 
     real_images, fake_images: lists per stage of float32 [B, s, s, 3]; sentence [B, D]; wrong the
     replica's wrong pairs (`losses.wrong_pairs_across_replicas`); scale 1 / replicas; swapped
-    None or the one-word-swap pairs (`train.wrong_word_swaps`, see `losses.discriminator_loss`).
+    None or the one-word-swap pairs (`train.wrong_word_swaps`, see `losses.discriminator_loss`);
+    fake_sentence the sentences the fakes were drawn from when not `sentence` (mode seeking).
     Returns (sum of the scaled losses, {"d1": ..., "dN": ...} each scaled)."""
     total, per_stage = 0.0, {}
     for i, (d, opt, real, fake) in enumerate(zip(discriminators, optimizers, real_images, fake_images)):
         with tf.GradientTape() as tape:
             d_loss, _ = losses.discriminator_loss(d, real, fake, sentence, training=True, wrong=wrong,
-                                                  swapped=swapped)
+                                                  swapped=swapped, fake_sentence=fake_sentence)
             d_loss = d_loss * scale
             scaled = steps.scale_loss(opt, d_loss)
         opt.apply_gradients(zip(tape.gradient(scaled, d.trainable_variables), d.trainable_variables))
@@ -180,23 +185,37 @@ def make_train_step(cfg, strategy: tf.distribute.Strategy, state: GanTrainState)
         else:
             words, sentence, mask = nets.stem(ids, lengths, training=False)
         words, sentence = tf.stop_gradient(words), tf.stop_gradient(sentence)
+        # What the generator draws from: each example's own caption, or under mode seeking the
+        # first caption of its pair (so each pair is one caption under two noises).
+        g_ids, g_lengths, g_words, g_sentence, g_mask = ids, lengths, words, sentence, mask
+        if t.mode_seeking_weight > 0:
+            pair = losses.mode_seeking_pairs(ids.shape[0])
+            g_ids, g_lengths, g_words, g_sentence, g_mask = (
+                tf.gather(x, pair) for x in (ids, lengths, words, sentence, mask))
         out_losses = {}
         with tf.GradientTape() as g_tape:
-            out = nets.glam(batch["noise"], sentence, words, mask, eps=batch["ca_noise"], training=True)
+            out = nets.glam(batch["noise"], g_sentence, g_words, g_mask, eps=batch["ca_noise"], training=True)
             fakes = out["images"]
             with g_tape.stop_recording():
                 d_total, d_losses = update_discriminators(
                     nets.discriminators, state.opts_d, batch["images"], fakes, sentence,
-                    losses.wrong_pairs_across_replicas(sentence), scale, swapped=swapped)
+                    losses.wrong_pairs_across_replicas(sentence), scale, swapped=swapped,
+                    fake_sentence=None if g_sentence is sentence else g_sentence)
                 out_losses.update(d_losses)
-            adversarial = tf.add_n([losses.generator_adversarial_loss(d, fake, sentence, training=True)
+            adversarial = tf.add_n([losses.generator_adversarial_loss(d, fake, g_sentence, training=True)
                                     for d, fake in zip(nets.discriminators, fakes)])
             kl = losses.kl_loss(out["mu"], out["logvar"])
-            redescription = losses.stream_loss(nets.stream_encoder, nets.stream_decoder, fakes[-1], ids, lengths)
+            redescription = losses.stream_loss(nets.stream_encoder, nets.stream_decoder, fakes[-1], g_ids, g_lengths)
             g_loss = adversarial + t.kl_weight * kl + t.stream_weight * redescription
+            if t.mode_seeking_weight > 0:
+                latents = tf.concat([batch["noise"], batch["ca_noise"]], axis=1)
+                seeking = losses.mode_seeking_loss(fakes[-1], latents)
+                g_loss += t.mode_seeking_weight * seeking
+                out_losses["mode_seeking"] = seeking * scale
             if nets.damsm_image_encoder is not None:
-                damsm_term = losses.damsm_loss(nets.damsm_image_encoder, fakes[-1], words, sentence, mask,
-                                               losses.pair_classes(batch), gammas)
+                damsm_term = losses.damsm_loss(nets.damsm_image_encoder, fakes[-1], g_words, g_sentence, g_mask,
+                                               tf.gather(losses.pair_classes(batch), pair)
+                                               if t.mode_seeking_weight > 0 else losses.pair_classes(batch), gammas)
                 g_loss += t.damsm_weight * damsm_term
                 out_losses["damsm"] = damsm_term * scale
             g_loss = g_loss * scale
