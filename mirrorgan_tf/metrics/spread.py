@@ -13,7 +13,8 @@ and y). Each is read off an image by fixed arithmetic, with no learned model:
 | size | log of sqrt(foreground area), the area the sum of the foreground map | log pixels: a relative spread |
 | centre_x, centre_y | the foreground map's centroid | fractions of the image width / height |
 
-The foreground map is the attribute classifier's colour-blind one (`attributes.foreground`).
+The foreground map is the attribute classifier's colour-blind one (`attributes.foreground`), with
+its background noise floor (`FLOOR`) taken off.
 
 For generated images a *group* is one caption's samples (fresh z and conditioning noise each, as
 `serving_default` draws them); for real images a group is the test images of one attribute class
@@ -35,6 +36,11 @@ from mirrorgan_tf.metrics.base import EvalError, Metric
 
 FACTORS = ("background", "colour", "size", "centre_x", "centre_y")
 INNER = 0.9  # foreground map level that counts as the object's inside (its anti-aliased rim is lower)
+# The foreground map is ~0.04 on background pixels (their noise over the object's contrast), which
+# summed over a 64 x 64 picture weighs as much as a small object and drags its centroid to the
+# middle. Levels up to FLOOR count as background; the ramp from FLOOR to 1 - FLOOR keeps the rim's
+# partial coverage.
+FLOOR = 0.1
 
 
 def read_factors(images) -> dict[str, np.ndarray]:
@@ -45,7 +51,7 @@ def read_factors(images) -> dict[str, np.ndarray]:
     levels = (images + 1.0) * 127.5
     border = tf.concat([levels[:, 0], levels[:, -1], levels[:, 1:-1, 0], levels[:, 1:-1, -1]], axis=1)
     background = tf.sort(border, axis=1)[:, tf.shape(border)[1] // 2]  # [B, 3]
-    mask = foreground(images)[..., 0]  # [B, S, S]
+    mask = tf.clip_by_value((foreground(images)[..., 0] - FLOOR) / (1.0 - 2.0 * FLOOR), 0.0, 1.0)  # [B, S, S]
     inner = tf.cast(mask >= INNER, tf.float32)
     weights = tf.where(tf.reduce_sum(inner, axis=(1, 2), keepdims=True) > 0, inner, mask)
     colour = tf.reduce_sum(levels * weights[..., None], axis=(1, 2)) / (
