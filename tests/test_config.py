@@ -220,6 +220,22 @@ def test_per_replica_batches_are_checked_against_the_replica_count():
         check_replica_batches(load_config(CONFIGS / "shapes_smoke.yaml", ["damsm.batch_size=10", "stream.batch_size=8"]), 4)
 
 
+def test_mode_seeking_needs_an_even_batch_per_replica_and_a_non_negative_weight():
+    cfg = load_config(CONFIGS / "shapes_smoke.yaml", ["train.mode_seeking_weight=1", "train.batch_size=6",
+                                                       "damsm.batch_size=12", "stream.batch_size=6"])
+    check_replica_batches(cfg, 1)  # 6 per replica: three pairs
+    with pytest.raises(ConfigError, match=r"train.mode_seeking_weight=1 pairs the examples of each replica's batch, "
+                                          r"but train.batch_size=6 over 2 replicas gives 3 per replica: make it even"):
+        check_replica_batches(cfg, 2)
+    check_replica_batches(load_config(CONFIGS / "shapes_smoke.yaml", ["train.batch_size=6", "damsm.batch_size=12",
+                                                                      "stream.batch_size=6"]), 2)  # off: odd is fine
+    with pytest.raises(ConfigError, match=r"train.mode_seeking_weight must be >= 0 \(0 = off\), got -1"):
+        load_config(CONFIGS / "shapes_smoke.yaml", ["train.mode_seeking_weight=-1"])
+    # The published configs keep the published loss.
+    assert load_config(CONFIGS / "cub.yaml").train.mode_seeking_weight == 0.0
+    assert load_config(CONFIGS / "coco.yaml").train.mode_seeking_weight == 0.0
+
+
 def test_mixed_precision_names_its_policy_and_loss_scaling():
     from mirrorgan_tf.config import needs_loss_scaling, precision_policy
 

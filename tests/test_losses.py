@@ -166,3 +166,48 @@ def test_discriminator_loss_with_one_word_swaps_averages_both_kinds_of_wrong_pai
     assert float(share) == 0.0 and not np.any(weights)
     none, _ = losses.discriminator_loss(StubD(), real, fake, sent, swapped=(swapped_sent, weights, share))
     assert float(none) == pytest.approx(float(plain), rel=1e-6)
+
+
+def test_mode_seeking_pairs_adjacent_examples_and_refuses_an_odd_batch():
+    np.testing.assert_array_equal(losses.mode_seeking_pairs(6).numpy(), [0, 0, 2, 2, 4, 4])
+    with pytest.raises(ValueError, match="even, got 5"):
+        losses.mode_seeking_pairs(5)
+
+
+def test_mode_seeking_loss_by_hand():
+    # Pair 0: images differ by 0.5 everywhere, latents by 2 -> ratio 0.25. Pair 1: images differ by
+    # 0.1 on a quarter of the pixels (mean 0.025), latents by 1 on half the dims (mean 0.5) -> 0.05.
+    images = np.zeros((4, 2, 2, 3), np.float32)
+    images[1] = 0.5
+    images[3, 0, 0, :] = 0.1
+    latents = np.zeros((4, 4), np.float32)
+    latents[1] = 2.0
+    latents[3, :2] = 1.0
+    eps = 1e-5
+    want = (1 / (0.25 + eps) + 1 / (0.05 + eps)) / 2
+    assert float(losses.mode_seeking_loss(images, latents)) == pytest.approx(want, rel=1e-5)
+    # One picture whatever the noise: the term is 1 / eps, its largest value.
+    same = np.repeat(images[:1], 4, axis=0)
+    assert float(losses.mode_seeking_loss(same, latents)) == pytest.approx(1 / eps, rel=1e-5)
+    # Per-pair ratios: a batch's term is the mean of its halves' terms (as replicas split it).
+    halves = [float(losses.mode_seeking_loss(images[k:k + 2], latents[k:k + 2])) for k in (0, 2)]
+    assert float(losses.mode_seeking_loss(images, latents)) == pytest.approx(np.mean(halves), rel=1e-6)
+    # It falls as the samples of a caption move apart: its gradient pushes them apart.
+    x = tf.Variable(images)
+    with tf.GradientTape() as tape:
+        loss = losses.mode_seeking_loss(x, latents)
+    grad = tape.gradient(loss, x).numpy()
+    assert (grad[1] < 0).all() and (grad[0] > 0).all()  # image 1 above image 0: up, and 0 down
+
+
+def test_discriminator_scores_fakes_against_the_captions_they_were_drawn_from():
+    real = rng.normal(size=(4, 3)).astype(np.float32)
+    fake = rng.normal(size=(4, 3)).astype(np.float32)
+    sentence = rng.normal(size=(4, 2)).astype(np.float32)
+    drawn_from = sentence[[0, 0, 2, 2]]
+    _, terms = losses.discriminator_loss(StubD(), real, fake, sentence, fake_sentence=drawn_from)
+    want = bce(fake[:, 0] * 0.5 + drawn_from[:, 0], 0.0).mean()
+    assert float(terms["cond_fake"]) == pytest.approx(want, rel=1e-5)
+    _, plain = losses.discriminator_loss(StubD(), real, fake, sentence)
+    for k in ("real", "cond_real", "fake", "cond_wrong"):  # only the fakes' condition changes
+        assert float(terms[k]) == pytest.approx(float(plain[k]), rel=1e-6)
