@@ -112,3 +112,20 @@ def test_pooled_std_by_hand():
     # channels pool together: two channels with variances 1 and 9 give sqrt(5)
     two = np.array([[0.0, 0.0], [np.sqrt(2), 3 * np.sqrt(2)]])
     assert spread.pooled_std(two, np.array([0, 0]))[0] == pytest.approx(np.sqrt(5))
+
+
+def test_shift_is_about_one_for_images_like_the_data_and_large_for_a_wrong_background():
+    real_images, groups = _draw(1.0, 8, seed=1)
+    real_f = spread.read_factors(real_images)
+    attributes = groups[:, None]  # one label per class is enough to key the class means
+    means = {(g,): {f: v[groups == g].mean(axis=0) for f, v in real_f.items()} for g in np.unique(groups)}
+    real_spread = spread.spreads(real_f, groups)
+    images, gen_groups = _draw(1.0, 8, seed=2)
+    shift = spread.shifts(spread.read_factors(images), gen_groups[:, None], means, real_spread)
+    for f, v in shift.items():  # sqrt(1 + 1/8) = 1.06, with sampling noise
+        assert 0.85 < v < 1.35, (f, v)
+    # The same pictures on a background 3 real stds lighter: only the background shifts.
+    lighter = np.clip(images + 3 * real_spread["background"] / 127.5, -1, 1)
+    lighter = np.where(np.abs(images - images[:, :1, :1, :]).max(-1, keepdims=True) < 0.1, lighter, images)
+    moved = spread.shifts(spread.read_factors(lighter), gen_groups[:, None], means, real_spread)
+    assert moved["background"] > 2.5 and abs(moved["colour"] - shift["colour"]) < 0.3

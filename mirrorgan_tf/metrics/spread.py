@@ -23,6 +23,11 @@ standard deviation, sqrt(sum_g sum_i (x_gi - mean_g)^2 / sum_g (n_g - 1)), group
 left out; the ratio generated / real is reported per factor, for seen and unseen colour-shape
 pairs apart: 1.0 = as varied as the data, 0 = one picture per caption (mode collapse), 2 = twice
 the data's jitter. Real images are read at the generator's final size, as the generated ones.
+
+Variety alone can be had by drawing varied wrong pictures, so each factor's *shift* is reported
+beside it: the rms distance of the generated images from the real mean of their caption's class,
+in real within-class stds (about 1.1 for images drawn like the data: the within-class spread plus
+the uncertainty of a mean of ~5 real images).
 """
 
 from __future__ import annotations
@@ -102,8 +107,9 @@ def balance(ratios: dict[str, float]) -> float:
 
 def real_reference(cfg, manifest, split: str, batch_size: int = 256) -> dict:
     """The real images' pooled within-class spreads: {"seen"|"unseen"|"all": {"spread": {factor:
-    std}, "images": n, "classes": c}} (a group only where the split holds it). Classes are the
-    full attribute tuples; images are read at the generator's final size."""
+    std}, "images": n, "classes": c}} (a group only where the split holds it), and under
+    "class_means" {attribute tuple: {factor: float64 [k] mean}}. Classes are the full attribute
+    tuples; images are read at the generator's final size."""
     factors, attributes = {f: [] for f in FACTORS}, []
     for batch in data.eval_images(cfg, split, batch_size):
         for f, v in read_factors(batch["images"].numpy()).items():
@@ -118,6 +124,26 @@ def real_reference(cfg, manifest, split: str, batch_size: int = 256) -> dict:
         if mask.any():
             out[group] = {"spread": spreads({f: v[mask] for f, v in factors.items()}, classes[mask]),
                           "images": int(mask.sum()), "classes": int(len(np.unique(classes[mask])))}
+    out["class_means"] = {tuple(int(a) for a in attributes[classes == c][0]):
+                          {f: v[classes == c].mean(axis=0) for f, v in factors.items()} for c in np.unique(classes)}
+    return out
+
+
+def shifts(factors: dict[str, np.ndarray], attributes: np.ndarray, class_means: dict, real_spread: dict) -> dict:
+    """How far the generated images sit from their class, per factor: the root mean square over
+    images (and channels) of (x - the real class mean of the image's caption's attributes), in
+    units of the real within-class spread. About sqrt(1 + 1 / n_class) ~ 1.1 for images drawn like
+    the real ones; much more for a generator whose pictures are off in that factor (e.g. a white
+    background for a grey one). Images of a class the real split lacks are left out; nan if none."""
+    keys = [tuple(int(a) for a in row) for row in attributes]
+    known = np.array([k in class_means for k in keys])
+    out = {}
+    for f in FACTORS:
+        if not known.any() or not real_spread[f] > 0:
+            out[f] = float("nan")
+            continue
+        means = np.stack([class_means[k][f] for k, ok in zip(keys, known) if ok])
+        out[f] = float(np.sqrt(np.mean((factors[f][known] - means) ** 2)) / real_spread[f])
     return out
 
 
@@ -162,7 +188,9 @@ class FactorSpread(Metric):
             generated = spreads({f: v[mask] for f, v in self.factors.items()}, ctx.rows[mask])
             real = self.reference[group]["spread"]
             ratios = {f: generated[f] / real[f] if real[f] > 0 else float("nan") for f in FACTORS}
-            out[group] = {"ratio": ratios, "generated": generated, "real": real,
+            shift = shifts({f: v[mask] for f, v in self.factors.items()}, ctx.all_pairs.attributes[ctx.rows][mask],
+                           self.reference["class_means"], real)
+            out[group] = {"ratio": ratios, "generated": generated, "real": real, "shift": shift,
                           "balance": balance(ratios), "captions": int(len(np.unique(ctx.rows[mask]))),
                           "images": int(mask.sum()), "real_images": self.reference[group]["images"],
                           "real_classes": self.reference[group]["classes"]}
@@ -181,5 +209,9 @@ class FactorSpread(Metric):
             lines.append(f"spread/{group} [{g['captions']} captions x {r['samples_per_caption']} samples; "
                          f"real: {g['real_images']} images in {g['real_classes']} classes]: {cells}; "
                          f"balance {g['balance']:.2f}")
-        return lines + ["  (generated within-caption std / real within-class std, per factor; 1.0 = as varied "
-                        "as the data)"]
+            if "shift" in g:
+                shifted = ", ".join(f"{f} {g['shift'][f]:.2f}" for f in r["factors"])
+                lines.append(f"  shift/{group}: {shifted}")
+        return lines + ["  (spread: generated within-caption std / real within-class std, per factor; 1.0 = as "
+                        "varied as the data. shift: rms distance from the real class mean in real within-class "
+                        "stds; ~1.1 for images drawn like the real ones)"]
