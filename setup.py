@@ -24,6 +24,10 @@ setup(
         "tensorboard~=2.21.0",
         "tensorflow-serving-api~=2.21.0",
         "grpcio>=1.60",
+        # evaluate --metrics diversity: Naeem et al.'s own precision/recall/density/coverage code;
+        # 0.2 (2020, the latest) is the version tested with its compute_prdc(real_features,
+        # fake_features, nearest_k). It brings scikit-learn and scipy along.
+        "prdc>=0.2",
     ],
     extras_require={
         # selenium drives Debian's headless chromium + chromium-driver in the page tests.

@@ -11,6 +11,10 @@ Metrics (default: every one whose inputs are there):
   spread       shapes only, --samples-per-caption K >= 2: within-caption spread of the five factors
                the data varies inside a class (background, colour, size, centre x / y), read from
                pixels, as a ratio to the real within-class spread (1.0 = as varied as the data)
+  diversity    any dataset, --samples-per-caption K >= 2: precision / recall / density / coverage
+               (k = 5, Naeem et al. 2020; P / R also at k = 3, Kynkaanniemi et al. 2019) against
+               the real images, and within-caption pairwise distance / real within-class distance
+               (0 = one picture per caption); Inception features as for fid, else the DAMSM code
 Every metric is also given on real test images where that means something.
 """
 

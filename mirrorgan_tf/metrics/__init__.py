@@ -8,11 +8,12 @@ and the same metric on real images where it applies.
 
 from mirrorgan_tf.metrics.attributes import AttributeAccuracy
 from mirrorgan_tf.metrics.base import Context, EvalError, Metric
+from mirrorgan_tf.metrics.diversity import Diversity
 from mirrorgan_tf.metrics.fid import FID
 from mirrorgan_tf.metrics.inception_score import InceptionScore
 from mirrorgan_tf.metrics.r_precision import RPrecision
 from mirrorgan_tf.metrics.spread import FactorSpread
 
-REGISTRY: dict[str, type[Metric]] = {m.name: m for m in (RPrecision, FID, InceptionScore, AttributeAccuracy, FactorSpread)}
+REGISTRY: dict[str, type[Metric]] = {m.name: m for m in (RPrecision, FID, InceptionScore, AttributeAccuracy, FactorSpread, Diversity)}
 
 __all__ = ["REGISTRY", "Context", "EvalError", "Metric"]
