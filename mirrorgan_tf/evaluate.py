@@ -32,7 +32,7 @@ def parse(argv=None):
     p = argparse.ArgumentParser(prog="python -m mirrorgan_tf.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--metrics", help="comma-separated: r_precision,fid,is,attributes")
+    p.add_argument("--metrics", help="comma-separated: r_precision,fid,is,attributes,spread,diversity")
     p.add_argument("--num-images", type=int, help="captions to draw (default: every usable caption of the "
                    "split); each gives --samples-per-caption images")
     p.add_argument("--samples-per-caption", type=int, default=1,
