@@ -215,11 +215,13 @@ class TuneConfig:
     # random, bayesian (needs scikit-learn and scipy: pip install .[tuner]) or hyperband.
     tuner: Literal["random", "bayesian", "hyperband"] = "bayesian"
     # What a trial is scored by, on the first `eval_captions` test captions (fixed noise):
-    # attributes (shapes: all four attributes right, seen and unseen pairs as one figure),
-    # attributes_seen, attributes_unseen, r_precision (an independent DAMSM), fid (minimised);
-    # auto = attributes where the dataset has attribute labels, else r_precision.
-    objective: Literal["auto", "attributes", "attributes_seen", "attributes_unseen", "r_precision",
-                       "fid"] = "auto"
+    # attributes_x_spread (shapes: all four attributes right x the spread balance of
+    # `samples_per_caption` samples per caption, so a mode-collapsed generator scores 0),
+    # attributes (all four right, seen and unseen pairs as one figure), attributes_seen,
+    # attributes_unseen, r_precision (an independent DAMSM), fid (minimised); auto =
+    # attributes_x_spread where the dataset has attribute labels, else r_precision.
+    objective: Literal["auto", "attributes_x_spread", "attributes", "attributes_seen", "attributes_unseen",
+                       "r_precision", "fid"] = "auto"
     max_trials: int = 8  # random and bayesian; hyperband sizes its own brackets
     # bayesian: trials drawn at random before the Gaussian process proposes the rest. 0 = half of
     # max_trials, at least 2. Keras Tuner's own default, 3 x the number of searched keys, would make
@@ -228,6 +230,9 @@ class TuneConfig:
     trial_steps: int = 0  # GAN steps per trial (hyperband: the most a trial gets); 0 = train.max_steps
     executions_per_trial: int = 1  # trainings per trial (seeds train.seed + k); the objective is their mean
     eval_captions: int = 1000
+    # attributes_x_spread: images per caption (each with its own noise), so scoring generates
+    # eval_captions x samples_per_caption images; at least 2 (a spread needs two). Other objectives draw 1.
+    samples_per_caption: int = 4
     hyperband_factor: int = 3
     # Hyperband's resource is GAN steps, in units of this many steps (its `max_epochs` is
     # trial_steps / hyperband_unit_steps, so a first round trains trial_steps / factor^k steps).
@@ -451,6 +456,14 @@ def _check_fields(cfg: Config) -> None:
         (cfg.tune.executions_per_trial >= 1,
          f"tune.executions_per_trial must be >= 1, got {cfg.tune.executions_per_trial}"),
         (cfg.tune.eval_captions >= 1, f"tune.eval_captions must be >= 1, got {cfg.tune.eval_captions}"),
+        (cfg.tune.samples_per_caption >= 1,
+         f"tune.samples_per_caption must be >= 1, got {cfg.tune.samples_per_caption}"),
+        # auto is attributes_x_spread on shapes (the dataset with attribute labels).
+        (cfg.tune.samples_per_caption >= 2 or not (
+            cfg.tune.objective == "attributes_x_spread" or (cfg.tune.objective == "auto" and cfg.data.dataset == "shapes")),
+         f"tune.samples_per_caption must be >= 2 for tune.objective={cfg.tune.objective}"
+         f"{' (attributes_x_spread on shapes)' if cfg.tune.objective == 'auto' else ''}: it measures the spread "
+         f"between samples of one caption; got {cfg.tune.samples_per_caption}"),
         (cfg.tune.hyperband_factor >= 2, f"tune.hyperband_factor must be >= 2, got {cfg.tune.hyperband_factor}"),
         (cfg.tune.hyperband_unit_steps >= 1,
          f"tune.hyperband_unit_steps must be >= 1, got {cfg.tune.hyperband_unit_steps}"),

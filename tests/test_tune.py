@@ -130,6 +130,77 @@ def test_a_bayesian_search_lets_its_gaussian_process_choose_half_the_trials():
         load_config(CONFIGS / "shapes.yaml", ["tune.initial_points=-1"])
 
 
+LABELLED = {"attribute_order": ["colour", "shape", "size", "position"],
+            "attributes": {"colour": ["red", "blue"], "shape": ["circle"], "size": ["small"], "position": ["left"]}}
+
+
+def test_auto_is_attributes_x_spread_with_attribute_labels_and_r_precision_without():
+    from mirrorgan_tf.metrics import EvalError
+    from mirrorgan_tf.tuning import objective as objective_lib
+
+    auto = objective_lib.resolve("auto", LABELLED)
+    assert (auto.name, auto.direction, auto.metrics, auto.metric) == (
+        "attributes_x_spread", "max", ("attributes", "spread"), "attributes")
+    assert auto.describe() == "attributes_x_spread (maximised)"
+    plain = objective_lib.resolve("auto", {"dataset": "cub"})
+    assert (plain.name, plain.direction, plain.metrics) == ("r_precision", "max", ("r_precision",))
+    # The older objectives stay selectable by name.
+    assert objective_lib.resolve("attributes", LABELLED).metrics == ("attributes",)
+    assert objective_lib.resolve("fid", {}).direction == "min"
+    with pytest.raises(EvalError, match="tune.objective=attributes_x_spread: the dataset has no attribute labels"):
+        objective_lib.resolve("attributes_x_spread", {"dataset": "cub"})
+    with pytest.raises(EvalError, match=r"tune.objective: unknown 'spread' \(known: auto, attributes_x_spread, "):
+        objective_lib.resolve("spread", LABELLED)
+    # The shipped shapes config names it; auto would give the same there.
+    assert load_config(CONFIGS / "shapes.yaml").tune.objective == "attributes_x_spread"
+
+
+def test_attributes_x_spread_is_the_image_weighted_accuracy_times_the_spread_balance():
+    from mirrorgan_tf.metrics import EvalError
+    from mirrorgan_tf.tuning import objective as objective_lib
+
+    results = {"attributes": {"value": {"seen": {"all": 0.9, "colour": 1.0, "images": 300},
+                                        "unseen": {"all": 0.5, "colour": 0.8, "images": 100}}},
+               "spread": {"value": {"all": {"balance": 0.25}, "seen": {"balance": 0.5},
+                                    "unseen": {"balance": 0.1}}}}
+    # (0.9 x 300 + 0.5 x 100) / 400 = 0.8 all four right; x 0.25 = 0.2.
+    assert objective_lib.value(objective_lib.resolve("attributes_x_spread", LABELLED), results) == pytest.approx(0.2)
+    assert objective_lib.value(objective_lib.resolve("attributes", LABELLED), results) == pytest.approx(0.8)
+    assert objective_lib.value(objective_lib.resolve("attributes_unseen", LABELLED), results) == pytest.approx(0.5)
+    # One picture per caption (balance 0) scores 0 however right its attributes are.
+    collapsed = {**results, "spread": {"value": {"all": {"balance": 0.0}}}}
+    assert objective_lib.value(objective_lib.resolve("attributes_x_spread", LABELLED), collapsed) == 0.0
+    with pytest.raises(EvalError, match="tune.objective=attributes_x_spread: the spread metric gave no group 'all'"):
+        objective_lib.value(objective_lib.resolve("attributes_x_spread", LABELLED),
+                            {**results, "spread": {"value": {}}})
+
+
+def test_attributes_x_spread_evaluates_both_metrics_in_one_call_with_k_samples_per_caption():
+    from mirrorgan_tf import evaluate as evaluate_cli
+    from mirrorgan_tf.metrics import EvalError
+    from mirrorgan_tf.tuning import objective as objective_lib
+
+    cfg = load_config(CONFIGS / "shapes.yaml")
+    assert (cfg.tune.eval_captions, cfg.tune.samples_per_caption) == (2000, 4)
+    a = evaluate_cli.parse(objective_lib.evaluation_args(objective_lib.resolve("auto", LABELLED), cfg, "R", ""))
+    assert (a.metrics, a.num_images, a.samples_per_caption, a.seed, a.split) == ("attributes,spread", 2000, 4, 0, "test")
+    # The one-image objectives draw one image per caption, as before.
+    a = evaluate_cli.parse(objective_lib.evaluation_args(objective_lib.resolve("attributes", LABELLED), cfg, "R", ""))
+    assert (a.metrics, a.num_images, a.samples_per_caption) == ("attributes", 2000, 1)
+    # A spread needs two samples of a caption: refused when the config loads, naming the key ...
+    with pytest.raises(ConfigError, match=r"tune.samples_per_caption must be >= 2 for tune.objective=attributes_x_spread"):
+        load_config(CONFIGS / "shapes.yaml", ["tune.samples_per_caption=1"])
+    with pytest.raises(ConfigError, match=r"tune.samples_per_caption must be >= 2 for tune.objective=auto "
+                                          r"\(attributes_x_spread on shapes\)"):
+        load_config(CONFIGS / "shapes.yaml", ["tune.objective=auto", "tune.samples_per_caption=1"])
+    with pytest.raises(ConfigError, match="tune.samples_per_caption must be >= 1, got 0"):
+        load_config(CONFIGS / "shapes.yaml", ["tune.objective=attributes", "tune.samples_per_caption=0"])
+    # ... and, for a config that left it to auto on another labelled dataset, before evaluating.
+    one = load_config(CONFIGS / "shapes.yaml", ["tune.objective=attributes", "tune.samples_per_caption=1"])
+    with pytest.raises(EvalError, match="tune.samples_per_caption 1: tune.objective=attributes_x_spread"):
+        objective_lib.evaluation_args(objective_lib.resolve("attributes_x_spread", LABELLED), one, "R", "")
+
+
 def test_bad_flags_fail_before_any_work(tmp_path):
     r = run_tune(str(CONFIGS / "cub.yaml"), tmp_path / "R", "--objective", "attributes", "--trial-steps", "10")
     assert r.returncode == 2
@@ -147,7 +218,7 @@ def test_a_search_records_a_diverging_trial_as_failed_and_its_best_config_trains
     root = tmp_path / "R"
     r = run_tune(config, root, "--max-trials", "2")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "objective: attributes (maximised)" in r.stdout
+    assert "objective: attributes_x_spread (maximised)" in r.stdout
     rows = {row["trial"]: row for row in read_rows(root)}
     assert list(rows) == ["0", "1"], rows
     # Seed 0 draws the infinite learning rate first: it fails, and the search goes on.
@@ -157,6 +228,14 @@ def test_a_search_records_a_diverging_trial_as_failed_and_its_best_config_trains
     assert failed["objective"] == ""
     assert float(done["train.g_learning_rate"]) == 0.0002 and done["status"] == "COMPLETED"
     assert 0.0 <= float(done["objective"]) <= 1.0 and done["steps"] == "4"
+    # Scored by attributes x spread balance, both from one evaluation: 20 captions x 4 samples.
+    with open(root / "trials" / "1" / "metrics.json") as f:
+        scored = json.load(f)["test"]
+    assert scored["spread"]["samples_per_caption"] == 4 and scored["attributes"]["images"] == 80
+    assert scored["attributes"]["settings"] == scored["spread"]["settings"]
+    groups = scored["attributes"]["value"]
+    accuracy = sum(g["all"] * g["images"] for g in groups.values()) / 80
+    assert float(done["objective"]) == pytest.approx(accuracy * scored["spread"]["value"]["all"]["balance"])
     assert float(done["seconds"]) > 0 and done["reason"] == ""
     with open(root / "keras_tuner" / "trial_0" / "trial.json") as f:
         assert json.load(f)["status"] == "FAILED"
@@ -259,7 +338,7 @@ def test_a_chief_and_two_workers_run_each_trial_exactly_once(trained_run, prepar
     assert set(ran_by.values()) == {"tuner0", "tuner1"}
     # One best.yaml, from the chief, which alone prints the table.
     assert (root / "best.yaml").exists() and load_config(root / "best.yaml").train.stream_weight in (2, 5, 10, 20)
-    assert "objective: attributes (maximised)" in out["chief"]
+    assert "objective: attributes_x_spread (maximised)" in out["chief"]
     assert "trial  status" not in out["tuner0"] and "trial  status" not in out["tuner1"]
 
 
