@@ -39,7 +39,8 @@ def parse(argv=None):
     p.add_argument("--max-trials", type=int, help="default: tune.max_trials")
     p.add_argument("--trial-steps", type=int, help="GAN steps per trial (hyperband: the most); default: "
                    "tune.trial_steps, else train.max_steps")
-    p.add_argument("--objective", help="auto, attributes, attributes_seen, attributes_unseen, r_precision or fid "
+    p.add_argument("--objective", help="auto, attributes_x_spread, attributes, attributes_seen, attributes_unseen, "
+                   "r_precision or fid "
                    "(default: tune.objective)")
     p.add_argument("--executions-per-trial", type=int, help="default: tune.executions_per_trial")
     p.add_argument("--strategy", choices=("auto", "one_device", "mirrored"), default="auto",

@@ -41,8 +41,10 @@ def test_end_to_end_writes_checkpoints_samples_and_events(trained_run):
         assert list((run_dir / "logs" / stage).glob("events.out.tfevents.*"))
     gan_losses = json.loads((run_dir / "gan" / "metrics.json").read_text())["last_losses"]
     assert {"d", "g", "g_adv", "kl", "stream"} <= set(gan_losses)
-    samples = sorted((run_dir / "samples").glob("gan-*.png"))
+    samples = sorted((run_dir / "samples").glob("gan-???????.png"))
     assert [p.name for p in samples] == ["gan-0000002.png", "gan-0000004.png"]
+    variety = sorted(p.name for p in (run_dir / "samples").glob("gan-*-variety.png"))
+    assert variety == ["gan-0000002-variety.png", "gan-0000004-variety.png"]
     grid = tf.io.decode_png(samples[-1].read_bytes()).numpy()
     assert grid.shape == (4 * 64, 8 * 64, 3)  # 3 stages + the real images, 8 captions, at 64 px
     # TensorBoard got the losses and the images.
