@@ -69,6 +69,8 @@ def test_default_spaces_parse_and_name_real_keys():
     shapes = search_space(load_config(CONFIGS / "shapes.yaml"))
     assert shapes["train.g_learning_rate"].log and shapes["train.g_learning_rate"].min == 5e-5
     assert shapes["train.beta_1"].values == [0.0, 0.5]
+    # The objective rewards variety, so the search may weigh the term that brings it.
+    assert shapes["train.mode_seeking_weight"].log and shapes["train.mode_seeking_weight"].min == 0.1
     cub = search_space(load_config(CONFIGS / "cub.yaml"))
     assert set(cub) == {"train.g_learning_rate", "train.d_learning_rate", "train.stream_weight"}
     assert load_config(CONFIGS / "cub.yaml").tune.objective == "auto"
