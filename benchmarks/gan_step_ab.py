@@ -17,9 +17,8 @@ import time
 
 import tensorflow as tf
 
-from mirrorgan_tf.benchmark import build_train_state, random_batch
+from mirrorgan_tf.benchmark import train_step_on_random_batch
 from mirrorgan_tf.config import load_config
-from mirrorgan_tf.training import gan
 
 VOCAB = 52  # shapes' vocabulary size; any size times the same
 
@@ -27,9 +26,7 @@ VOCAB = 52  # shapes' vocabulary size; any size times the same
 def build(config: str, overrides: list[str], batch: int):
     cfg = load_config(config, [*overrides, f"data.vocab_size={VOCAB}", "damsm.backbone_weights=random",
                                "stream.backbone_weights=random"])
-    state, strategy, _ = build_train_state(tf, cfg, VOCAB)
-    step = gan.make_train_step(cfg, strategy, state)
-    inputs = random_batch(tf, cfg, batch, VOCAB)
+    step, inputs = train_step_on_random_batch(tf, cfg, batch, VOCAB)
     for _ in range(3):  # trace and warm up
         [v.numpy() for v in step(inputs).values()]
     return step, inputs

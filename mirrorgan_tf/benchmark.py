@@ -293,6 +293,15 @@ def build_train_state(tf, cfg, vocab_size: int):
     return state, strategy, build_s
 
 
+def train_step_on_random_batch(tf, cfg, batch: int, vocab_size: int):
+    """(the GAN stage's own train step on one device, a random batch of `batch` examples) for
+    `cfg`, networks built by `build_train_state`: what benchmarks/gan_step_ab.py times."""
+    from mirrorgan_tf.training import gan
+
+    state, strategy, _ = build_train_state(tf, cfg, vocab_size)
+    return gan.make_train_step(cfg, strategy, state), random_batch(tf, cfg, batch, vocab_size)
+
+
 def bench_train(tf, cfg, batch: int, vocab_size: int, warmup: int, repeat: int, breakdown: bool = True,
                 built=None) -> dict:
     """Times of the GAN training iteration at `batch` (see the module's docstring for the keys).

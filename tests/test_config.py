@@ -200,14 +200,16 @@ def test_a_damsm_batch_needs_a_negative():
 
 
 def test_per_replica_batches_are_checked_against_the_replica_count():
-    cfg = load_config(CONFIGS / "shapes_smoke.yaml")  # damsm 8, stream 8, train 4
+    # damsm 8, stream 8, train 4; mode seeking's even per-replica batch is tested on its own (below)
+    cfg = load_config(CONFIGS / "shapes_smoke.yaml", ["train.mode_seeking_weight=0"])
     check_replica_batches(cfg, 1)
     check_replica_batches(cfg, 4)  # damsm 2, stream 2, train 1 per replica
     with pytest.raises(ConfigError) as e:
         check_replica_batches(cfg, 8)  # one DAMSM pair per replica: no negative
     assert "damsm.batch_size=8 over 8 replicas gives 1 per replica" in str(e.value)
     assert "at least 2" in str(e.value) and "set damsm.batch_size to at least 16" in str(e.value)
-    big = load_config(CONFIGS / "shapes_smoke.yaml", ["damsm.batch_size=16", "stream.batch_size=16"])
+    big = load_config(CONFIGS / "shapes_smoke.yaml", ["damsm.batch_size=16", "stream.batch_size=16",
+                                                       "train.mode_seeking_weight=0"])
     with pytest.raises(ConfigError, match=r"train.batch_size=4 over 8 replicas gives 0.5 per replica; "
                                           r"each needs at least 1"):
         check_replica_batches(big, 8)
@@ -228,7 +230,8 @@ def test_mode_seeking_needs_an_even_batch_per_replica_and_a_non_negative_weight(
                                           r"but train.batch_size=6 over 2 replicas gives 3 per replica: make it even"):
         check_replica_batches(cfg, 2)
     check_replica_batches(load_config(CONFIGS / "shapes_smoke.yaml", ["train.batch_size=6", "damsm.batch_size=12",
-                                                                      "stream.batch_size=6"]), 2)  # off: odd is fine
+                                                                      "stream.batch_size=6", "train.mode_seeking_weight=0"]),
+                          2)  # off: odd is fine
     with pytest.raises(ConfigError, match=r"train.mode_seeking_weight must be >= 0 \(0 = off\), got -1"):
         load_config(CONFIGS / "shapes_smoke.yaml", ["train.mode_seeking_weight=-1"])
     # The published configs keep the published loss.
