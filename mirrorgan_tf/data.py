@@ -23,8 +23,10 @@ With `train.wrong_word_swaps` set, training batches also hold (`text.WordSwap`):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 from typing import Optional
 
 import tensorflow as tf
@@ -55,6 +57,168 @@ def load_manifest(data_dir: str) -> dict:
             return json.load(f)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}: not valid JSON ({e})") from None
+
+
+# manifest.json's record of every shard: {basename: {"bytes": int, "sha256": hex}}. Datasets
+# prepared before it was kept have none (`check_shards` then checks only that the shards exist).
+SHARD_FILES = "shard_files"
+SHARD_FIX = ("copy the file again from where the dataset was prepared, or prepare the dataset again "
+             "(python -m pipelines.prepare ... --overwrite)")
+_CHUNK = 1 << 20  # bytes per read when hashing: bounded memory for any shard size
+# How TensorFlow's record reader words a damaged record (tensorflow/core/lib/io/record_reader.cc).
+_READ_ERROR = re.compile(r"(truncated|corrupted) record at (\d+)")
+
+
+def file_digest(path: str) -> tuple[int, str]:
+    """(size in bytes, sha256 hex digest) of a file, read in 1 MiB chunks through tf.io.gfile (so
+    `gs://` works, and memory stays bounded whatever the size)."""
+    digest, size = hashlib.sha256(), 0
+    with tf.io.gfile.GFile(path, "rb") as f:
+        while True:
+            chunk = f.read(_CHUNK)
+            if not chunk:
+                return size, digest.hexdigest()
+            digest.update(chunk)
+            size += len(chunk)
+
+
+def _listed_shards(manifest: dict) -> list[tuple[str, str]]:
+    """(split, shard basename) of every shard the manifest lists, in manifest order."""
+    return [(split, name) for split, info in (manifest.get("splits") or {}).items()
+            for name in (info or {}).get("shards", [])]
+
+
+def check_shards(data_dir: str, manifest: Optional[dict] = None) -> tuple[list[str], Optional[str]]:
+    """What can be told about the shards without reading them: every listed shard exists and, where
+    the manifest records it (`SHARD_FILES`), has its recorded byte size. One stat per shard, so
+    cheap enough for every start on any dataset; a byte changed in place keeps the size and is
+    caught by `verify_shards` or, at read time, by the records' CRCs (`explain_read_error`).
+
+    Returns (problems, note): each problem names the shard, both sizes and the fix; `note` says
+    which shards could not be size-checked (a manifest written before sizes were recorded) and
+    what checks them, or is None."""
+    manifest = manifest if manifest is not None else load_manifest(data_dir)
+    recorded = manifest.get(SHARD_FILES) or {}
+    problems, unchecked = [], []
+    missing: dict[str, list[str]] = {}
+    for split, name in _listed_shards(manifest):
+        path = os.path.join(data_dir, name)
+        if not tf.io.gfile.exists(path):
+            missing.setdefault(split, []).append(name)
+            continue
+        want = (recorded.get(name) or {}).get("bytes")
+        if want is None:
+            unchecked.append(name)
+            continue
+        have = tf.io.gfile.stat(path).length
+        if have != want:
+            problems.append(f"{path}: {have} bytes, but the manifest records {want} "
+                            f"({'truncated' if have < want else 'longer than written'}): {SHARD_FIX}")
+    for split, names in missing.items():
+        problems.insert(0, f"the {split} split's shard {names[0]} is missing"
+                        + (f" (and {len(names) - 1} more)" if len(names) > 1 else ""))
+    note = None
+    if unchecked:
+        note = (f"{os.path.join(data_dir, MANIFEST)} records no size for {len(unchecked)} shard(s) "
+                f"({unchecked[0]}{', ...' if len(unchecked) > 1 else ''}; prepared before sizes and checksums were "
+                f"kept): they were not size-checked. `python -m pipelines.check {data_dir}` reads every record "
+                "of them; preparing again records sizes and checksums")
+    return problems, note
+
+
+def _read_through(path: str) -> tuple[Optional[int], Optional[str]]:
+    """(records, None) for a shard that reads to its end, or (None, TensorFlow's message) at the
+    first damaged record; the reader checks every record's length and data CRC."""
+    try:
+        count = tf.data.TFRecordDataset(path, buffer_size=_CHUNK).reduce(
+            tf.constant(0, tf.int64), lambda c, _: c + 1)
+    except tf.errors.DataLossError as e:
+        return None, e.message.strip().splitlines()[0]
+    return int(count), None
+
+
+def _where(message: str) -> str:
+    """'truncated record at byte N' from TensorFlow's reader message (the message when unparsed)."""
+    found = _READ_ERROR.search(message)
+    return f"{found.group(1)} record at byte {found.group(2)}" if found else message
+
+
+def _damage(path: str, message: str) -> str:
+    return f"{path}: {_where(message)}: the shard is damaged; {SHARD_FIX}"
+
+
+def verify_shards(data_dir: str, progress=None) -> tuple[list[str], list[str]]:
+    """Read every shard and check it: its sha256 and size against the manifest where recorded;
+    where not (a dataset prepared before they were kept), every record's CRCs, and the records of
+    each split against its example count. Reads the whole dataset (about as long as copying it),
+    so it runs on demand (`python -m pipelines.check`), never on every start.
+
+    `progress(name, outcome)` is called after each shard. Returns (problems, notes), each problem
+    naming the shard, what differs and the fix (for a checksum mismatch, also the first record
+    that fails its CRC, when one does)."""
+    manifest = load_manifest(data_dir)
+    problems, note = check_shards(data_dir, manifest)
+    recorded = manifest.get(SHARD_FILES) or {}
+    counted: dict[str, list] = {}  # split -> records per shard read without a recorded checksum
+    for split, name in _listed_shards(manifest):
+        path = os.path.join(data_dir, name)
+        if not tf.io.gfile.exists(path) or any(p.startswith(f"{path}:") for p in problems):
+            continue  # already reported by check_shards
+        want = (recorded.get(name) or {}).get("sha256")
+        if want is not None:
+            _, have = file_digest(path)
+            if have == want:
+                outcome = "sha256 ok"
+            else:
+                _, error = _read_through(path)
+                where = f"; {_where(error)}" if error else ""
+                problems.append(f"{path}: sha256 {have}, but the manifest records {want}{where}: "
+                                f"the shard is damaged; {SHARD_FIX}")
+                outcome = "sha256 differs"
+        else:
+            records, error = _read_through(path)
+            counted.setdefault(split, []).append(records)
+            if error:
+                problems.append(_damage(path, error))
+            outcome = "damaged" if error else f"{records} records, CRCs ok (no checksum recorded)"
+        if progress:
+            progress(name, outcome)
+    splits = manifest.get("splits") or {}
+    for split, records in counted.items():
+        # Only a split read whole, each shard without a checksum: a shard cut exactly at a
+        # record boundary reads cleanly, and only the count shows it.
+        if len(records) == len(splits[split].get("shards", [])) and None not in records:
+            want = int(splits[split].get("examples", 0))
+            if sum(records) != want:
+                problems.append(f"the {split} split's shards hold {sum(records)} records, but the manifest counts "
+                                f"{want} examples (a shard cut at a record boundary?): {SHARD_FIX}")
+    notes = [] if note is None else [
+        f"{os.path.join(data_dir, MANIFEST)} records no size or checksum for some shards (prepared before they "
+        "were kept): their records' CRCs and the split's count were checked instead; preparing again records them"]
+    return problems, notes
+
+
+def explain_read_error(data_dir: str, error: Exception) -> Optional[DataError]:
+    """The DataError to raise for a TensorFlow DataLossError met while reading `data_dir`'s shards
+    (the reader's message, e.g. "truncated record at 1707844", names no file): it finds the shard
+    (a size differing from the manifest first, else the first shard, in manifest order, whose
+    records fail to read) and names it, the byte offset and the fix. Reads shards until the damaged
+    one, so it is for a run that is stopping anyway. None when no shard reads badly now (the error
+    came from elsewhere, e.g. a checkpoint): the caller re-raises the original."""
+    try:
+        manifest = load_manifest(data_dir)
+    except DataError:
+        return None
+    problems, _ = check_shards(data_dir, manifest)
+    if problems:
+        return DataError(f"reading {data_dir} failed ({str(error).strip().splitlines()[0][-120:]}):\n  - "
+                         + "\n  - ".join(problems))
+    for _, name in _listed_shards(manifest):
+        path = os.path.join(data_dir, name)
+        _, message = _read_through(path)
+        if message:
+            return DataError(_damage(path, message))
+    return None
 
 
 def vocabulary_path(data_dir: str) -> str:
@@ -93,7 +257,9 @@ def check_prepared(cfg: Config, stages=TRAINING_STAGES) -> dict:
       image's own caption as its negative;
     - for "gan": the test split holds at least SAMPLE_CAPTIONS images (the sampler's one batch;
       fewer ended the stage with StopIteration after DAMSM and STREAM had trained);
-    - data.vocab_size, when set, equals the manifest's; every listed shard exists;
+    - data.vocab_size, when set, equals the manifest's; every listed shard exists and has the
+      byte size the manifest records (`check_shards`; a manifest without sizes is accepted with a
+      printed note saying the sizes went unchecked);
     - for "gan": every word of `train.wrong_word_swaps` is in the vocabulary (`word_swap`).
     `stages`: the training stages that will run (a subset of TRAINING_STAGES). How the batches
     split over replicas is the config's question, checked once the strategy exists
@@ -126,12 +292,8 @@ def check_prepared(cfg: Config, stages=TRAINING_STAGES) -> dict:
     if cfg.data.vocab_size and cfg.data.vocab_size != manifest.get("vocab_size"):
         problems.append(f"data.vocab_size={cfg.data.vocab_size}, but the vocabulary has {manifest.get('vocab_size')} "
                         "words (set data.vocab_size=0 to take it from the manifest)")
-    for split in ("train", "test"):
-        missing = [s for s in (splits.get(split) or {}).get("shards", [])
-                   if not tf.io.gfile.exists(os.path.join(cfg.data.dir, s))]
-        if missing:
-            problems.append(f"the {split} split's shard {missing[0]} is missing"
-                            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    shard_problems, note = check_shards(cfg.data.dir, manifest)
+    problems += shard_problems
     if "gan" in stages and cfg.train.wrong_word_swaps:
         try:
             word_swap(cfg)
@@ -139,6 +301,8 @@ def check_prepared(cfg: Config, stages=TRAINING_STAGES) -> dict:
             problems.append(str(e))
     if problems:
         raise DataError(f"{path}: this dataset cannot be trained on as configured:\n  - " + "\n  - ".join(problems))
+    if note:
+        print(f"note: {note}", flush=True)
     return manifest
 
 

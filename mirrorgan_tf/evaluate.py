@@ -72,6 +72,12 @@ def build_context(a):
     manifest = data.load_manifest(cfg.data.dir)
     if a.split not in manifest["splits"]:
         raise EvalError(f"--split {a.split}: {cfg.data.dir} has {', '.join(manifest['splits'])}")
+    problems, note = data.check_shards(cfg.data.dir, manifest)  # sizes: one stat per shard
+    if problems:
+        raise data.DataError(f"{os.path.join(cfg.data.dir, data.MANIFEST)}: cannot evaluate on this dataset:\n  - "
+                             + "\n  - ".join(problems))
+    if note:
+        print(f"note: {note}", flush=True)
     if a.metrics:
         names = [n.strip() for n in a.metrics.split(",") if n.strip()]
         unknown = [n for n in names if n not in REGISTRY]
@@ -147,7 +153,18 @@ def main(argv=None) -> int:
     from mirrorgan_tf.errors import run_cli
 
     def body() -> int:
-        results = evaluate(a)
+        import tensorflow as tf
+
+        try:
+            results = evaluate(a)
+        except tf.errors.DataLossError as e:  # a damaged record: name the shard (see train.train)
+            from mirrorgan_tf import data
+            from mirrorgan_tf.runs import load_run
+
+            damaged = data.explain_read_error(load_run(a.run_dir).cfg.data.dir, e)
+            if damaged is None:
+                raise
+            raise damaged from None
         print(table(results))
         print(f"written to {save(a.run_dir, a.split, results)}")
         return 0

@@ -68,6 +68,9 @@ def train(cfg, run_dir: str, stage: str = "all", strategy_kind: str = "auto",
     (`data.check_prepared` for the stages that will run) and the backbones
     (`training.loop.check_backbones`).
     Raises RunIntegrityError, DataError, BackboneWeightsError (all ValueError), FileNotFoundError.
+    A shard whose size differs from the manifest's record is refused before anything is written;
+    a record that fails to read while a stage trains (a byte changed in place) stops the stage with
+    a DataError naming the shard and the byte offset (`data.explain_read_error`).
 
     `strategy`: a tf.distribute.Strategy already built (the search builds one per process and
     trains every trial under it); None builds one of `strategy_kind`. The Keras mixed-precision
@@ -133,7 +136,16 @@ def _train(cfg, run_dir, stage, strategy_kind, export_dir, strategy) -> dict:
             print(f"stream: using {cfg.stream.checkpoint}", flush=True)
             continue
         start = time.time()
-        results[name] = trainers[name](cfg, run, strategy)
+        try:
+            results[name] = trainers[name](cfg, run, strategy)
+        except tf.errors.DataLossError as e:
+            # TensorFlow's reader names the offset but not the file; a damaged shard is the
+            # user's to replace, so it becomes a DataError naming the shard (checkpoints are
+            # read through the same error type, and are left to their own traceback).
+            damaged = data.explain_read_error(cfg.data.dir, e)
+            if damaged is None:
+                raise
+            raise damaged from None
         print(f"{name}: done, {results[name].steps} steps, {time.time() - start:.0f} s", flush=True)
     if stage == "export" or (stage == "all" and chief and not run.is_done("export")):
         from mirrorgan_tf.serving.export import export

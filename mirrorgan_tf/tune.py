@@ -165,7 +165,7 @@ def _wait_for(path: str, what: str) -> None:
 
 def search(a) -> int:
     from mirrorgan_tf.config import ConfigError
-    from mirrorgan_tf.data import load_manifest
+    from mirrorgan_tf.data import DataError, check_shards, load_manifest
     from mirrorgan_tf.train import prepare_data
 
     cfg = load(a)
@@ -182,6 +182,12 @@ def search(a) -> int:
     from mirrorgan_tf.tuning.tuner import GanTuner, Search, make_oracle, write_hparams_config
 
     prepare_data(cfg, chief=me != "worker")
+    # Shard sizes now, before pretraining or any trial (each trial's train() checks the rest).
+    shard_problems, note = check_shards(cfg.data.dir)
+    if shard_problems:
+        raise DataError(f"{cfg.data.dir}: cannot search on this dataset:\n  - " + "\n  - ".join(shard_problems))
+    if note:
+        print(f"note: {note}", flush=True)
     objective = objective_lib.resolve(cfg.tune.objective, load_manifest(cfg.data.dir))
     steps = cfg.tune.trial_steps or cfg.train.max_steps
     print(f"search: {cfg.tune.tuner}, objective {objective.describe()} on the first {cfg.tune.eval_captions} "

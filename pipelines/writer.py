@@ -20,6 +20,7 @@ from typing import Iterator, Optional
 import tensorflow as tf
 
 from mirrorgan_tf import __version__, records, text
+from mirrorgan_tf.data import SHARD_FILES, file_digest
 from pipelines.source import DatasetError, Problems, RawExample, Source
 
 MANIFEST = "manifest.json"
@@ -311,6 +312,12 @@ def write_dataset(source: Source, out: str, problems: Problems, *, shard_size_mb
                 widths.append(w)
                 formats.add(fmt)
             splits[split] = {"examples": written, "captions": captions, "shards": writer.finish()}
+        # Size and sha256 of each shard as it lies on disk, read back once now: every start
+        # compares the sizes (data.check_shards), `python -m pipelines.check` the checksums.
+        shard_files = {}
+        for name in (n for info in splits.values() for n in info["shards"]):
+            size, digest = file_digest(os.path.join(tmp, name))
+            shard_files[name] = {"bytes": size, "sha256": digest}
         manifest = {
             "format": FORMAT,
             "tool_version": __version__,
@@ -327,6 +334,7 @@ def write_dataset(source: Source, out: str, problems: Problems, *, shard_size_mb
                 "width": [min(widths), max(widths)] if widths else None,
             },
             "splits": splits,
+            SHARD_FILES: shard_files,
             "attributes": source.attributes,
             # The key order of "attributes" is lost to sort_keys; this is the order of each record's labels.
             "attribute_order": list(source.attributes),
