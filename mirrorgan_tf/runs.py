@@ -346,7 +346,8 @@ def check_data(run: "RunDir", cfg, training: bool = True) -> None:
     content (always: data records hold word ids), and for training (`training=True`) the same
     fingerprint (`data_fingerprint`: manifest, vocabulary, split sizes, shard sizes). A run without a
     data record (imported, or never started) is only checked for its vocabulary.
-    Raises RunIntegrityError naming both files or values."""
+    Raises RunIntegrityError naming both files or values; DataError naming the shard when only
+    shard sizes differ and the manifest's own record of them shows a shard damaged."""
     pinned = pinned_vocabulary(run.root)
     check_same_vocabulary(pinned, data.vocabulary_path(cfg.data.dir), f"data.dir={cfg.data.dir}")
     recorded = run.read_json(DATA_RECORD)
@@ -355,6 +356,13 @@ def check_data(run: "RunDir", cfg, training: bool = True) -> None:
     now = data_fingerprint(cfg.data.dir)
     changed = [k for k in ("manifest_sha256", "vocabulary_sha256", "vocab_size", "examples", "shard_bytes")
                if recorded.get(k) != now.get(k)]
+    if changed == ["shard_bytes"]:
+        # Only sizes moved, against a manifest that records them: the data did not change, a
+        # shard was damaged (cut short in a copy); say so, with the fix, rather than "changed".
+        damaged, _ = data.check_shards(cfg.data.dir)
+        if damaged:
+            raise data.DataError(f"{os.path.join(cfg.data.dir, data.MANIFEST)}: a shard is damaged:\n  - "
+                                 + "\n  - ".join(damaged))
     if changed:
         detail = "; ".join(f"{k}: {recorded.get(k)!r} when the run started, {now.get(k)!r} now"
                            for k in changed if k != "shard_bytes")

@@ -146,3 +146,18 @@ def test_verify_counts_records_when_a_shard_without_checksum_is_cut_at_a_record_
     assert len(problems) == 1
     assert problems[0].startswith("the train split's shards hold ")
     assert "but the manifest counts 96 examples" in problems[0]
+
+
+def test_a_run_resumed_on_a_truncated_shard_is_told_the_shard_is_damaged_not_that_the_data_changed(
+        prepared_shapes, tmp_path):
+    from mirrorgan_tf import runs
+
+    out = _copy(prepared_shapes, tmp_path)
+    cfg = _cfg(out)
+    run = runs.RunDir(str(tmp_path / "run"))
+    runs.pin_data(run, cfg)  # what the run's first stage recorded
+    shard = _train_shard(out)
+    with open(shard, "r+b") as f:
+        f.truncate(shard.stat().st_size - 1000)
+    message = str(pytest.raises(data.DataError, runs.check_data, run, cfg, training=True).value)
+    assert f"{shard}: " in message and "(truncated)" in message and "changed" not in message
