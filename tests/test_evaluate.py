@@ -343,3 +343,27 @@ def test_sample_bad_input(trained_run, tmp_path, capsys):
     assert "none.txt: no such file" in capsys.readouterr().err
     assert main(["--run-dir", run_dir, "--caption", "a red circle", "--num", "0", "--out", str(tmp_path)]) == 2
     assert "--num 0" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_a_truncated_shard_before_generating(trained_run, prepared_shapes, tmp_path, capsys):
+    import json
+    import shutil
+
+    from mirrorgan_tf.config import load_config, save_config
+    from mirrorgan_tf.evaluate import main
+
+    run_dir, _ = trained_run
+    data_copy, run_copy = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(prepared_shapes, data_copy)
+    shutil.copytree(run_dir, run_copy)
+    save_config(load_config(run_copy / "config.yaml", [f"data.dir={data_copy}"]), str(run_copy / "config.yaml"))
+    shard = data_copy / json.loads((data_copy / "manifest.json").read_text())["splits"]["test"]["shards"][0]
+    size = shard.stat().st_size
+    with open(shard, "r+b") as f:
+        f.truncate(size - 1000)
+    metrics = run_copy / "metrics.json"
+    before = metrics.read_text() if metrics.exists() else None
+    assert main(["--run-dir", str(run_copy), "--metrics", "r_precision"]) == 2
+    err = capsys.readouterr().err
+    assert f"{shard}: {size - 1000} bytes, but the manifest records {size} (truncated)" in err
+    assert (metrics.read_text() if metrics.exists() else None) == before
