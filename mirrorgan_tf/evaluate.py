@@ -92,6 +92,8 @@ def build_context(a):
         raise EvalError(f"--num-images {a.num_images}: must be at least 1")
     if a.samples_per_caption < 1:
         raise EvalError(f"--samples-per-caption {a.samples_per_caption}: must be at least 1")
+    if a.batch_size < 1:  # else range() fails mid-run (0) or generates nothing (negative)
+        raise EvalError(f"--batch-size {a.batch_size}: must be at least 1")
     all_pairs = load_pairs(cfg, a.split)
     if not len(all_pairs):
         raise EvalError(f"split {a.split!r} of {cfg.data.dir} has no usable caption")

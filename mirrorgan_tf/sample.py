@@ -1,12 +1,21 @@
-"""python -m mirrorgan_tf.sample --run-dir R (--caption "..." ... | --captions-file F) [--num 8] [--seed S] --out DIR
+"""python -m mirrorgan_tf.sample --run-dir R (--caption "..." ... | --captions-file F) [--num 8] [--seed S]
+       [--batch-size 8] [--columns 16] --out DIR
 
 Per caption, with the run's EMA generator:
-  NNN-<words>.png            `num` samples (columns) at every stage (rows, upscaled to the last)
+  NNN-<words>.png            when num <= columns: the `num` samples (columns) at every stage (rows,
+                             upscaled to the last)
+  NNN-<words>-PPP.png        when num > columns, instead: part PPP (000, 001, ...) holds samples
+                             PPP * columns ... PPP * columns + columns - 1, laid out the same way, so
+                             no picture is wider than `columns` samples
   NNN-<words>-attention.png  AttnGAN-style word attention of the first sample: per later stage
                              a row of the image, then each word's attention over it
+Samples go through the generator `--batch-size` at a time and each picture is written (whole, by
+write-then-rename) as soon as its samples exist, so memory does not grow with --num. The noise of
+sample k of caption NNN is a pure function of (seed, NNN * num + k): same seed, same pictures,
+whatever --batch-size and --columns.
 Captions go through the project's tokenizer (unknown words dropped, cut to data.words_num); the
 words ignored as unknown are printed on stderr, per caption; a caption with no known word is an
-error that names it. Same seed, same pictures.
+error that names it.
 """
 
 from __future__ import annotations
@@ -21,6 +30,8 @@ import numpy as np
 from mirrorgan_tf.errors import MirrorganError, run_cli
 
 LABEL_HEIGHT = 14
+BATCH_SIZE = 8  # samples per generator call: the forward pass's memory grows with it (CUB: 256 px, 3 stages)
+COLUMNS = 16  # samples per picture: 16 x 256 px = 4,096 px wide for CUB
 
 
 class SampleError(MirrorganError, ValueError):
@@ -102,12 +113,29 @@ def slug(caption: str, limit: int = 40) -> str:
     return re.sub(r"[^a-z0-9]+", "-", caption.lower()).strip("-")[:limit] or "caption"
 
 
-def sample(run_dir: str, captions: list[str], out: str, num: int = 8, seed: int = 0) -> list[str]:
+def grid_parts(num: int, columns: int) -> list[tuple[str, int, int]]:
+    """The pictures of one caption's `num` samples: (file name suffix, first sample, end sample)
+    per picture, at most `columns` samples each; suffix "" for a single picture (NNN-<words>.png),
+    else "-000", "-001", ..."""
+    if num <= columns:
+        return [("", 0, num)]
+    return [(f"-{p:03d}", start, min(num, start + columns)) for p, start in enumerate(range(0, num, columns))]
+
+
+def sample(run_dir: str, captions: list[str], out: str, num: int = 8, seed: int = 0,
+           batch_size: int = BATCH_SIZE, columns: int = COLUMNS) -> list[str]:
+    """Writes the pictures the module docstring lists into `out` and returns their paths, in
+    order (per caption: its grid files, then its attention picture). Sample k of caption i draws
+    its noise from (seed, i * num + k) (evaluation.generator.sample_noise), so the pixels do not
+    depend on batch_size or columns. Holds at most batch_size + columns samples at once.
+    Raises SampleError (num, batch_size or columns below 1, no captions, a caption with no known
+    word) before anything is written."""
     from mirrorgan_tf.evaluation.generator import TrainedGenerator
     from mirrorgan_tf.images import image_grid, save_png
 
-    if num < 1:
-        raise SampleError(f"--num {num}: must be at least 1")
+    for flag, value in (("--num", num), ("--batch-size", batch_size), ("--columns", columns)):
+        if value < 1:
+            raise SampleError(f"{flag} {value}: must be at least 1")
     if not captions:
         raise SampleError("give --caption or --captions-file")
     generator = TrainedGenerator(run_dir)
@@ -120,15 +148,30 @@ def sample(run_dir: str, captions: list[str], out: str, num: int = 8, seed: int 
     tf.io.gfile.makedirs(out)
     written = []
     for i, caption in enumerate(captions):
-        index = np.arange(i * num, (i + 1) * num)
-        result = generator(np.repeat(ids[i:i + 1], num, 0), np.repeat(lengths[i:i + 1], num, 0), index, seed)
-        stages = [x.numpy() for x in result["images"]]
         name = os.path.join(out, f"{i:03d}-{slug(caption)}")
-        save_png(image_grid(stages), f"{name}.png")  # a row per stage, upscaled to the last
-        written.append(f"{name}.png")
-        if result["word_attention"]:
-            maps = [a.numpy()[0] for a in result["word_attention"]]
-            save_png(attention_picture(stages[-1][0], maps, words[i]), f"{name}-attention.png")
+        attention = []
+
+        def batches():  # per batch of samples, a list per stage of float32 [b, s, s, 3]
+            for start in range(0, num, batch_size):
+                k = np.arange(start, min(num, start + batch_size))
+                result = generator(np.repeat(ids[i:i + 1], len(k), 0), np.repeat(lengths[i:i + 1], len(k), 0),
+                                   i * num + k, seed)
+                stages = [x.numpy() for x in result["images"]]
+                if start == 0 and result["word_attention"]:
+                    maps = [a.numpy()[0] for a in result["word_attention"]]
+                    attention.append(attention_picture(stages[-1][0], maps, words[i]))
+                yield stages
+
+        drawn, pending = batches(), None  # pending: samples generated, not yet in a picture
+        for suffix, first, end in grid_parts(num, columns):
+            while pending is None or len(pending[0]) < end - first:
+                stages = next(drawn)
+                pending = stages if pending is None else [np.concatenate(x) for x in zip(pending, stages)]
+            save_png(image_grid([p[:end - first] for p in pending]), f"{name}{suffix}.png")  # a row per stage
+            written.append(f"{name}{suffix}.png")
+            pending = [p[end - first:] for p in pending]
+        if attention:
+            save_png(attention[0], f"{name}-attention.png")
             written.append(f"{name}-attention.png")
     return written
 
@@ -142,12 +185,16 @@ def main(argv=None) -> int:
     src.add_argument("--captions-file")
     p.add_argument("--num", type=int, default=8)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="samples per generator call (memory grows "
+                   "with it, not with --num)")
+    p.add_argument("--columns", type=int, default=COLUMNS, help="samples per picture; more samples go into "
+                   "several pictures NNN-<words>-000.png, -001.png, ...")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
 
     def body() -> int:
         captions = read_captions(a.caption, a.captions_file)
-        for path in sample(a.run_dir, captions, a.out, a.num, a.seed):
+        for path in sample(a.run_dir, captions, a.out, a.num, a.seed, a.batch_size, a.columns):
             print(path)
         return 0
 

@@ -39,6 +39,7 @@ SLOWEST_FIRST = [
     "tests/test_summary.py::test_summary_cli_prints_json_and_a_table",  # 114
     "tests/test_import_mirrorgan.py::test_discriminators_match_d_nets",  # 110 + 18
     "tests/test_training.py::test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint",  # 102
+    "tests/test_sample.py",  # 82 in all (load average 11), most in its two measured sample processes
 ]
 
 

@@ -267,6 +267,7 @@ def test_evaluate_is_reproducible_for_a_seed(evaluated):
     (["--metrics", "is"], "--is-classifier"),
     (["--metrics", "r_precision", "--num-images", "3", "--folds", "10"], "at least one image per fold"),
     (["--metrics", "bleu"], "unknown bleu"),
+    (["--metrics", "r_precision", "--batch-size", "0"], "--batch-size 0: must be at least 1"),
     (["--metrics", "r_precision", "--damsm-run", "/nonexistent-run"], "not a run directory"),
 ])
 def test_evaluate_bad_input_fails_fast_with_a_clear_error(trained_run, args, message, capsys):
