@@ -34,6 +34,25 @@ def dense(units, use_bias=True, name=None, **kwargs):
     return layers.Dense(units, use_bias=use_bias, kernel_initializer=kernel_init(), name=name, **kwargs)
 
 
+def lstm_use_cudnn(compute_dtype) -> "bool | str":
+    """The `use_cudnn` argument of a Keras LSTM computing in `compute_dtype` (a dtype name):
+    False under bfloat16, else "auto" (cuDNN on a GPU, the generic loop elsewhere).
+
+    Why: Keras' TensorFlow backend takes the cuDNN path (CudnnRNNV3) whenever a GPU is visible.
+    Under mixed bfloat16 on an NVIDIA H200 the same networks failed to compile through another Keras
+    backend ('Unknown output type bfloat16') until their LSTMs were built with use_cudnn=False;
+    cuDNN's bfloat16 RNN support depends on the GPU and the cuDNN build, while the generic loop
+    runs wherever bfloat16 matmuls do (and XLA can compile it; the cuDNN op it cannot). float32 and
+    float16 keep cuDNN. On a CPU the choice changes nothing: the generic loop runs either way."""
+    return False if str(compute_dtype) == "bfloat16" else "auto"
+
+
+def lstm(units, compute_dtype, **kwargs):
+    """keras.layers.LSTM(units, **kwargs) on the path that works for `compute_dtype`
+    (`lstm_use_cudnn`); same weights and function either way."""
+    return layers.LSTM(units, use_cudnn=lstm_use_cudnn(compute_dtype), **kwargs)
+
+
 def glu(x):
     """Gated linear unit over channels: first half x sigmoid(second half) (Dauphin et al. 2017).
     x [..., 2C] -> [..., C], same dtype.
