@@ -118,3 +118,25 @@ def test_lstms_keep_cudnn_where_it_has_the_dtype(policy):
             == ["auto"] * 3
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_lstms_leave_cudnn_inside_an_xla_step_on_a_gpu(gpu_claimed):
+    """train.xla compiles the GAN step, STEM and STREAM's decoder included, and XLA has no kernel for
+    the cuDNN op: the networks built for it (`xla=True`, as the GAN stage builds them) take the
+    generic loop and compile, in float32 too; those built without keep cuDNN."""
+    from mirrorgan_tf.models.networks import build_stem, build_stream
+
+    cfg = load_config(CONFIGS / "shapes_smoke.yaml")
+    stem = build_stem(cfg, VOCAB, xla=True)
+    _, decoder = build_stream(cfg, VOCAB, xla=True)
+    assert [layer.use_cudnn for layer in (stem.rnn.forward_layer, stem.rnn.backward_layer, decoder.lstm)] \
+        == [False] * 3
+    ids = tf.constant(np.random.default_rng(0).integers(2, VOCAB, size=(B, T)), tf.int32)
+    lengths = tf.constant([3, 16, 7, 9], tf.int32)
+    cudnn_stem = build_stem(cfg, VOCAB)  # the control: the cuDNN op, which XLA cannot compile
+    assert cudnn_stem.rnn.forward_layer.use_cudnn == "auto"
+    with pytest.raises(tf.errors.InvalidArgumentError, match="CudnnRNN"):
+        tf.function(lambda i, n: cudnn_stem(i, n), jit_compile=True)(ids, lengths)
+    words, sentence, _ = tf.function(lambda i, n: stem(i, n), jit_compile=True)(ids, lengths)
+    logits = tf.function(lambda f, i: decoder(f, i), jit_compile=True)(tf.zeros([B, cfg.stream.embedding_dim]), ids)
+    assert words.shape == (B, T, cfg.model.embedding_dim) and logits.shape == (B, T + 1, VOCAB)

@@ -20,7 +20,9 @@ from mirrorgan_tf.models.layers import lstm
 
 class STEM(keras.Model):
     def __init__(self, vocab_size: int, embedding_dim: int = 256, word_embedding_dim: int = 300,
-                 dropout: float = 0.5, name: str = "stem", **kwargs):
+                 dropout: float = 0.5, xla: bool = False, name: str = "stem", **kwargs):
+        """`xla`: the model will run inside an XLA-compiled step (its LSTM then leaves cuDNN,
+        `layers.lstm_use_cudnn`)."""
         super().__init__(name=name, **kwargs)
         self.vocab_size = vocab_size
         self.embedding_dim = embedding_dim
@@ -30,7 +32,7 @@ class STEM(keras.Model):
         self.dropout = layers.Dropout(dropout)
         self.rnn = layers.Bidirectional(
             # The LSTM path follows the precision (layers.lstm_use_cudnn: no cuDNN under bfloat16).
-            lstm(embedding_dim // 2, self.dtype_policy.compute_dtype, return_sequences=True, return_state=True),
+            lstm(embedding_dim // 2, self.dtype_policy.compute_dtype, xla, return_sequences=True, return_state=True),
             name="bilstm")
 
     def call(self, caption_ids, caption_len, training=None):
