@@ -28,17 +28,23 @@ setup(
         # 0.2 (2020, the latest) is the version tested with its compute_prdc(real_features,
         # fake_features, nearest_k). It brings scikit-learn and scipy along.
         "prdc>=0.2",
+        # python -m mirrorgan_tf.tune's default tuner (Bayesian optimisation in Keras Tuner) needs
+        # these; listed here, not in an extra, so every entry point runs after `pip install -e .`.
+        "scipy>=1.11",
+        "scikit-learn>=1.3",
     ],
     extras_require={
         # selenium drives Debian's headless chromium + chromium-driver in the page tests.
         # pytest-xdist runs the suite on two processes (pytest.ini); filelock lets its workers
         # share the session fixtures (prepared data, the smoke run) instead of each building them.
-        "test": ["pytest>=8", "pytest-xdist>=3.6", "filelock>=3.10", "scipy>=1.11", "scikit-learn>=1.3",
-                 "selenium>=4.11,<5"],  # scikit-learn: the tests build Keras Tuner's Bayesian oracle
+        "test": ["pytest>=8", "pytest-xdist>=3.6", "filelock>=3.10", "selenium>=4.11,<5"],
+        # A Linux machine with NVIDIA GPUs: TensorFlow's own CUDA and cuDNN wheels, at our
+        # TensorFlow version (plain `tensorflow` has no CUDA libraries and trains on the CPU).
+        "gpu": ["tensorflow[and-cuda]~=2.21.0"],
         # python -m mirrorgan_tf.demo: the page's Blocks, launch() and css= as Gradio 6 has them.
         "demo": ["gradio>=6.0,<7"],
-        # keras-tuner's BayesianOptimization needs these.
-        "tuner": ["scipy>=1.11", "scikit-learn>=1.3"],
+        # Kept so that older commands still install: scipy and scikit-learn are now required.
+        "tuner": [],
         # Only to import PyTorch .pth weights (torchvision backbones, the released MirrorGAN /
         # AttnGAN files); never needed to train, evaluate or serve. 2.4 reads the legacy 0.3/0.4
         # files with weights_only=True; tested with 2.13 (CPU build). The cap keeps pip on the

@@ -212,7 +212,7 @@ class TuneConfig:
     """`python -m mirrorgan_tf.tune`: the hyperparameter search over the GAN stage (README, Tuning).
     Each command-line flag of `tune` sets the key of the same name."""
 
-    # random, bayesian (needs scikit-learn and scipy: pip install .[tuner]) or hyperband.
+    # random, bayesian (Keras Tuner's needs scikit-learn and scipy; setup.py installs both) or hyperband.
     tuner: Literal["random", "bayesian", "hyperband"] = "bayesian"
     # What a trial is scored by, on the first `eval_captions` test captions (fixed noise):
     # attributes_x_spread (shapes: all four attributes right x the spread balance of
@@ -623,8 +623,9 @@ def check_replica_batches(cfg: Config, replicas: int) -> None:
     is known (the config alone cannot know it). Each stage's global batch is split evenly, so it
     must be divisible by the replica count, every replica must get at least one example, and each
     replica's DAMSM batch at least two: the DAMSM losses compare each image with the other
-    captions of its own replica's batch, so with one they are exactly 0. Raises ConfigError naming
-    the key, its value and the replica count."""
+    captions of its own replica's batch, so with one they are exactly 0. train.xla=true needs a
+    single replica (the GAN step's optimizers cannot apply gradients inside an XLA cluster under
+    MirroredStrategy). Raises ConfigError naming the key, its value and the replica count."""
     for key, batch, least in (("damsm.batch_size", cfg.damsm.batch_size, 2),
                               ("stream.batch_size", cfg.stream.batch_size, 1),
                               ("train.batch_size", cfg.train.batch_size, 1)):
@@ -635,6 +636,12 @@ def check_replica_batches(cfg: Config, replicas: int) -> None:
         if batch % replicas:
             raise ConfigError(f"{key}={batch} is not divisible by the {replicas} replicas; "
                               f"set it to a multiple of {replicas}")
+    if cfg.train.xla and replicas > 1:
+        # Checked here, before the first stage, not when the GAN stage builds its step after hours
+        # of DAMSM and STREAM (training/gan.py refuses it there too, for callers that skip this).
+        raise ConfigError(f"train.xla=true needs a single replica, and the strategy has {replicas}: under "
+                          f"MirroredStrategy the jit-compiled GAN step cannot apply gradients; use "
+                          f"--strategy one_device or --set train.xla=false")
     if cfg.train.mode_seeking_weight > 0 and (cfg.train.batch_size // replicas) % 2:
         raise ConfigError(f"train.mode_seeking_weight={cfg.train.mode_seeking_weight:g} pairs the examples of each "
                           f"replica's batch, but train.batch_size={cfg.train.batch_size} over {replicas} replicas "

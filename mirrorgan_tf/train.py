@@ -91,7 +91,7 @@ def _train(cfg, run_dir, stage, strategy_kind, export_dir, strategy) -> dict:
 
     from mirrorgan_tf import config as config_lib
     from mirrorgan_tf import data, runs
-    from mirrorgan_tf.distribute import build_strategy, is_chief
+    from mirrorgan_tf.distribute import build_strategy, describe, is_chief
     from mirrorgan_tf.training import damsm, gan, loop, stream
 
     strategy = strategy or build_strategy(strategy_kind)
@@ -135,6 +135,10 @@ def _train(cfg, run_dir, stage, strategy_kind, export_dir, strategy) -> dict:
         if name == "stream" and cfg.stream.checkpoint and stage == "all":
             print(f"stream: using {cfg.stream.checkpoint}", flush=True)
             continue
+        # What this stage trains on, once, before its first step (train.xla compiles the GAN step only).
+        batch = {"damsm": cfg.damsm.batch_size, "stream": cfg.stream.batch_size, "gan": cfg.train.batch_size}[name]
+        print(describe(strategy, name, batch, keras.mixed_precision.global_policy().name,
+                       cfg.train.xla and name == "gan"), flush=True)
         start = time.time()
         try:
             results[name] = trainers[name](cfg, run, strategy)

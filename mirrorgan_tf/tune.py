@@ -87,8 +87,9 @@ def load(a):
             import scipy  # noqa: F401
             import sklearn  # noqa: F401
         except ImportError as e:
+            # Both are in setup.py's install_requires: missing means a broken or partial install.
             raise ConfigError(f"--tuner bayesian needs scipy and scikit-learn ({e.name} is missing): "
-                              f"pip install '.[tuner]'") from None
+                              f"reinstall with pip install -e . (or pip install scipy scikit-learn)") from None
     return cfg
 
 

@@ -222,6 +222,17 @@ def test_per_replica_batches_are_checked_against_the_replica_count():
         check_replica_batches(load_config(CONFIGS / "shapes_smoke.yaml", ["damsm.batch_size=10", "stream.batch_size=8"]), 4)
 
 
+def test_xla_with_several_replicas_is_refused_before_any_stage():
+    """Checked with the batches, when the strategy is known (train.py, before the data and DAMSM),
+    not when the GAN stage builds its step after DAMSM and STREAM have trained."""
+    cfg = load_config(CONFIGS / "shapes_smoke.yaml", ["train.xla=true", "train.mode_seeking_weight=0"])
+    check_replica_batches(cfg, 1)
+    with pytest.raises(ConfigError, match=r"train.xla=true needs a single replica, and the strategy has 2: .*"
+                                          r"--strategy one_device or --set train.xla=false"):
+        check_replica_batches(cfg, 2)
+    check_replica_batches(load_config(CONFIGS / "shapes_smoke.yaml", ["train.mode_seeking_weight=0"]), 2)
+
+
 def test_mode_seeking_needs_an_even_batch_per_replica_and_a_non_negative_weight():
     cfg = load_config(CONFIGS / "shapes_smoke.yaml", ["train.mode_seeking_weight=1", "train.batch_size=6",
                                                        "damsm.batch_size=12", "stream.batch_size=6"])

@@ -64,3 +64,79 @@ def test_losses_under_mixed_precision_stay_near_float32(policy):
     errors = {k: abs(float(v) - reference[k]) / max(abs(reference[k]), 0.02) for k, v in values.items()}
     print(policy, {k: round(v, 5) for k, v in errors.items()})
     assert max(errors.values()) <= TOLERANCE[policy], (policy, errors, reference)
+
+
+@pytest.fixture
+def gpu_claimed(monkeypatch):
+    """Keras' TensorFlow backend believes a GPU is visible (its `_is_gpu_available`, which decides
+    whether an LSTM takes the cuDNN op), so the cuDNN branch runs on this CPU-only machine. The
+    module is taken from sys.modules: `keras.src.backend.tensorflow.rnn` as an attribute is a
+    function of the same name."""
+    import importlib
+
+    rnn = importlib.import_module("keras.src.backend.tensorflow.rnn")
+    monkeypatch.setattr(rnn, "_is_gpu_available", lambda: True)
+
+
+def test_lstms_leave_cudnn_under_bfloat16_on_a_gpu(gpu_claimed):
+    """STEM's bi-LSTM and STREAM's decoder LSTM under mixed bfloat16, where Keras sees a GPU:
+    they take the generic loop (use_cudnn=False) and run inside a tf.function. The control, a plain
+    Keras LSTM under the same conditions, reaches the cuDNN op (no CPU kernel: it fails here;
+    on a GPU it is the bfloat16 cuDNN RNN the issue saw fail), so the fake is in effect."""
+    from mirrorgan_tf.models.stem import STEM
+    from mirrorgan_tf.models.stream import StreamDecoder
+
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        stem, decoder = STEM(VOCAB, 16, 12), StreamDecoder(VOCAB, 16, 24, max_len=T)
+        lstms = [stem.rnn.forward_layer, stem.rnn.backward_layer, decoder.lstm]
+        assert [layer.use_cudnn for layer in lstms] == [False] * 3
+        ids = tf.constant(np.random.default_rng(0).integers(2, VOCAB, size=(B, T)), tf.int32)
+        lengths = tf.constant([3, 16, 7, 9], tf.int32)
+        words, sentence, _ = tf.function(lambda i, n: stem(i, n))(ids, lengths)
+        logits = tf.function(lambda f, i: decoder(f, i))(sentence, ids)
+        assert words.dtype == "bfloat16" and logits.shape == (B, T + 1, VOCAB)
+        assert bool(tf.reduce_all(tf.math.is_finite(logits)))
+
+        control = keras.layers.LSTM(8, return_sequences=True)
+        with pytest.raises(tf.errors.InvalidArgumentError, match="CudnnRNN"):
+            tf.function(lambda x: control(x))(tf.zeros([B, T, 4]))
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
+def test_lstms_keep_cudnn_where_it_has_the_dtype(policy):
+    """float32 and float16 keep Keras' automatic choice (cuDNN on a GPU)."""
+    from mirrorgan_tf.models.stem import STEM
+    from mirrorgan_tf.models.stream import StreamDecoder
+
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        stem, decoder = STEM(VOCAB, 16, 12), StreamDecoder(VOCAB, 16, 24)
+        assert [layer.use_cudnn for layer in (stem.rnn.forward_layer, stem.rnn.backward_layer, decoder.lstm)] \
+            == ["auto"] * 3
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+
+
+def test_lstms_leave_cudnn_inside_an_xla_step_on_a_gpu(gpu_claimed):
+    """train.xla compiles the GAN step, STEM and STREAM's decoder included, and XLA has no kernel for
+    the cuDNN op: the networks built for it (`xla=True`, as the GAN stage builds them) take the
+    generic loop and compile, in float32 too; those built without keep cuDNN."""
+    from mirrorgan_tf.models.networks import build_stem, build_stream
+
+    cfg = load_config(CONFIGS / "shapes_smoke.yaml")
+    stem = build_stem(cfg, VOCAB, xla=True)
+    _, decoder = build_stream(cfg, VOCAB, xla=True)
+    assert [layer.use_cudnn for layer in (stem.rnn.forward_layer, stem.rnn.backward_layer, decoder.lstm)] \
+        == [False] * 3
+    ids = tf.constant(np.random.default_rng(0).integers(2, VOCAB, size=(B, T)), tf.int32)
+    lengths = tf.constant([3, 16, 7, 9], tf.int32)
+    cudnn_stem = build_stem(cfg, VOCAB)  # the control: the cuDNN op, which XLA cannot compile
+    assert cudnn_stem.rnn.forward_layer.use_cudnn == "auto"
+    with pytest.raises(tf.errors.InvalidArgumentError, match="CudnnRNN"):
+        tf.function(lambda i, n: cudnn_stem(i, n), jit_compile=True)(ids, lengths)
+    words, sentence, _ = tf.function(lambda i, n: stem(i, n), jit_compile=True)(ids, lengths)
+    logits = tf.function(lambda f, i: decoder(f, i), jit_compile=True)(tf.zeros([B, cfg.stream.embedding_dim]), ids)
+    assert words.shape == (B, T, cfg.model.embedding_dim) and logits.shape == (B, T + 1, VOCAB)

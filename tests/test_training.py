@@ -55,6 +55,16 @@ def test_end_to_end_writes_checkpoints_samples_and_events(trained_run):
     assert {"loss/d", "loss/g", "loss/stream", "learning_rate/g", "samples/grid", "samples/stage1",
             "attention/words"} <= tags
     assert "gan       4/4" in stdout.replace("\r", "\n")
+    # Each stage says once, at its start, what it trains on (the default strategy on a CPU machine).
+    lines = stdout.replace("\r", "\n").splitlines()
+    for stage, batch in (("damsm", 8), ("stream", 8), ("gan", 4)):
+        start = lines.index(f"{stage}: strategy OneDeviceStrategy, 1 replica")
+        assert lines[start + 1:start + 4] == [
+            f"{stage}:   devices (1): /job:localhost/replica:0/task:0/device:CPU:0",
+            f"{stage}:   batch: global {batch}, per replica {batch}",
+            f"{stage}:   precision: compute float32 (policy float32); XLA off"]
+        assert sum(line.startswith(f"{stage}: strategy") for line in lines) == 1
+        assert start < next(i for i, line in enumerate(lines) if line.lstrip().startswith(f"{stage} "))
 
 
 def test_running_again_skips_finished_stages(trained_run, prepared_shapes):
@@ -178,6 +188,7 @@ def test_mixed_precision_and_xla_on_one_device(trained_run, prepared_shapes, tmp
              "--set", f"damsm.checkpoint={run_dir}", "--set", f"stream.checkpoint={run_dir}/stream",
              "--set", "train.mixed_precision=true", "--set", "train.xla=true", "--set", "train.max_steps=2")
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "gan:   precision: compute float16 (policy mixed_float16); XLA on" in r.stdout.splitlines()
     metrics = json.loads((tmp_path / "fast" / "gan" / "metrics.json").read_text())
     assert metrics["steps"] == 2 and all(np.isfinite(v) for v in metrics["last_losses"].values())
 

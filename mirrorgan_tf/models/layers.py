@@ -34,6 +34,28 @@ def dense(units, use_bias=True, name=None, **kwargs):
     return layers.Dense(units, use_bias=use_bias, kernel_initializer=kernel_init(), name=name, **kwargs)
 
 
+def lstm_use_cudnn(compute_dtype, xla: bool = False) -> "bool | str":
+    """The `use_cudnn` argument of a Keras LSTM computing in `compute_dtype` (a dtype name), run
+    inside an XLA-compiled step when `xla`: False under bfloat16 or XLA, else "auto" (cuDNN on a
+    GPU, the generic loop elsewhere).
+
+    Why: Keras' TensorFlow backend takes the cuDNN path (CudnnRNNV3) whenever a GPU is visible.
+    Under mixed bfloat16 on an NVIDIA H200 the same networks failed to compile through another Keras
+    backend ('Unknown output type bfloat16') until their LSTMs were built with use_cudnn=False;
+    cuDNN's bfloat16 RNN support depends on the GPU and the cuDNN build, while the generic loop
+    runs wherever bfloat16 matmuls do. XLA has no kernel for the cuDNN op (Keras marks a layer
+    that took it as not jit-compilable), so a step compiled with XLA needs the generic loop too.
+    float32 and float16 outside XLA keep cuDNN. On a CPU the choice changes nothing: the generic
+    loop runs either way."""
+    return False if str(compute_dtype) == "bfloat16" or xla else "auto"
+
+
+def lstm(units, compute_dtype, xla: bool = False, **kwargs):
+    """keras.layers.LSTM(units, **kwargs) on the path that works for `compute_dtype` and `xla`
+    (`lstm_use_cudnn`); same weights and function either way."""
+    return layers.LSTM(units, use_cudnn=lstm_use_cudnn(compute_dtype, xla), **kwargs)
+
+
 def glu(x):
     """Gated linear unit over channels: first half x sigmoid(second half) (Dauphin et al. 2017).
     x [..., 2C] -> [..., C], same dtype.

@@ -38,11 +38,11 @@ def _dummy_ids(cfg, batch: int):
     return ops.ones((batch, t), "int32"), ops.full((batch,), t, "int32")
 
 
-def build_stem(cfg, vocab_size: int, batch: int = 2) -> STEM:
+def build_stem(cfg, vocab_size: int, batch: int = 2, xla: bool = False) -> STEM:
     """STEM (model.embedding_dim, model.word_embedding_dim, model.text_dropout) over `vocab_size`
-    word ids. It has no BatchNorm."""
+    word ids. It has no BatchNorm. `xla`: it will run inside an XLA-compiled step."""
     m = cfg.model
-    stem = STEM(vocab_size, m.embedding_dim, m.word_embedding_dim, m.text_dropout)
+    stem = STEM(vocab_size, m.embedding_dim, m.word_embedding_dim, m.text_dropout, xla=xla)
     stem(*_dummy_ids(cfg, batch))
     return stem
 
@@ -82,13 +82,14 @@ def build_discriminators(cfg, sync_batch_norm: bool = False, batch: int = 2) -> 
 
 
 def build_stream(cfg, vocab_size: int, sync_batch_norm: bool = False,
-                 batch: int = 2) -> tuple[StreamEncoder, StreamDecoder]:
-    """STREAM's (encoder, decoder) of `stream.*`, the decoder over STEM's `vocab_size` words."""
+                 batch: int = 2, xla: bool = False) -> tuple[StreamEncoder, StreamDecoder]:
+    """STREAM's (encoder, decoder) of `stream.*`, the decoder over STEM's `vocab_size` words.
+    `xla`: they will run inside an XLA-compiled step."""
     s = cfg.stream
     encoder = StreamEncoder(s.embedding_dim, s.backbone, s.backbone_weights, s.image_size, s.bn_momentum,
                             s.imagenet_normalize, s.cnn_width, sync_batch_norm=sync_batch_norm,
                             align_corners=s.resize_align_corners)
-    decoder = StreamDecoder(vocab_size, s.embedding_dim, s.hidden_dim, s.max_len)
+    decoder = StreamDecoder(vocab_size, s.embedding_dim, s.hidden_dim, s.max_len, xla=xla)
     size = cfg.image_sizes[-1]
     decoder(encoder(ops.zeros((batch, size, size, 3))), _dummy_ids(cfg, batch)[0])
     return encoder, decoder

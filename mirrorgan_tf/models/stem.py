@@ -15,10 +15,14 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
+from mirrorgan_tf.models.layers import lstm
+
 
 class STEM(keras.Model):
     def __init__(self, vocab_size: int, embedding_dim: int = 256, word_embedding_dim: int = 300,
-                 dropout: float = 0.5, name: str = "stem", **kwargs):
+                 dropout: float = 0.5, xla: bool = False, name: str = "stem", **kwargs):
+        """`xla`: the model will run inside an XLA-compiled step (its LSTM then leaves cuDNN,
+        `layers.lstm_use_cudnn`)."""
         super().__init__(name=name, **kwargs)
         self.vocab_size = vocab_size
         self.embedding_dim = embedding_dim
@@ -27,7 +31,9 @@ class STEM(keras.Model):
             embeddings_initializer=keras.initializers.RandomUniform(-0.1, 0.1), name="embedding")
         self.dropout = layers.Dropout(dropout)
         self.rnn = layers.Bidirectional(
-            layers.LSTM(embedding_dim // 2, return_sequences=True, return_state=True), name="bilstm")
+            # The LSTM path follows the precision (layers.lstm_use_cudnn: no cuDNN under bfloat16).
+            lstm(embedding_dim // 2, self.dtype_policy.compute_dtype, xla, return_sequences=True, return_state=True),
+            name="bilstm")
 
     def call(self, caption_ids, caption_len, training=None):
         """caption_ids int [B, T], caption_len int [B] ->

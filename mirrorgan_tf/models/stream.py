@@ -18,7 +18,7 @@ from keras import layers, ops
 
 from mirrorgan_tf.models import backbones
 from mirrorgan_tf.models.folding import FoldedBatchNorm
-from mirrorgan_tf.models.layers import batch_norm
+from mirrorgan_tf.models.layers import batch_norm, lstm
 
 
 class StreamEncoder(keras.Model):
@@ -76,12 +76,16 @@ class StreamEncoder(keras.Model):
 
 class StreamDecoder(keras.Model):
     def __init__(self, vocab_size: int, embedding_dim: int = 256, hidden_dim: int = 512, max_len: int = 20,
-                 name: str = "stream_decoder", **kwargs):
+                 xla: bool = False, name: str = "stream_decoder", **kwargs):
+        """`xla`: the model will run inside an XLA-compiled step (its LSTM then leaves cuDNN,
+        `layers.lstm_use_cudnn`)."""
         super().__init__(name=name, **kwargs)
         self.vocab_size = vocab_size
         self.max_len = max_len
         self.embed = layers.Embedding(vocab_size, embedding_dim, name="embed")
-        self.lstm = layers.LSTM(hidden_dim, return_sequences=True, return_state=True, name="lstm")
+        # The LSTM path follows the precision (layers.lstm_use_cudnn: no cuDNN under bfloat16).
+        self.lstm = lstm(hidden_dim, self.dtype_policy.compute_dtype, xla, return_sequences=True, return_state=True,
+                         name="lstm")
         self.linear = layers.Dense(vocab_size, name="linear")
 
     def call(self, features, caption_ids, training=None):

@@ -66,8 +66,9 @@ class GanTrainState:
         # included), so their ImageNet backbones are built untrained: no file, no download.
         frozen_cfg = for_restore(cfg)
         with strategy.scope():
-            stem = build_stem(cfg, vocab_size)
-            stream_encoder, stream_decoder = build_stream(frozen_cfg, vocab_size, sync_batch_norm=sync)
+            # Under train.xla they run inside the compiled step: no cuDNN LSTM there.
+            stem = build_stem(cfg, vocab_size, xla=t.xla)
+            stream_encoder, stream_decoder = build_stream(frozen_cfg, vocab_size, sync_batch_norm=sync, xla=t.xla)
             damsm_encoder = (build_damsm_image_encoder(frozen_cfg, sync_batch_norm=sync)
                              if t.damsm_weight > 0 else None)
             glam = build_glam(cfg, seed=t.seed, sync_batch_norm=sync)
