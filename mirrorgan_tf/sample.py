@@ -5,8 +5,9 @@ Per caption, with the run's EMA generator:
   NNN-<words>-attention.png  AttnGAN-style word attention of the first sample: per later stage
                              a row of the image, then each word's attention over it
 Captions go through the project's tokenizer (unknown words dropped, cut to data.words_num); the
-words ignored as unknown are printed on stderr, per caption; a caption with no known word is an
-error that names it. Same seed, same pictures.
+words ignored as unknown, and the known words past data.words_num that the length limit cuts, are
+printed on stderr, per caption; a caption with no known word is an error that names it. Same
+seed, same pictures.
 """
 
 from __future__ import annotations
@@ -44,7 +45,9 @@ def read_captions(captions, captions_file) -> list[str]:
 def tokenize(captions: list[str], vocab_path: str, words_num: int):
     """-> ids int32 [N, words_num], lengths [N], the kept words of each caption (its first
     `words_num` known words), the words of each caption ignored as unknown (dropped, as the
-    original code drops them). Raises SampleError naming every caption with no known word."""
+    original code drops them), and its known words past the first `words_num` (cut). All are
+    lists of word strings per caption, as the tokenizer normalises them. Raises SampleError
+    naming every caption with no known word."""
     import tensorflow as tf
 
     from mirrorgan_tf import text
@@ -52,6 +55,7 @@ def tokenize(captions: list[str], vocab_path: str, words_num: int):
     tokenizer = text.Tokenizer(vocab_path, drop_unknown=True)
     ragged = tokenizer(tf.constant(captions)).to_list()
     ignored = [[w.decode() for w in row] for row in tokenizer.unknown_words(tf.constant(captions)).to_list()]
+    cut = [[w.decode() for w in row] for row in tokenizer.cut_words(tf.constant(captions), words_num).to_list()]
     empty = [c for c, ids in zip(captions, ragged) if not ids]
     if empty:
         raise SampleError("no word of these captions is in the vocabulary: " + "; ".join(repr(c) for c in empty))
@@ -63,7 +67,7 @@ def tokenize(captions: list[str], vocab_path: str, words_num: int):
         ids[i, : len(kept)] = kept
         lengths[i] = len(kept)
         words.append([tokenizer.words[w] for w in kept])
-    return ids, lengths, words, ignored
+    return ids, lengths, words, ignored, cut
 
 
 def attention_picture(image: np.ndarray, maps: list[np.ndarray], words: list[str]) -> np.ndarray:
@@ -111,10 +115,14 @@ def sample(run_dir: str, captions: list[str], out: str, num: int = 8, seed: int 
     if not captions:
         raise SampleError("give --caption or --captions-file")
     generator = TrainedGenerator(run_dir)
-    ids, lengths, words, ignored = tokenize(captions, generator.vocab_path, generator.cfg.data.words_num)
-    for caption, unknown in zip(captions, ignored):
+    words_num = generator.cfg.data.words_num
+    ids, lengths, words, ignored, cut = tokenize(captions, generator.vocab_path, words_num)
+    for caption, unknown, beyond in zip(captions, ignored, cut):
         if unknown:  # dropped as the original does, but not silently
             print(f"ignored as unknown in {caption!r}: {' '.join(unknown)}", file=sys.stderr)
+        if beyond:
+            print(f"cut by the length limit (data.words_num {words_num}) in {caption!r}: {' '.join(beyond)}",
+                  file=sys.stderr)
     import tensorflow as tf
 
     tf.io.gfile.makedirs(out)
