@@ -177,13 +177,16 @@ class Tokenizer(tf.Module):
         fits in `words_num` known words."""
         return tf.strings.reduce_join(self.cut_words(captions, words_num), axis=-1, separator=" ")
 
-    def no_known_word_message(self, captions: tf.Tensor) -> tf.Tensor:
+    def no_known_word_message(self, captions: tf.Tensor, lengths: tf.Tensor | None = None) -> tf.Tensor:
         """tf.string [N] -> tf.string scalar: "" when every caption keeps a word, else the
         elements that keep none, by index with their text quoted, e.g.
         `no word of these captions is in the vocabulary: element 1 ""; element 3 "zebra"`.
-        For a graph's `tf.debugging.Assert`, whose message is all a TF Serving client sees."""
+        For a graph's `tf.debugging.Assert`, whose message is all a TF Serving client sees.
+        `lengths`: the captions' numbers of known words ([N], any int dtype) when the caller
+        has tokenized them already; otherwise they are computed here."""
         captions = tf.convert_to_tensor(captions, tf.string)
-        lengths = self(captions).row_lengths()
+        if lengths is None:
+            lengths = self(captions).row_lengths()
         bad = tf.where(tf.equal(lengths, 0))[:, 0]
         listed = tf.strings.join(["element ", tf.strings.as_string(bad), ' "', tf.gather(captions, bad), '"'])
         return tf.cond(tf.size(bad) > 0,

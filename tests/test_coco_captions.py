@@ -354,19 +354,14 @@ def test_own_captions_row_naming_no_image_is_listed_under_skip(tmp_path):
     assert manifest["splits"]["train"]["examples"] == 1
 
 
-def test_cli_names_the_null_caption_and_lists_it_under_skip(tmp_path):
-    import subprocess
-    import sys
-
-    from tests.conftest import REPO
+def test_cli_names_the_null_caption_and_lists_it_under_skip(tmp_path, capsys):
+    from pipelines.prepare import main
 
     root = _coco(tmp_path / "coco", per_image=(5, 5))
     path = _break_annotation(root, _set(0, "caption", None))
-    cmd = [sys.executable, "-m", "pipelines.prepare", "--dataset", "coco", "--source", str(root), "--workers", "1"]
-    r = subprocess.run(cmd + ["--out", str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert f"error: {path}: annotation id 99 (image id 1, COCO_train2014_000000000000.jpg): 'caption' is null" in r.stderr
-    r = subprocess.run(cmd + ["--out", str(tmp_path / "out"), "--on-error", "skip"], cwd=REPO,
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert f"skipped train2014/COCO_train2014_000000000000: {path}: annotation id 99" in r.stdout
+    args = ["--dataset", "coco", "--source", str(root), "--workers", "1", "--out", str(tmp_path / "out")]
+    assert main(args) == 2  # run_cli: `error: ...`, no traceback
+    assert capsys.readouterr().err == (f"error: {path}: annotation id 99 (image id 1, "
+                                       "COCO_train2014_000000000000.jpg): 'caption' is null, expected a string\n")
+    assert main(args + ["--on-error", "skip"]) == 0
+    assert f"skipped train2014/COCO_train2014_000000000000: {path}: annotation id 99" in capsys.readouterr().out

@@ -45,7 +45,7 @@ class CaptionWords:
         their text quoted (the Assert's data is the whole message a TF Serving client gets)."""
         ids = self.tokenizer(captions)
         lengths = tf.cast(ids.row_lengths(), tf.int32)
-        problem = self.tokenizer.no_known_word_message(captions)
+        problem = self.tokenizer.no_known_word_message(captions, lengths)
         check = tf.debugging.Assert(tf.equal(problem, ""), [problem])
         with tf.control_dependencies([check]):
             lengths = tf.minimum(lengths, self.words_num)
