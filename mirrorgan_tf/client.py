@@ -6,7 +6,8 @@ them as PNG files (index and caption in the name), printing their paths. It uses
 of tensorflow-serving-api, so it works the same against our server and the stock
 tensorflow_model_server. With `--signature generate` the noise comes from --seed (its size from
 the model's metadata), so the same command gives the same images. The words the model ignored
-as unknown (its `ignored_words` output) are printed on stderr, per caption.
+as unknown (its `ignored_words` output) and the known words its length limit cut (`cut_words`)
+are printed on stderr, per caption.
 """
 
 from __future__ import annotations
@@ -116,19 +117,32 @@ def images_of(outputs: dict, server: str, count: int):
     return images
 
 
-def ignored_words(outputs: dict, server: str, count: int):
-    """Per caption, the list of its words the model ignored as unknown (the `ignored_words`
-    output: one string per caption, words joined by spaces), or None when the model has no such
-    output (an export made before it existed). Raises ClientError when it is not `count` strings."""
+def word_lists(outputs: dict, name: str, server: str, count: int):
+    """Per caption, the list of words in the string output `name` (one string per caption, words
+    joined by spaces), or None when the model has no such output (an export made before it
+    existed). Raises ClientError when it is not `count` strings."""
     import numpy as np
 
-    if "ignored_words" not in outputs:
+    if name not in outputs:
         return None
-    value = np.asarray(outputs["ignored_words"])
+    value = np.asarray(outputs[name])
     if value.shape != (count,) or value.dtype != object:
-        raise ClientError(f"the answer of {server} has 'ignored_words' of {value.dtype} {list(value.shape)}, "
+        raise ClientError(f"the answer of {server} has '{name}' of {value.dtype} {list(value.shape)}, "
                           f"not {count} strings")
     return [(v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)).split() for v in value]
+
+
+def ignored_words(outputs: dict, server: str, count: int):
+    """Per caption, the list of its words the model ignored as unknown (the `ignored_words`
+    output), or None when the model does not report them; see `word_lists`."""
+    return word_lists(outputs, "ignored_words", server, count)
+
+
+def cut_words(outputs: dict, server: str, count: int):
+    """Per caption, the list of its known words the model cut by its length limit (the
+    `cut_words` output: the words past data.words_num), or None when the model does not report
+    them; see `word_lists`."""
+    return word_lists(outputs, "cut_words", server, count)
 
 
 def generate(server: str, captions: list[str], model_name: str = "mirrorgan", signature: str = "serving_default",
@@ -157,6 +171,7 @@ def main(argv=None) -> int:
         outputs, version = predict(a.server, a.caption, a.model_name, a.signature, a.seed, a.timeout)
         images = images_of(outputs, a.server, len(a.caption))
         ignored = ignored_words(outputs, a.server, len(a.caption))
+        cut = cut_words(outputs, a.server, len(a.caption))
         from PIL import Image
 
         os.makedirs(a.out, exist_ok=True)
@@ -166,6 +181,8 @@ def main(argv=None) -> int:
             print(path)
             if ignored and ignored[i]:  # the server dropped them, as the original does: say which
                 print(f"ignored as unknown in {caption!r}: {' '.join(ignored[i])}", file=sys.stderr)
+            if cut and cut[i]:
+                print(f"cut by the length limit in {caption!r}: {' '.join(cut[i])}", file=sys.stderr)
         print(f"{len(images)} image(s) from {a.server}, model '{a.model_name}' version {version}", file=sys.stderr)
         return 0
 

@@ -7,7 +7,8 @@ A web page to try the model: type a caption, get pictures. Gradio is an optional
   --run-dir R            a run directory: the EMA generator of its latest gan checkpoint, as
                          `sample` uses it. The page shows the samples at every generator stage
                          (the picture `sample` writes), the final images, the word-attention
-                         picture of the first sample and the words ignored as unknown. Same
+                         picture of the first sample, the words ignored as unknown and
+                         those cut by the length limit (data.words_num). Same
                          caption, number and seed: the same pictures as `sample`.
   --model-base-path E    a SavedModel export (`python -m mirrorgan_tf.export`; the highest
                          numeric version under E, or E itself when it is a version folder).
@@ -63,13 +64,15 @@ class Result:
     also `stages` (uint8 [stages * S, N * S, 3]: a row per generator stage, each upscaled to the
     final size S, exactly the picture `sample` writes), `attention` (uint8, the first sample's word
     attention as `sample` draws it; None for a one-stage generator) and `kept` (the words the
-    generator read). `ignored`: the words dropped as unknown, None when the source cannot say."""
+    generator read). `ignored`: the words dropped as unknown; `cut`: the known words past
+    data.words_num, cut by the length limit; each None when the source cannot say."""
 
     images: np.ndarray
     stages: Optional[np.ndarray] = None
     attention: Optional[np.ndarray] = None
     kept: Optional[list] = None
     ignored: Optional[list] = None
+    cut: Optional[list] = None
     notes: list = field(default_factory=list)
 
 
@@ -110,7 +113,7 @@ class RunSource:
 
         ignored = self.tokenizer.ignored_words(tf.constant([caption])).numpy()[0].decode().split()
         try:
-            ids, lengths, words, _ = tokenize([caption], self.generator.vocab_path, self.cfg.data.words_num)
+            ids, lengths, words, _, cut = tokenize([caption], self.generator.vocab_path, self.cfg.data.words_num)
         except SampleError:
             raise _no_known_word(caption, ignored) from None
         # Sample i of the first caption is what `sample` draws as sample i: same (seed, index) noise.
@@ -128,7 +131,7 @@ class RunSource:
         known = int(self.tokenizer(tf.constant([caption])).row_lengths().numpy()[0])
         if known > len(words[0]):  # as everywhere at inference, an over-long caption keeps its first words
             notes.append(f"only the first {len(words[0])} of its {known} known words are read")
-        return Result(images, grid, attention, words[0], ignored, notes)
+        return Result(images, grid, attention, words[0], ignored, cut[0], notes)
 
 
 class SavedModelSource:
@@ -169,7 +172,8 @@ class SavedModelSource:
             raise DemoError(f"the model refused the caption: {_tf_error_text(e)}") from None
         outputs = {name: value.numpy() for name, value in out.items()}
         ignored = client.ignored_words(outputs, self.path, num)
-        return Result(client.images_of(outputs, self.path, num), ignored=ignored and ignored[0])
+        cut = client.cut_words(outputs, self.path, num)
+        return Result(client.images_of(outputs, self.path, num), ignored=ignored and ignored[0], cut=cut and cut[0])
 
 
 def saved_model_version(path: str) -> str:
@@ -213,9 +217,10 @@ class ServerSource:
                                               self.timeout, noise=lambda n, size: sample_noise(np.arange(n), seed, size).numpy())
             images = client.images_of(outputs, self.server, num)
             ignored = client.ignored_words(outputs, self.server, num)
+            cut = client.cut_words(outputs, self.server, num)
         except client.ClientError as e:
             raise DemoError(str(e)) from None
-        return Result(images, ignored=ignored and ignored[0], notes=[f"model version {version}"])
+        return Result(images, ignored=ignored and ignored[0], cut=cut and cut[0], notes=[f"model version {version}"])
 
 
 def test_captions(cfg, count: int = NUM_EXAMPLES) -> list[str]:
@@ -305,6 +310,8 @@ def words_text(result: Optional[Result]) -> str:
         lines.append("**Ignored as unknown:** (this model does not report them)")
     else:
         lines.append("**Ignored as unknown:** " + (" ".join(result.ignored) if result.ignored else "none"))
+    if result.cut:  # only when there are some: most captions fit
+        lines.append("**Cut by the length limit:** " + " ".join(result.cut))
     return "  \n".join(lines)
 
 

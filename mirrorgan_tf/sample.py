@@ -14,8 +14,8 @@ write-then-rename) as soon as its samples exist, so memory does not grow with --
 sample k of caption NNN is a pure function of (seed, NNN * num + k): same seed, same pictures,
 whatever --batch-size and --columns.
 Captions go through the project's tokenizer (unknown words dropped, cut to data.words_num); the
-words ignored as unknown are printed on stderr, per caption; a caption with no known word is an
-error that names it.
+words ignored as unknown, and the known words past data.words_num that the length limit cuts, are
+printed on stderr, per caption; a caption with no known word is an error that names it.
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ def read_captions(captions, captions_file) -> list[str]:
 def tokenize(captions: list[str], vocab_path: str, words_num: int):
     """-> ids int32 [N, words_num], lengths [N], the kept words of each caption (its first
     `words_num` known words), the words of each caption ignored as unknown (dropped, as the
-    original code drops them). Raises SampleError naming every caption with no known word."""
+    original code drops them), and its known words past the first `words_num` (cut). All are
+    lists of word strings per caption, as the tokenizer normalises them. Raises SampleError
+    naming every caption with no known word."""
     import tensorflow as tf
 
     from mirrorgan_tf import text
@@ -63,9 +65,11 @@ def tokenize(captions: list[str], vocab_path: str, words_num: int):
     tokenizer = text.Tokenizer(vocab_path, drop_unknown=True)
     ragged = tokenizer(tf.constant(captions)).to_list()
     ignored = [[w.decode() for w in row] for row in tokenizer.unknown_words(tf.constant(captions)).to_list()]
-    empty = [c for c, ids in zip(captions, ragged) if not ids]
-    if empty:
-        raise SampleError("no word of these captions is in the vocabulary: " + "; ".join(repr(c) for c in empty))
+    cut = [[w.decode() for w in row] for row in tokenizer.cut_words(tf.constant(captions), words_num).to_list()]
+    empty = [(i, c) for i, (c, ids) in enumerate(zip(captions, ragged)) if not ids]
+    if empty:  # numbered as the server numbers batch elements, from 0 in the order given
+        raise SampleError("no word of these captions is in the vocabulary: "
+                          + "; ".join(f"caption {i} {c!r}" for i, c in empty))
     ids = np.zeros((len(captions), words_num), np.int32)
     lengths = np.zeros(len(captions), np.int32)
     words = []
@@ -74,7 +78,7 @@ def tokenize(captions: list[str], vocab_path: str, words_num: int):
         ids[i, : len(kept)] = kept
         lengths[i] = len(kept)
         words.append([tokenizer.words[w] for w in kept])
-    return ids, lengths, words, ignored
+    return ids, lengths, words, ignored, cut
 
 
 def attention_picture(image: np.ndarray, maps: list[np.ndarray], words: list[str]) -> np.ndarray:
@@ -139,10 +143,14 @@ def sample(run_dir: str, captions: list[str], out: str, num: int = 8, seed: int 
     if not captions:
         raise SampleError("give --caption or --captions-file")
     generator = TrainedGenerator(run_dir)
-    ids, lengths, words, ignored = tokenize(captions, generator.vocab_path, generator.cfg.data.words_num)
-    for caption, unknown in zip(captions, ignored):
+    words_num = generator.cfg.data.words_num
+    ids, lengths, words, ignored, cut = tokenize(captions, generator.vocab_path, words_num)
+    for caption, unknown, beyond in zip(captions, ignored, cut):
         if unknown:  # dropped as the original does, but not silently
             print(f"ignored as unknown in {caption!r}: {' '.join(unknown)}", file=sys.stderr)
+        if beyond:
+            print(f"cut by the length limit (data.words_num {words_num}) in {caption!r}: {' '.join(beyond)}",
+                  file=sys.stderr)
     import tensorflow as tf
 
     tf.io.gfile.makedirs(out)

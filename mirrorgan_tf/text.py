@@ -163,6 +163,37 @@ class Tokenizer(tf.Module):
         "a racoon detective with a microscope" -> "racoon detective with microscope"."""
         return tf.strings.reduce_join(self.unknown_words(captions), axis=-1, separator=" ")
 
+    def cut_words(self, captions: tf.Tensor, words_num: int) -> tf.RaggedTensor:
+        """tf.string [N] -> ragged tf.string [N, (words)]: each caption's known words past the
+        first `words_num` known ones (normalised, in caption order), i.e. the words that `fit_caption`
+        cuts at inference (`data.words_num`). Unknown words are not counted: they are dropped
+        before the cut (see `unknown_words`). TensorFlow ops only, so the serving graph runs it too."""
+        words = split_words(captions)
+        known = tf.ragged.map_flat_values(lambda w: tf.not_equal(self.table.lookup(w), _MISSING), words)
+        return tf.ragged.boolean_mask(words, known)[:, words_num:]
+
+    def cut_text(self, captions: tf.Tensor, words_num: int) -> tf.Tensor:
+        """tf.string [N] -> tf.string [N]: `cut_words` joined by single spaces; "" when a caption
+        fits in `words_num` known words."""
+        return tf.strings.reduce_join(self.cut_words(captions, words_num), axis=-1, separator=" ")
+
+    def no_known_word_message(self, captions: tf.Tensor, lengths: tf.Tensor | None = None) -> tf.Tensor:
+        """tf.string [N] -> tf.string scalar: "" when every caption keeps a word, else the
+        elements that keep none, by index with their text quoted, e.g.
+        `no word of these captions is in the vocabulary: element 1 ""; element 3 "zebra"`.
+        For a graph's `tf.debugging.Assert`, whose message is all a TF Serving client sees.
+        `lengths`: the captions' numbers of known words ([N], any int dtype) when the caller
+        has tokenized them already; otherwise they are computed here."""
+        captions = tf.convert_to_tensor(captions, tf.string)
+        if lengths is None:
+            lengths = self(captions).row_lengths()
+        bad = tf.where(tf.equal(lengths, 0))[:, 0]
+        listed = tf.strings.join(["element ", tf.strings.as_string(bad), ' "', tf.gather(captions, bad), '"'])
+        return tf.cond(tf.size(bad) > 0,
+                       lambda: tf.strings.join(["no word of these captions is in the vocabulary: ",
+                                                tf.strings.reduce_join(listed, separator="; ")]),
+                       lambda: tf.constant(""))
+
     def decode(self, ids: Iterable[int]) -> str:
         """Word ids -> text, stopping at the first END_ID (for inspecting captions)."""
         out = []

@@ -23,7 +23,8 @@ import json
 import posixpath
 
 from pipelines import images
-from pipelines.source import DatasetError, NO_CLASS, Problems, RawExample, Source, decode_text, exists, join
+from pipelines.source import (DatasetError, NO_CLASS, Problems, RawExample, Source, decode_text, exists, join,
+                              json_kind)
 
 NAMES = ("captions.jsonl", "captions.csv")
 SPLITS = ("train", "test")
@@ -78,43 +79,68 @@ def _in_test(image: str, fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
+def _row_problem(row: dict) -> str | None:
+    """What is wrong with a row's caption, split or label fields (None: nothing)."""
+    if "captions" in row:
+        caps = row["captions"]
+        if not isinstance(caps, list) or not caps or not all(isinstance(c, str) for c in caps):
+            return f"'captions' must be a non-empty list of strings, got {json_kind(caps)}"
+    elif "caption" not in row:
+        return "missing 'caption' (a string) or 'captions' (a list)"
+    elif not isinstance(row["caption"], str):
+        return f"'caption' is {json_kind(row['caption'])}, expected a string"
+    split = row.get("split") or None
+    if split is not None and split not in SPLITS:
+        return f"'split' must be one of {SPLITS}, got {json_kind(split)}"
+    label = row.get("label")
+    if label not in (None, ""):
+        try:
+            int(label)
+        except (TypeError, ValueError):
+            return f"'label' must be an integer, got {json_kind(label)}"
+    return None
+
+
 def read(source: str, problems: Problems, test_fraction: float = 0.1,
          background=images.DEFAULT_BACKGROUND) -> Source:
     """Read and check a captions file. Rows naming the same image (after `normalise_image_path`)
     are one image with all their captions. An image given both splits is reported (skip mode:
-    kept in train only, and listed). Raises DatasetError for a malformed file."""
+    kept in train only, and listed); so is a row whose fields are malformed (a caption that is
+    null or not a string, a bad split or label: skip mode leaves that image out and lists it; a
+    row naming no image is left out). Raises DatasetError for a file that cannot be read as rows."""
     path = _find_file(source)
     base = path.rsplit("/", 1)[0] if "/" in path else "."
     grouped: dict[str, dict] = {}
+    bad: set[str] = set()  # images with a malformed row: reported once, left out
     for where, row in _rows(path):
         image = row.get("image")
         if not isinstance(image, str) or not image.strip():
-            raise DatasetError(f"{where}: missing 'image' field")
+            what = "missing 'image' field" if image is None and "image" not in row else \
+                f"'image' is {json_kind(image)}, expected a path"
+            problems.report(where, what, None)
+            continue
         image = normalise_image_path(image.strip())
-        if "captions" in row:
-            caps = row["captions"]
-            if not isinstance(caps, list) or not all(isinstance(c, str) for c in caps):
-                raise DatasetError(f"{where}: 'captions' must be a list of strings")
-        elif isinstance(row.get("caption"), str):
-            caps = [row["caption"]]
-        else:
-            raise DatasetError(f"{where}: missing 'caption' (a string) or 'captions' (a list)")
         entry = grouped.setdefault(image, {"captions": [], "origins": [], "split": None, "label": NO_CLASS,
                                            "split_at": {}})
+        if image in bad:
+            continue
+        problem = _row_problem(row)
+        if problem:
+            problems.report(where, problem, image)
+            bad.add(image)
+            continue
+        caps = row["captions"] if "captions" in row else [row["caption"]]
         entry["captions"] += [c.strip() for c in caps]
         entry["origins"] += [where] * len(caps)
         split = row.get("split") or None
         if split is not None:
-            if split not in SPLITS:
-                raise DatasetError(f"{where}: 'split' must be one of {SPLITS}, got {split!r}")
             entry["split_at"].setdefault(split, where)
             entry["split"] = entry["split"] or split
         label = row.get("label")
         if label not in (None, ""):
-            try:
-                entry["label"] = int(label)
-            except (TypeError, ValueError):
-                raise DatasetError(f"{where}: 'label' must be an integer, got {label!r}") from None
+            entry["label"] = int(label)
+    for image in bad:
+        grouped.pop(image)
 
     with_split = sum(1 for e in grouped.values() if e["split"])
     if 0 < with_split < len(grouped):

@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{a.out}: {splits}; vocabulary {manifest['vocab_size']} words; "
               f"{len(manifest['skipped'])} skipped; {time.time() - start:.1f} s")
         for s in manifest["skipped"]:
-            print(f"  skipped {s['key']}: {s['file']}: {s['problem']}")
+            print(f"  skipped {s['key'] or '(no image)'}: {s['file']}: {s['problem']}")
         return 0
 
     return run_cli(body)

@@ -61,6 +61,17 @@ class Problems:
         self.skipped.append({"key": key, "file": path, "problem": problem})
 
 
+def json_kind(value) -> str:
+    """A value read from JSON, for a message: None -> "null", 3 -> "the number 3", [1] -> "a list
+    [1]" (the value's repr cut to 40 characters)."""
+    if value is None:
+        return "null"
+    names = {bool: "a boolean", int: "the number", float: "the number", str: "the string", list: "a list",
+             dict: "an object"}
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    return f"{names.get(type(value), type(value).__name__)} {shown}"
+
+
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 

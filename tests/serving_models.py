@@ -43,6 +43,43 @@ class CaptionPainter(tf.Module):
         return self._paint(captions, tf.cast(tf.round(noise[:, 0]), tf.int32))
 
 
+class WordPainter(tf.Module):
+    """The export's caption handling (mirrorgan_tf.serving.export.CaptionWords: the project's
+    tokenizer with its vocabulary as an asset, the no-known-word assertion, `ignored_words` and
+    `cut_words`) over a painter: serving_default: captions string [None] -> images uint8
+    [None, 4, 4, 3], every pixel the number of word ids the caption keeps, and both word outputs."""
+
+    def __init__(self, vocab_path: str, words_num: int):
+        super().__init__()
+        from mirrorgan_tf import text
+        from mirrorgan_tf.serving.export import CaptionWords
+
+        self.tokenizer = text.Tokenizer(vocab_path, drop_unknown=True)  # tracked: the vocabulary ships
+        self._words = CaptionWords(self.tokenizer, words_num)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="captions")])
+    def serve(self, captions):
+        _, lengths = self._words.ids(captions)
+        images = tf.cast(tf.broadcast_to(lengths[:, None, None, None], [tf.shape(captions)[0], 4, 4, 3]), tf.uint8)
+        return {"images": images, **self._words.reports(captions)}
+
+
+WORDS = ["<end>", "<unk>", "a", "small", "red", "circle", "on", "the", "left", "top", "right", "of", "image",
+         "bottom", "square"]
+
+
+def save_word_painter(path: Path, words_num: int = 6) -> Path:
+    """A WordPainter SavedModel at path (a version folder), its vocabulary WORDS."""
+    from mirrorgan_tf import text
+
+    vocab = path.parent / f"{path.name}-vocab.txt"
+    text.write_vocabulary(WORDS, str(vocab))
+    module = WordPainter(str(vocab), words_num)
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    vocab.unlink()  # the SavedModel must carry its own copy
+    return path
+
+
 def save_painter(path: Path, size: int, echo: bool = False) -> Path:
     """A CaptionPainter SavedModel at path (a version folder)."""
     module = CaptionPainter(size, echo)

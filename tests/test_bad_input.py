@@ -60,6 +60,12 @@ def _wrong_line_count(root, name):
     return path, "expected 10 caption lines, found 9"
 
 
+def _empty_caption_file(root, name):
+    path = root / "text" / (name + ".txt")
+    path.write_bytes(b"")
+    return path, "expected 10 caption lines, found 0"
+
+
 def _not_utf8(root, name):
     path = root / "text" / (name + ".txt")
     data = path.read_bytes()
@@ -83,6 +89,7 @@ CASES = {
     "blank caption line": _blank_caption,
     "caption with no words": _punctuation_caption,
     "wrong number of lines": _wrong_line_count,
+    "empty caption file": _empty_caption_file,
     "bytes that are not UTF-8": _not_utf8,
     "split list names a file that does not exist": _unknown_split_entry,
 }

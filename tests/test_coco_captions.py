@@ -258,3 +258,110 @@ def test_background_option_reaches_the_stored_image(tmp_path):
         assert manifest["details"]["background"] == list(rgb)
     with pytest.raises(DatasetError, match="--background"):
         prepare("captions", str(tmp_path / "bad"), str(root), workers=1, background="nope")
+
+
+def _break_annotation(root, fix):
+    """Apply `fix(images, annotations)` to the train annotation file of `_coco`."""
+    path = root / "annotations" / "captions_train2014.json"
+    data = json.loads(path.read_text())
+    fix(data["images"], data["annotations"])
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _set(index, field, value, where="annotations"):
+    def fix(imgs, anns):
+        target = (anns if where == "annotations" else imgs)[index]
+        if value is KeyError:
+            del target[field]
+        else:
+            target[field] = value
+    return fix
+
+
+# (what is broken, message, the skipped key: None when the annotation names no listed image)
+BROKEN_COCO = {
+    "caption null": (_set(7, "caption", None), "annotation id 92 (image id 2, COCO_train2014_000000000001.jpg): "
+                     "'caption' is null, expected a string", "train2014/COCO_train2014_000000000001"),
+    "caption a number": (_set(0, "caption", 7), "annotation id 99 (image id 1, COCO_train2014_000000000000.jpg): "
+                         "'caption' is the number 7", "train2014/COCO_train2014_000000000000"),
+    "caption missing": (_set(0, "caption", KeyError), "annotation id 99 (image id 1, "
+                        "COCO_train2014_000000000000.jpg): 'caption' is null", "train2014/COCO_train2014_000000000000"),
+    "annotation id missing": (_set(0, "id", KeyError), "annotations[0] (image id 1, COCO_train2014_000000000000.jpg): "
+                              "'id' is null, expected an integer", "train2014/COCO_train2014_000000000000"),
+    "image_id missing": (_set(0, "image_id", KeyError), "annotation id 99: 'image_id' is null, expected an integer",
+                         None),
+    "image_id unknown": (_set(0, "image_id", 42), "annotation id 99: image id 42 is not in the 'images' list", None),
+    "file_name missing": (_set(1, "file_name", KeyError, "images"), "images[1] (image id 2): 'file_name' is null",
+                          "train2014/image id 2"),
+    "image id a string": (_set(0, "id", "1", "images"), "images[0] ('COCO_train2014_000000000000.jpg'): 'id' is the string "
+                          "'1', expected an integer", "train2014/COCO_train2014_000000000000"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_COCO)
+def test_malformed_coco_annotations_name_the_file_and_annotation(tmp_path, case):
+    fix, message, key = BROKEN_COCO[case]
+    root = _coco(tmp_path / "coco", per_image=(6, 6))
+    path = _break_annotation(root, fix)
+    with pytest.raises(DatasetError) as e:
+        prepare("coco", str(tmp_path / "out"), str(root), workers=1)
+    assert str(e.value).startswith(f"{path}: ") and message in str(e.value)
+    assert not (tmp_path / "out").exists()
+    manifest = prepare("coco", str(tmp_path / "out"), str(root), workers=1, on_error="skip")
+    assert [(s["key"], s["file"]) for s in manifest["skipped"]] == [(key, str(path))]
+    assert message in manifest["skipped"][0]["problem"]
+    # the other image (or both, when the annotation named none: the image keeps five captions)
+    assert manifest["splits"]["train"]["examples"] == (2 if key is None else 1)
+
+
+def test_an_empty_coco_caption_is_named_by_its_annotation_id(tmp_path):
+    root = _coco(tmp_path / "coco")
+    path = _break_annotation(root, _set(0, "caption", "  "))
+    with pytest.raises(DatasetError, match=rf"{path} \(image id 1, annotation id 99\): empty caption"):
+        prepare("coco", str(tmp_path / "out"), str(root), workers=1)
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"image": "x.png", "caption": None}, "'caption' is null, expected a string"),
+    ({"image": "x.png", "caption": ["a", "b"]}, "'caption' is a list ['a', 'b'], expected a string"),
+    ({"image": "x.png", "captions": []}, "'captions' must be a non-empty list of strings"),
+    ({"image": "x.png", "captions": ["fine", None]}, "'captions' must be a non-empty list of strings"),
+    ({"image": "x.png", "caption": "a red card", "label": "three"}, "'label' must be an integer"),
+])
+def test_own_captions_malformed_fields_skip_the_image(tmp_path, row, message):
+    rows = [{"image": "y.png", "caption": "a red card", "split": "train"},
+            {"image": "x.png", "caption": "a blue card", "split": "train"},
+            {**row, "split": "train"},
+            {"image": "t.png", "caption": "a card", "split": "test"}]
+    root = _own(tmp_path / "mine", rows, ["x.png", "y.png", "t.png"])
+    with pytest.raises(DatasetError) as e:
+        prepare("captions", str(tmp_path / "out"), str(root), workers=1)
+    assert f"captions.jsonl:3: {message}" in str(e.value)
+    manifest = prepare("captions", str(tmp_path / "out"), str(root), workers=1, on_error="skip")
+    assert [(s["key"], s["file"].rsplit("/", 1)[1]) for s in manifest["skipped"]] == [("x.png", "captions.jsonl:3")]
+    assert [e["key"].numpy().decode() for e in _examples(tmp_path / "out", "train")] == ["y.png"]
+
+
+def test_own_captions_row_naming_no_image_is_listed_under_skip(tmp_path):
+    rows = [{"image": "y.png", "caption": "a red card", "split": "train"}, {"image": None, "caption": "lost"},
+            {"image": "t.png", "caption": "a card", "split": "test"}]
+    root = _own(tmp_path / "mine", rows, ["y.png", "t.png"])
+    with pytest.raises(DatasetError, match="captions.jsonl:2: 'image' is null, expected a path"):
+        prepare("captions", str(tmp_path / "out"), str(root), workers=1)
+    manifest = prepare("captions", str(tmp_path / "out"), str(root), workers=1, on_error="skip")
+    assert [(s["key"], s["file"].rsplit("/", 1)[1]) for s in manifest["skipped"]] == [(None, "captions.jsonl:2")]
+    assert manifest["splits"]["train"]["examples"] == 1
+
+
+def test_cli_names_the_null_caption_and_lists_it_under_skip(tmp_path, capsys):
+    from pipelines.prepare import main
+
+    root = _coco(tmp_path / "coco", per_image=(5, 5))
+    path = _break_annotation(root, _set(0, "caption", None))
+    args = ["--dataset", "coco", "--source", str(root), "--workers", "1", "--out", str(tmp_path / "out")]
+    assert main(args) == 2  # run_cli: `error: ...`, no traceback
+    assert capsys.readouterr().err == (f"error: {path}: annotation id 99 (image id 1, "
+                                       "COCO_train2014_000000000000.jpg): 'caption' is null, expected a string\n")
+    assert main(args + ["--on-error", "skip"]) == 0
+    assert f"skipped train2014/COCO_train2014_000000000000: {path}: annotation id 99" in capsys.readouterr().out

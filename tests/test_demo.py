@@ -61,6 +61,9 @@ def test_the_three_sources_draw_the_same_deterministic_pictures(run_source, save
     np.testing.assert_array_equal(from_export.images, from_server.images)
     assert from_server.notes == ["model version 1"]
     assert from_run.ignored == from_export.ignored == from_server.ignored == ["racoon"]  # the export reports them
+    long = "a huge blue block at the top " * 3  # 21 known words, 16 read
+    assert (run_source.generate(long, 1, 0, True).cut == saved_model_source.generate(long, 1, 0, True).cut
+            == demo.ServerSource(model_server).generate(long, 1, 0, True).cut == ["blue", "block", "at", "the", "top"])
     # Different samples draw different noise; another seed, other pictures.
     assert not np.array_equal(from_export.images[0], from_export.images[1])
     other = saved_model_source.generate(CAPTION, 3, 8, deterministic=True)
@@ -78,6 +81,15 @@ def test_run_source_shows_every_stage_the_attention_and_the_words(run_source):
     assert result.ignored == ["racoon"] and result.notes == []
     long = run_source.generate("a huge blue block at the top " * 3, 1, 0, deterministic=False)  # 21 known words
     assert long.notes == ["only the first 16 of its 21 known words are read"] and len(long.kept) == 16
+    assert long.cut == ["blue", "block", "at", "the", "top"] and result.cut == []
+
+
+def test_the_words_panel_lists_cut_words_only_when_there_are_some():
+    image = np.zeros((1, 2, 2, 3), np.uint8)
+    fits = demo.Result(image, kept=["a", "red", "circle"], ignored=["racoon"], cut=[])
+    assert demo.words_text(fits) == "**Words read:** a red circle  \n**Ignored as unknown:** racoon"
+    long = demo.Result(image, ignored=[], cut=["the", "bottom"])
+    assert demo.words_text(long) == "**Ignored as unknown:** none  \n**Cut by the length limit:** the bottom"
 
 
 def test_without_deterministic_a_savedmodel_draws_fresh_noise(saved_model_source):

@@ -331,6 +331,17 @@ def test_sample_says_which_words_it_ignored_as_unknown(trained_run, tmp_path, ca
                                 "ignored as unknown in 'Racoon: a red circle, racoon': racoon racoon"]
 
 
+def test_sample_says_which_words_the_length_limit_cut(trained_run, tmp_path, capsys):
+    from mirrorgan_tf.sample import main
+
+    # 18 known words; the smoke config's data.words_num is 16
+    caption = "a small red circle on the left a huge blue block at the top a small red circle"
+    assert main(["--run-dir", str(trained_run[0]), "--num", "1", "--out", str(tmp_path), "--caption", caption]) == 0
+    _, err = capsys.readouterr()
+    assert [line for line in err.splitlines() if line.startswith(("cut", "ignored"))] == [
+        f"cut by the length limit (data.words_num 16) in {caption!r}: red circle"]
+
+
 def test_sample_bad_input(trained_run, tmp_path, capsys):
     from mirrorgan_tf.sample import main
 

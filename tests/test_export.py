@@ -28,6 +28,8 @@ LOADER = textwrap.dedent("""
     ignored = [m.signatures["serving_default"](captions=tf.constant(["a racoon detective with a microscope",
                                                                      "a huge blue block at the top"]))["ignored_words"],
                gen(captions=tf.constant(["a Racoon-red circle, racoon!"]), noise=noise[:1])["ignored_words"]]
+    cut = m.signatures["serving_default"](captions=tf.constant(["a small red circle on the left a huge blue block "
+                                                                "at the top a small red circle", "a red circle"]))
     try:
         m.signatures["serving_default"](captions=tf.constant(["a red circle", "zzz qqq"]))
         error = None
@@ -37,7 +39,8 @@ LOADER = textwrap.dedent("""
                       "deterministic": bool((a == b).all()), "noise_matters": bool((a != c).any()),
                       "fresh_noise": bool((s1 != s2).any()), "long_shape": list(long.shape), "error": error,
                       "ignored": [[w.decode() for w in t.numpy().tolist()] for t in ignored],
-                      "ignored_dtypes": [t.dtype.name for t in ignored]}))
+                      "ignored_dtypes": [t.dtype.name for t in ignored],
+                      "cut": [w.decode() for w in cut["cut_words"].numpy().tolist()]}))
 """)
 
 
@@ -55,7 +58,9 @@ def test_export_loads_and_runs_without_the_project(trained_run, tmp_path):
     assert out["signatures"] == ["generate", "serving_default"]
     assert out["shape"] == [2, 64, 64, 3] and out["dtype"] == "uint8" and out["long_shape"] == [1, 64, 64, 3]
     assert out["deterministic"] and out["noise_matters"] and out["fresh_noise"]
-    assert "no word in the vocabulary" in out["error"] and "zzz qqq" in out["error"]
+    # what the stock model server answers: the element's index and its text (the Assert op escapes quotes)
+    assert 'assertion failed: [no word of these captions is in the vocabulary: element 1 \\"zzz qqq\\"]' in out["error"]
+    assert out["cut"] == ["red circle", ""]  # the known words past data.words_num (16)
     # Unknown words are still dropped, and each signature says which (normalised, in caption order)
     assert out["ignored"] == [["racoon detective with microscope", ""], ["racoon racoon"]]  # no "with" in shapes
     assert out["ignored_dtypes"] == ["string", "string"]
@@ -69,7 +74,7 @@ def test_saved_model_cli_lists_both_signatures(trained_run):
     assert r.returncode == 0, r.stderr[-2000:]
     for text in ("signature_def['serving_default']", "signature_def['generate']", "inputs['captions']",
                  "inputs['noise']", "outputs['images']", "dtype: DT_UINT8", "dtype: DT_STRING",
-                 "outputs['ignored_words']"):
+                 "outputs['ignored_words']", "outputs['cut_words']"):
         assert text in r.stdout
 
 

@@ -14,6 +14,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 CAPTIONS = ["a racoon detective with a huge blue block", "a small red circle", "Racoon: a red circle, racoon"]
 IGNORED = ["racoon detective with", "", "racoon racoon"]  # normalised, in caption order; no "with" in shapes
+LONG = "a small red circle on the left a huge blue block at the top a small red circle"
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -43,7 +44,7 @@ def test_grpc_answers_ignored_words_for_both_signatures(server):
             if noise is not None:
                 request.inputs["noise"].CopyFrom(tf.make_tensor_proto(noise))
             response = stub.Predict(request, timeout=60)
-            assert sorted(response.outputs) == ["ignored_words", "images"]
+            assert sorted(response.outputs) == ["cut_words", "ignored_words", "images"]
             assert [w.decode() for w in tf.make_ndarray(response.outputs["ignored_words"])] == IGNORED
             assert tf.make_ndarray(response.outputs["images"]).shape == (3, 64, 64, 3)
 
@@ -74,6 +75,18 @@ def test_the_client_prints_the_ignored_words(server, tmp_path, capsys):
     assert [line for line in err.splitlines() if line.startswith("ignored")] == [
         "ignored as unknown in 'a racoon detective with a huge blue block': racoon detective with",
         "ignored as unknown in 'Racoon: a red circle, racoon': racoon racoon"]
+    assert not [line for line in err.splitlines() if line.startswith("cut")]  # every caption fits
+
+
+def test_the_client_prints_the_words_cut_by_the_length_limit(server, tmp_path, capsys):
+    from mirrorgan_tf import client
+
+    # 18 known words; the smoke config's data.words_num is 16
+    args = ["--server", f"127.0.0.1:{server.grpc_port}", "--out", str(tmp_path), "--caption", LONG]
+    assert client.main(args) == 0
+    _, err = capsys.readouterr()
+    assert [line for line in err.splitlines() if line.startswith(("cut", "ignored"))] == [
+        f"cut by the length limit in {LONG!r}: red circle"]
 
 
 def test_the_client_reads_answers_with_and_without_the_output():

@@ -77,7 +77,7 @@ def test_preparing_the_data_again_moves_no_word_id_under_a_trained_run(run64, ch
 
     run = runs.load_run(str(run_dir))
     assert _words(run.vocab_path) == trained_words
-    ids, _, words, _ = sample.tokenize(["a small red circle on the left"], run.vocab_path, 16)
+    ids, _, words, _, _ = sample.tokenize(["a small red circle on the left"], run.vocab_path, 16)
     assert words[0] == ["a", "small", "red", "circle", "on", "the", "left"]
     assert list(ids[0][:7]) == [trained_words.index(w) for w in words[0]]
     version = export(str(run_dir), str(tmp_path / "export"))

@@ -153,11 +153,13 @@ def test_generate_is_deterministic_for_fixed_noise_and_rest_returns_the_same_pix
                         {"signature_name": "generate", "inputs": {"captions": CAPTIONS[:2], "noise": noise.tolist()}})
     assert status == 200 and np.array_equal(np.array(body["outputs"]["images"], np.uint8), a)
     assert body["outputs"]["ignored_words"] == ["", ""]  # every word of CAPTIONS is known
+    assert body["outputs"]["cut_words"] == ["", ""]  # and none is past data.words_num
     status, body = rest(server, "POST", "/v1/models/mirrorgan/versions/1:predict",
                         {"signature_name": "generate",
                          "instances": [{"captions": c, "noise": z} for c, z in zip(CAPTIONS[:2], noise.tolist())]})
     assert status == 200 and np.array_equal(np.array([p["images"] for p in body["predictions"]], np.uint8), a)
     assert [p["ignored_words"] for p in body["predictions"]] == ["", ""]
+    assert [p["cut_words"] for p in body["predictions"]] == ["", ""]
 
 
 def test_grpc_metadata_lists_both_signatures(server):
@@ -178,15 +180,16 @@ def test_grpc_metadata_lists_both_signatures(server):
                                                                         "noise": ("float32", [-1, Z_DIM])}
     for name in ("serving_default", "generate"):
         assert {k: spec(v) for k, v in defs[name].outputs.items()} == {"images": ("uint8", [-1, SIZE, SIZE, 3]),
-                                                                       "ignored_words": ("string", [-1])}
+                                                                       "ignored_words": ("string", [-1]),
+                                                                       "cut_words": ("string", [-1])}
         assert defs[name].method_name == "tensorflow/serving/predict"
 
 
 def test_rest_predict_row_and_columnar(server):
     status, body = rest(server, "POST", "/v1/models/mirrorgan:predict", {"instances": CAPTIONS[:2]})
-    # two outputs (images, ignored_words): one object per instance naming both, as TF Serving does
+    # three outputs (images, ignored_words, cut_words): one object per instance naming them, as TF Serving does
     assert status == 200 and set(body) == {"predictions"}
-    assert [set(p) for p in body["predictions"]] == [{"images", "ignored_words"}] * 2
+    assert [set(p) for p in body["predictions"]] == [{"images", "ignored_words", "cut_words"}] * 2
     rows = np.array([p["images"] for p in body["predictions"]])
     assert rows.shape == (2, SIZE, SIZE, 3) and rows.min() >= 0 and rows.max() <= 255
     assert all(isinstance(v, int) for v in body["predictions"][0]["images"][0][0])
@@ -244,7 +247,7 @@ GRPC_MALFORMED = {
     "unknown signature": (lambda: predict_request(["a red circle"], signature="nosuchsig"), INVALID,
                           ["'nosuchsig'", "generate, serving_default"]),
     "no known word": (lambda: predict_request(["a red circle", "zzz qqq"]), INVALID,
-                      ["no word in the vocabulary", "zzz qqq"]),
+                      ['no word of these captions is in the vocabulary: element 1 "zzz qqq"']),
     "noise of the wrong size": (lambda: predict_request(["a red circle"], np.zeros((1, 5), np.float32), "generate"),
                                 INVALID, ["'noise'", f"[?, {Z_DIM}]", "[1, 5]"]),
     "noise for another batch": (lambda: predict_request(["a red circle"], fixed_noise(2), "generate"), INVALID,
@@ -319,7 +322,8 @@ REST_MALFORMED = {
     "strings for noise": ("POST", PREDICT, {"signature_name": "generate",
                                             "inputs": {"captions": ["a red circle"], "noise": [["x"] * Z_DIM]}}, 400,
                           ["'noise'", "numbers"]),
-    "no known word": ("POST", PREDICT, {"instances": ["zzz qqq"]}, 400, ["zzz qqq"]),
+    "no known word": ("POST", PREDICT, {"instances": ["a red circle", ""]}, 400,
+                      ['no word of these captions is in the vocabulary: element 1 ""']),
     "lone surrogate": ("POST", PREDICT, b'{"instances": ["a red circle", "a red \\ud83d circle"]}', 400,
                        ["input 'captions' element 1", "lone UTF-16 surrogate U+D83D"]),
     "lone surrogate in columnar inputs": ("POST", PREDICT, b'{"inputs": {"captions": ["a", "\\udc00 red"]}}', 400,

@@ -304,3 +304,80 @@ def test_the_serve_command_refuses_flags_that_do_not_fit(painters, tmp_path):
     assert r.returncode == 2, r.stderr[-2000:]
     assert "--max-batch 32 and --max-message-mb 0.25 do not fit together" in r.stderr
     assert "serving model" not in r.stdout
+
+
+@pytest.fixture(scope="module")
+def word_painter(tmp_path_factory):
+    """A registry serving a WordPainter (the export's caption handling, data.words_num 8)."""
+    from tests.serving_models import save_word_painter
+
+    base = tmp_path_factory.mktemp("word-painter") / "painter"
+    base.mkdir()
+    save_word_painter(base / "1", words_num=8)
+    registry = ModelRegistry("painter", str(base), poll_seconds=3600)
+    registry.refresh()
+    return registry
+
+
+# the issue's caption: past 8 known words, "the top right of the image" and "the bottom" are cut
+LONG = "a small red circle on the left, not at the top right of the image: the bottom"
+WORD_CAPTIONS = [LONG, "a small red racoon", "a red square"]
+CUT = ["top right of the image the bottom", "", ""]
+IGNORED = ["not at", "racoon", ""]
+
+
+def grpc_predict(registry, captions):
+    from mirrorgan_tf.serving.grpc_service import PredictionServicer
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "painter"
+    request.inputs["captions"].CopyFrom(tf.make_tensor_proto(captions, dtype=tf.string))
+    servicer = PredictionServicer(Predictor(registry, max_batch=8, concurrency=1))
+    return {n: tf.make_ndarray(t) for n, t in servicer._predict(request).outputs.items()}
+
+
+def test_answers_carry_the_words_cut_by_the_length_limit(word_painter):
+    answer = grpc_predict(word_painter, WORD_CAPTIONS)
+    assert sorted(answer) == ["cut_words", "ignored_words", "images"]
+    assert [w.decode() for w in answer["cut_words"]] == CUT
+    assert [w.decode() for w in answer["ignored_words"]] == IGNORED
+    assert answer["images"][:, 0, 0, 0].tolist() == [8, 3, 3]  # the ids kept: at most words_num
+    api = RestApi(Predictor(word_painter, max_batch=8, concurrency=1), max_body=64 * KIB)
+    rows = post(api, {"instances": WORD_CAPTIONS})["predictions"]
+    assert [r["cut_words"] for r in rows] == CUT and [r["ignored_words"] for r in rows] == IGNORED
+    columns = post(api, {"inputs": {"captions": WORD_CAPTIONS}})["outputs"]
+    assert columns["cut_words"] == CUT and columns["ignored_words"] == IGNORED
+
+    from mirrorgan_tf import client
+
+    assert client.cut_words(answer, "s:1", 3) == [CUT[0].split(), [], []]
+    assert client.cut_words({"images": answer["images"]}, "s:1", 3) is None  # an export made before the output
+
+
+NO_WORD = ["a red circle", "", 'zebra "quokka"', "caf\u00e9 \\o/"]
+NO_WORD_MESSAGE = ('no word of these captions is in the vocabulary: element 1 ""; element 2 "zebra "quokka""; '
+                   'element 3 "caf\u00e9 \\o/"')
+
+
+def test_a_caption_with_no_known_word_is_named_by_index_and_text(word_painter):
+    with pytest.raises(ServingError) as error:
+        grpc_predict(word_painter, NO_WORD)
+    assert error.value.code == grpc.StatusCode.INVALID_ARGUMENT and error.value.message == NO_WORD_MESSAGE
+    api = RestApi(Predictor(word_painter, max_batch=8, concurrency=1), max_body=64 * KIB)
+    for body in ({"instances": NO_WORD}, {"inputs": {"captions": NO_WORD}}):
+        with pytest.raises(ServingError) as error:
+            post(api, body)
+        assert error.value.http_status == 400 and error.value.message == NO_WORD_MESSAGE
+    with pytest.raises(ServingError) as error:
+        post(api, {"instances": [""]})
+    assert error.value.message == 'no word of these captions is in the vocabulary: element 0 ""'
+
+
+def test_the_stock_model_server_passes_on_the_same_message(word_painter):
+    """What TF Serving answers is the graph's error as it stands: the failed assertion, its text
+    C-escaped by the Assert op (quotes and backslashes; UTF-8 kept)."""
+    signature = word_painter.get().signatures["serving_default"]
+    with pytest.raises(tf.errors.InvalidArgumentError) as error:
+        signature.function(captions=tf.constant(NO_WORD))
+    assert ('assertion failed: [no word of these captions is in the vocabulary: element 1 \\"\\"; '
+            'element 2 \\"zebra \\"quokka\\"\\"; element 3 \\"caf\u00e9 \\\\o/\\"]') in error.value.message

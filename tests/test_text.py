@@ -164,6 +164,33 @@ def test_ignored_words_run_in_a_graph_and_with_an_unk_vocabulary(tmp_path):
     assert tok(tf.constant(["a red circle"])).to_list() == [[1, 2, 3]]  # unknown -> <unk>, still reported
 
 
+def test_cut_words_are_the_known_words_past_the_limit(vocab_file):
+    """The words `fit_caption` cuts at inference: the known words after the first `words_num`
+    known ones; unknown words are dropped before the cut, so they neither count nor show."""
+    tok = text.Tokenizer(vocab_file)
+    captions = tf.constant(["a bird with red wings", "a racoon bird with a racoon fish", "", "wings"])
+    in_graph = tf.function(lambda c: tok.cut_text(c, 3), input_signature=[tf.TensorSpec([None], tf.string)])
+    assert in_graph(captions).numpy().tolist() == [b"red wings", b"a fish", b"", b""]  # as the export runs it
+    assert [[w.decode() for w in row] for row in tok.cut_words(captions, 3).to_list()] == [
+        ["red", "wings"], ["a", "fish"], [], []]
+    assert [s.decode() for s in tok.cut_text(captions, 3).numpy()] == ["red wings", "a fish", "", ""]
+    assert tok.cut_words(captions, 5).to_list() == [[], [], [], []]
+    # kept (fit_caption's first words_num) and cut partition the known words
+    for ids, cut_row in zip(tok(captions).to_list(), tok.cut_words(captions, 3).to_list()):
+        kept, _ = text.fit_caption(tf.constant(ids, tf.int64), 3)
+        kept_words = [tok.words[i] for i in kept.numpy() if i != text.END_ID]
+        assert kept_words + [w.decode() for w in cut_row] == [tok.words[i] for i in ids]
+
+
+def test_no_known_word_message_names_the_index_and_quotes_the_text(vocab_file):
+    tok = text.Tokenizer(vocab_file)
+    message = tf.function(tok.no_known_word_message, input_signature=[tf.TensorSpec([None], tf.string)])
+    assert message(tf.constant(["a bird", "fish"])).numpy() == b""
+    assert message(tf.constant(["a bird", "", "Zebra, quokka!", "caf\u00e9"])).numpy().decode() == (
+        'no word of these captions is in the vocabulary: element 1 ""; element 2 "Zebra, quokka!"; '
+        'element 3 "caf\u00e9"')
+
+
 SWAP_WORDS = ["<end>", "<unk>", "a", "small", "orange", "circle", "disc", "square", "block", "triangle", "on",
               "the", "left", "red"]
 

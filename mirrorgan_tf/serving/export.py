@@ -5,12 +5,16 @@ The graph holds the project's one tokenizer (tensorflow-text ops, the vocabulary
 STEM and the EMA generator, so it needs only TensorFlow and TensorFlow Text to run: exactly the
 op set of the stock model server. Signatures:
     serving_default  captions tf.string [None] -> images tf.uint8 [None, H, W, 3], fresh noise,
-                     and ignored_words tf.string [None]
-    generate         captions tf.string [None], noise tf.float32 [None, z_dim] -> images and
-                     ignored_words; deterministic: the conditioning augmentation uses its mean
+                     ignored_words and cut_words tf.string [None]
+    generate         captions tf.string [None], noise tf.float32 [None, z_dim] -> images,
+                     ignored_words and cut_words; deterministic: the conditioning augmentation
+                     uses its mean
 `ignored_words` holds, per caption, its words outside the vocabulary joined by spaces ("" when
-none): they are dropped, as the original code drops them, and this says which.
-A caption with no word in the vocabulary is an INVALID_ARGUMENT error that names it.
+none): they are dropped, as the original code drops them, and this says which. `cut_words` holds
+the known words past the first `data.words_num`, which the length limit cuts ("" when none).
+A caption with no word in the vocabulary is an INVALID_ARGUMENT error (a failed assertion, as the
+stock model server reports it) naming each such element by index with its text quoted:
+`no word of these captions is in the vocabulary: element 2 ""`.
 """
 
 from __future__ import annotations
@@ -25,36 +29,52 @@ from mirrorgan_tf import images, runs, text
 from mirrorgan_tf.models.networks import generate
 
 
-class ServingGraph:
-    """The serving functions over the tokenizer, STEM and the EMA generator."""
+class CaptionWords:
+    """The export's caption handling, in TensorFlow ops: word ids cut to `words_num`, and the
+    `ignored_words` / `cut_words` outputs that say what was left out. All three come from the
+    one tokenizer (mirrorgan_tf.text); this only wires them into the graph.
 
-    def __init__(self, cfg, vocab_path: str, stem, glam):
-        self.tokenizer = text.Tokenizer(vocab_path, drop_unknown=True)
-        self.stem, self.glam = stem, glam
-        self.words_num = cfg.data.words_num
-        self.z_dim = cfg.model.z_dim
-        self.condition_dim = cfg.model.condition_dim
+    tokenizer: a text.Tokenizer (drop_unknown=True); words_num: data.words_num (> 0)."""
 
-    def _ids(self, captions):
+    def __init__(self, tokenizer: text.Tokenizer, words_num: int):
+        self.tokenizer, self.words_num = tokenizer, words_num
+
+    def ids(self, captions):
         """captions tf.string [N] -> (ids int32 [N, words_num], lengths int32 [N]); an
-        INVALID_ARGUMENT error names the captions with no word in the vocabulary."""
+        INVALID_ARGUMENT error names the captions with no word in the vocabulary, by index, with
+        their text quoted (the Assert's data is the whole message a TF Serving client gets)."""
         ids = self.tokenizer(captions)
         lengths = tf.cast(ids.row_lengths(), tf.int32)
-        empty = tf.boolean_mask(captions, tf.equal(lengths, 0))
-        check = tf.debugging.Assert(tf.equal(tf.size(empty), 0),
-                                    ["captions with no word in the vocabulary:", empty], summarize=16)
+        problem = self.tokenizer.no_known_word_message(captions, lengths)
+        check = tf.debugging.Assert(tf.equal(problem, ""), [problem])
         with tf.control_dependencies([check]):
             lengths = tf.minimum(lengths, self.words_num)
         padded = ids[:, : self.words_num].to_tensor(default_value=text.END_ID, shape=[None, self.words_num])
         return tf.cast(padded, tf.int32), lengths
 
+    def reports(self, captions) -> dict:
+        """captions tf.string [N] -> {"ignored_words", "cut_words"}: tf.string [N] each, words
+        joined by spaces ("" when none)."""
+        return {"ignored_words": self.tokenizer.ignored_words(captions),
+                "cut_words": self.tokenizer.cut_text(captions, self.words_num)}
+
+
+class ServingGraph:
+    """The serving functions over the tokenizer, STEM and the EMA generator."""
+
+    def __init__(self, cfg, vocab_path: str, stem, glam):
+        self.tokenizer = text.Tokenizer(vocab_path, drop_unknown=True)
+        self.words = CaptionWords(self.tokenizer, cfg.data.words_num)
+        self.stem, self.glam = stem, glam
+        self.z_dim = cfg.model.z_dim
+        self.condition_dim = cfg.model.condition_dim
+
     def _images(self, captions, noise, eps):
-        ids, lengths = self._ids(captions)
+        ids, lengths = self.words.ids(captions)
         return images.to_uint8(generate(self.stem, self.glam, ids, lengths, noise, eps)["images"][-1])
 
     def _outputs(self, captions, noise, eps):
-        return {"images": self._images(captions, noise, eps),
-                "ignored_words": self.tokenizer.ignored_words(captions)}
+        return {"images": self._images(captions, noise, eps), **self.words.reports(captions)}
 
     def serve(self, captions):
         n = tf.shape(captions)[0]

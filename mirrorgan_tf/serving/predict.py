@@ -4,7 +4,9 @@ signature runs with bounded concurrency."""
 
 from __future__ import annotations
 
+import codecs
 import logging
+import re
 import threading
 from typing import Callable
 
@@ -171,13 +173,26 @@ def largest_batch(size_of: Callable[[int], int | None], cap: int, limit: int) ->
 
 def runtime_error_text(message: str) -> str:
     """The part of a TensorFlow runtime error meant for the caller (the failed assertion), without
-    the node and function names."""
+    the node and function names. A failed `tf.debugging.Assert` whose data is one string (as the
+    export's) gives that string as it was built: the op writes it C-escaped inside brackets
+    (`assertion failed: [element 1 \\"\\"]`), which is what the stock model server passes on."""
     kept = []
     for line in message.splitlines():
         line = line.strip()
         if line and not line.startswith(("Graph execution error", "Detected at node", "<stack traces", "[[{{node")):
-            kept.append(line)
+            kept.append(_assert_data(line))
     return " ".join(kept) or message
+
+
+def _assert_data(line: str) -> str:
+    """`assertion failed: [<C-escaped text>]` -> the text; any other line as it is."""
+    match = re.fullmatch(r"assertion failed: \[(.*)\]", line)
+    if not match:
+        return line
+    try:
+        return codecs.escape_decode(match.group(1).encode("utf-8"))[0].decode("utf-8")
+    except (ValueError, UnicodeDecodeError):
+        return line
 
 
 class Predictor:
