@@ -163,3 +163,49 @@ def test_two_multi_worker_processes_end_with_identical_weights(prepared_shapes, 
     assert stages["damsm"]["steps"] == 3
     metrics = json.loads((run_dir / "damsm" / "metrics.json").read_text())
     assert metrics["replicas"] == 2
+
+
+RESUME = textwrap.dedent("""
+    import json, sys
+    from mirrorgan_tf import distribute
+    distribute.split_cpu(2)
+    from mirrorgan_tf.config import load_config
+    from mirrorgan_tf.train import train
+    config, data_dir, run_dir, kind, steps = sys.argv[1:6]
+    cfg = load_config(config, ["data.dir=" + data_dir, "damsm.max_steps=" + steps, "stream.max_steps=" + steps,
+                               "train.max_steps=" + steps, "train.checkpoint_every=2", "train.sample_every=0"])
+    strategy = distribute.build_strategy(kind)
+    out = {}
+    for stage in ("damsm", "stream", "gan"):
+        result = train(cfg, run_dir, stage, strategy=strategy)[stage]
+        out[stage] = [result.start, result.steps, strategy.num_replicas_in_sync]
+    print(json.dumps(out))
+""")
+
+
+def test_every_stage_resumes_on_another_replica_count_both_ways(prepared_shapes, tmp_path):
+    """2 replicas -> 1 -> 2 (issue: an 8-GPU job restarted on 4): every stage (DAMSM, STREAM, GAN)
+    trains 2 steps on two CPU replicas, resumes on one device for steps 3-4, then on two replicas
+    for steps 5-6. Networks, optimizers, EMA, seed states and step restore (the checkpoint's
+    objects must all match), and the input continues: its position holds whole global batches
+    (data.DistributedInput; test_data pins that the batches go on where they stopped in both
+    directions). The resume is run_loop's for all three stages; running each stage pins that no
+    stage keeps anything per replica. Stopping between sessions is what a kill -9 after a checkpoint
+    leaves: the latest checkpoint (test_training kills real processes)."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    logs = []
+    for kind, steps in (("mirrored", 2), ("one_device", 4), ("mirrored", 6)):
+        r = subprocess.run([sys.executable, "-c", RESUME, str(CONFIGS / "shapes_smoke.yaml"), str(prepared_shapes),
+                            str(run_dir), kind, str(steps)], cwd=REPO, capture_output=True, text=True,
+                           timeout=600, env=env)
+        assert r.returncode == 0, r.stderr[-4000:]
+        logs.append(r.stdout)
+        replicas = 2 if kind == "mirrored" else 1
+        assert json.loads(r.stdout.strip().splitlines()[-1]) == {
+            stage: [steps - 2 if steps > 2 else 0, steps, replicas] for stage in ("damsm", "stream", "gan")}
+    for log, steps in zip(logs[1:], (2, 4)):
+        for stage in ("damsm", "stream", "gan"):
+            assert f"{stage}: resumed from {run_dir / stage / 'checkpoints'}/ckpt-{steps} at step {steps}" in log
+        assert "cannot continue here" not in log and "starts afresh" not in log
+    assert json.loads((run_dir / "gan" / "metrics.json").read_text())["replicas"] == 2
