@@ -125,14 +125,12 @@ def _free_ports(n):
     return ports
 
 
-def test_two_multi_worker_processes_end_with_identical_weights(prepared_shapes, tmp_path):
-    ports = _free_ports(2)
-    cluster = {"worker": [f"localhost:{p}" for p in ports]}
-    run_dir = tmp_path / "mw"
+def _train_two_workers(prepared_shapes, run_dir, envs):
+    """Train 3 DAMSM steps in two multi_worker processes (environments `envs`) and check that they
+    formed one cluster: both end with identical weights, the chief wrote the run directory."""
     procs = []
-    for index in range(2):
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
-               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+    for env in envs:
+        env = {k: v for k, v in {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **env}.items() if v is not None}
         cmd = [sys.executable, "-m", "mirrorgan_tf.train", "--config", str(CONFIGS / "shapes_smoke.yaml"),
                "--run-dir", str(run_dir), "--stage", "damsm", "--strategy", "multi_worker",
                "--set", f"data.dir={prepared_shapes}", "--set", "damsm.max_steps=3",
@@ -163,6 +161,81 @@ def test_two_multi_worker_processes_end_with_identical_weights(prepared_shapes, 
     assert stages["damsm"]["steps"] == 3
     metrics = json.loads((run_dir / "damsm" / "metrics.json").read_text())
     assert metrics["replicas"] == 2
+
+
+def test_two_multi_worker_processes_end_with_identical_weights(prepared_shapes, tmp_path):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    _train_two_workers(prepared_shapes, tmp_path / "mw", [
+        {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        for index in range(2)])
+
+
+def _slurm_step(procid, tasks=2, nodelist="localhost", tasks_per_node="2", port=None):
+    """The variables srun sets for task `procid` of a job step (those the cluster is built from, and
+    a few beside them), TF_CONFIG removed."""
+    return {"TF_CONFIG": None, "SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_PROCID": str(procid),
+            "SLURM_LOCALID": str(procid), "SLURM_NODEID": "0", "SLURM_NTASKS": str(tasks),
+            "SLURM_STEP_NUM_TASKS": str(tasks), "SLURM_STEP_NUM_NODES": str(len(nodelist.split(","))),
+            "SLURM_JOB_NODELIST": nodelist, "SLURM_STEP_NODELIST": nodelist,
+            "SLURM_STEP_TASKS_PER_NODE": tasks_per_node, "SLURM_TASKS_PER_NODE": tasks_per_node,
+            "MIRRORGAN_SLURM_PORT": None if port is None else str(port)}
+
+
+def _set_env(monkeypatch, env):
+    for k, v in env.items():
+        if v is None:
+            monkeypatch.delenv(k, raising=False)
+        else:
+            monkeypatch.setenv(k, v)
+
+
+def test_the_slurm_cluster_is_built_from_the_job_steps_variables(monkeypatch):
+    from mirrorgan_tf.config import ConfigError
+    from mirrorgan_tf.distribute import build_strategy, slurm_cluster_resolver
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")  # no nvidia-smi: a CPU node
+    _set_env(monkeypatch, _slurm_step(1, port=23456))
+    r = slurm_cluster_resolver()
+    assert r.cluster_spec().as_dict() == {"worker": ["localhost:23456", "localhost:23457"]}
+    assert (r.task_type, r.task_id, r.num_accelerators()) == ("worker", 1, {})
+    # Two nodes of one task each, default port; SLURM's compressed host list.
+    _set_env(monkeypatch, _slurm_step(0, nodelist="gpu[07-08]", tasks_per_node="1(x2)"))
+    r = slurm_cluster_resolver()
+    assert r.cluster_spec().as_dict() == {"worker": ["gpu07:8888", "gpu08:8888"]} and r.task_id == 0
+    # The batch script itself (no srun): no step variables, refused by name before TF starts.
+    for name in ("SLURM_STEP_NUM_TASKS", "SLURM_STEP_NODELIST", "SLURM_STEP_TASKS_PER_NODE"):
+        monkeypatch.delenv(name)
+    with pytest.raises(ConfigError, match="SLURM_STEP_NUM_TASKS, SLURM_STEP_NODELIST, SLURM_STEP_TASKS_PER_NODE "
+                                          "are not set: start one task per worker with srun"):
+        build_strategy("multi_worker")
+    _set_env(monkeypatch, _slurm_step(0, nodelist="gpu[07-"))
+    with pytest.raises(ConfigError, match=r"SLURM_STEP_NODELIST='gpu\[07-'.*Invalid hostlist"):
+        build_strategy("multi_worker")
+    _set_env(monkeypatch, {k: None for k in _slurm_step(0)})
+    with pytest.raises(ConfigError, match="needs the TF_CONFIG environment variable"):
+        build_strategy("multi_worker")
+
+
+def _free_port_pair():
+    """A port p with p + 1 free as well (a node's two SLURM tasks take consecutive ports)."""
+    for _ in range(50):
+        (p,) = _free_ports(1)
+        try:
+            with socket.socket() as s:
+                s.bind(("localhost", p + 1))
+            return p
+        except OSError:
+            continue
+    pytest.fail("no two consecutive free ports")
+
+
+def test_two_slurm_tasks_form_one_cluster_without_tf_config(prepared_shapes, tmp_path):
+    """Two tasks of one SLURM job step on one node (the variables as srun sets them, no TF_CONFIG)
+    train as one 2-worker cluster."""
+    port = _free_port_pair()
+    _train_two_workers(prepared_shapes, tmp_path / "slurm", [_slurm_step(i, port=port) for i in range(2)])
 
 
 RESUME = textwrap.dedent("""
