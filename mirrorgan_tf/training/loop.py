@@ -223,6 +223,8 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
     for name, value in extras.items():
         if name in saved or not latest:
             setattr(checkpoint, name, value)
+    if moved:  # attached after the restore, the pipeline would still get the saved position: a stand-in takes it
+        setattr(checkpoint, INPUT_PIPELINE, tf.Module())
     if latest:
         status = checkpoint.restore(latest).assert_existing_objects_matched()
         if moved:
