@@ -467,17 +467,24 @@ class DistributedInput(tf.Module):
 
     `distributed_dataset`'s iterator cannot be checkpointed in TensorFlow 2.21 (its
     DistributedIterator and the multi-device iterator under it are not trackable), so this class
-    keeps what can: each worker's input pipeline (the same `make_dataset` as
-    `distribute_datasets_from_function` builds for it: worker i reads shard i, seed data.seed +
-    1000 i, per-replica batches) as a plain tf.data iterator, a tracked attribute (`iterator`).
-    Put this object into a tf.train.Checkpoint and the checkpoint holds the pipeline's position:
-    a stage resumed at step k gets the batches of steps k + 1, k + 2, ... (what the saved state
-    holds: the shuffle buffer's serialized records, the read offsets of the shards, the random
-    seeds' state, and the decoded batches already prefetched).
+    keeps what can: each worker's input pipeline (worker i reads shard i, seed data.seed + 1000 i,
+    as `distribute_datasets_from_function` would give it) as a plain tf.data iterator of the
+    worker's whole batch (global batch / workers), a tracked attribute (`iterator`). Put this object
+    into a tf.train.Checkpoint and the checkpoint holds the pipeline's position: a stage resumed at
+    step k gets the batches of steps k + 1, k + 2, ... (what the saved state holds: the shuffle
+    buffer's serialized records, the read offsets of the shards, the random seeds' state, and the
+    decoded batches already prefetched).
 
-    `next(input)` gives one step's distributed batch: the worker's next batches, one per local
-    replica in replica order (what the multi-device iterator under `distributed_dataset` hands out),
-    as per-replica values (`experimental_distribute_values_from_function`)."""
+    The worker's batch is split among its local replicas only after it leaves the iterator, so the
+    saved position does not depend on how many replicas a worker has: a run saved on 8 GPUs goes on
+    with the same batches on 4, or on one device (and back). It depends on the number of workers
+    and on the global batch, which the checkpoint records beside it (`pipelines`, `pipeline_batch`,
+    int64 scalars); `resume_note` tells whether a saved position fits this input.
+
+    `next(input)` gives one step's distributed batch: the worker's next batch cut into equal
+    consecutive slices along the batch axis, one per local replica in replica order, as
+    per-replica values (`experimental_distribute_values_from_function`); on one device the batch
+    itself. Raises DataError when the global batch is not divisible by the replicas."""
 
     def __init__(self, strategy: tf.distribute.Strategy, cfg: Config, split: str = "train",
                  batch_size: Optional[int] = None, **kwargs):
@@ -487,23 +494,44 @@ class DistributedInput(tf.Module):
         if batch % replicas:
             raise DataError(f"global batch size {batch} is not divisible by the {replicas} replicas")
         workers, worker = _worker(strategy)
+        # One "replica" per pipeline: each pipeline yields the worker's whole batch (batch / workers).
         context = tf.distribute.InputContext(num_input_pipelines=workers, input_pipeline_id=worker,
-                                             num_replicas_in_sync=replicas)
+                                             num_replicas_in_sync=workers)
         self._strategy = strategy
         self._local = replicas // workers
         self._first = worker * self._local
+        self.pipelines = tf.Variable(workers, dtype=tf.int64, trainable=False, name="pipelines")
+        self.pipeline_batch = tf.Variable(batch // workers, dtype=tf.int64, trainable=False, name="pipeline_batch")
         self.iterator = iter(make_dataset(cfg, split, batch_size=batch, input_context=context, **kwargs))
+
+    def resume_note(self, prefix: str) -> Optional[str]:
+        """None when the input position saved in checkpoint `prefix` (under `input_pipeline`) can
+        continue in this input; else why not, in words: it was saved by another number of workers
+        or another global batch (each worker's pipeline reads other shards then), or before the
+        checkpoint recorded its layout (its batches may be per-replica ones)."""
+        saved = {name for name, _ in tf.train.list_variables(prefix)}
+        keys = {k: f"{self.name}/{k}/.ATTRIBUTES/VARIABLE_VALUE" for k in ("pipelines", "pipeline_batch")}
+        if not all(key in saved for key in keys.values()):
+            return "it was saved before checkpoints recorded the input's layout"
+        then = {k: int(tf.train.load_variable(prefix, key)) for k, key in keys.items()}
+        now = {"pipelines": int(self.pipelines.numpy()), "pipeline_batch": int(self.pipeline_batch.numpy())}
+        if then != now:
+            return (f"it was saved by {then['pipelines']} worker(s) reading {then['pipeline_batch']} examples a "
+                    f"step each, this run has {now['pipelines']} reading {now['pipeline_batch']}")
+        return None
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        batches = [next(self.iterator) for _ in range(self._local)]
+        batch = next(self.iterator)
         if self._local == 1 and isinstance(self._strategy, tf.distribute.OneDeviceStrategy):
-            return batches[0]
+            return batch
+        parts = [tf.split(t, self._local, axis=0) for t in tf.nest.flatten(batch)]
 
         def on_replica(ctx):
-            return batches[ctx.replica_id_in_sync_group - self._first]
+            i = ctx.replica_id_in_sync_group - self._first
+            return tf.nest.pack_sequence_as(batch, [p[i] for p in parts])
 
         return self._strategy.experimental_distribute_values_from_function(on_replica)
 

@@ -4,7 +4,8 @@
                   there is one, else the CPU
     one_device    the first GPU, else the CPU
     mirrored      MirroredStrategy (all GPUs; on a CPU-only machine, every logical CPU device)
-    multi_worker  MultiWorkerMirroredStrategy, cluster taken from the TF_CONFIG environment variable
+    multi_worker  MultiWorkerMirroredStrategy, cluster taken from the TF_CONFIG environment variable,
+                  else, inside a SLURM job step (srun, one task per worker), from SLURM's variables
 """
 
 from __future__ import annotations
@@ -49,10 +50,8 @@ def unused_gpu_warning() -> str | None:
     usual cause: plain `tensorflow` from PyPI carries no CUDA libraries), naming the install that
     fixes it; None when there is nothing to say. Lists physical devices only, so it may run before
     the TensorFlow runtime is initialised (as MultiWorkerMirroredStrategy needs)."""
-    if tf.config.list_physical_devices("GPU"):
-        return None
-    machine = nvidia_gpus()
-    if not machine:
+    machine = nvidia_gpus()  # first: on the usual machine without GPUs, TensorFlow is not asked at all
+    if not machine or tf.config.list_physical_devices("GPU"):
         return None
     return (f"WARNING: this machine has {len(machine)} NVIDIA GPU(s) ({machine[0]}"
             f"{', ...' if len(machine) > 1 else ''}) but TensorFlow sees none, so everything would run on "
@@ -83,9 +82,11 @@ def split_cpu(count: int) -> None:
 
 
 def build_strategy(kind: str = "auto") -> tf.distribute.Strategy:
-    """The strategy `kind` names (module docstring). First, on stderr, `unused_gpu_warning`'s
-    warning if there is one, so a GPU machine missing its CUDA libraries says so before any work.
-    Raises ConfigError for an unknown kind or a missing / malformed TF_CONFIG."""
+    """The strategy of `--strategy kind` (KINDS, see the module docstring). First, on stderr,
+    `unused_gpu_warning`'s warning if there is one, so a GPU machine missing its CUDA libraries says
+    so before any work. For multi_worker it must run before anything initialises the TensorFlow
+    runtime. Raises ConfigError naming the bad kind, a missing or malformed TF_CONFIG, or missing or
+    malformed SLURM variables."""
     if kind not in KINDS:
         raise ConfigError(f"--strategy must be one of {', '.join(KINDS)}, got {kind!r}")
     warning = unused_gpu_warning()
@@ -93,8 +94,10 @@ def build_strategy(kind: str = "auto") -> tf.distribute.Strategy:
         print(warning, file=sys.stderr, flush=True)
     if kind == "multi_worker":
         if "TF_CONFIG" not in os.environ:
+            if any(name.startswith("SLURM_") for name in os.environ):
+                return tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=slurm_cluster_resolver())
             raise ConfigError("--strategy multi_worker needs the TF_CONFIG environment variable "
-                              "(cluster and task of this worker)")
+                              "(cluster and task of this worker), or a SLURM job step (srun) to take them from")
         try:
             json.loads(os.environ["TF_CONFIG"])
         except json.JSONDecodeError as e:
@@ -106,6 +109,60 @@ def build_strategy(kind: str = "auto") -> tf.distribute.Strategy:
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices)
     return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
+
+
+SLURM_STEP_VARIABLES = ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS", "SLURM_STEP_NODELIST", "SLURM_STEP_TASKS_PER_NODE")
+SLURM_PORT = "MIRRORGAN_SLURM_PORT"  # the first worker port on each node; the node's next tasks take the next ones
+
+
+def _gpus_on_node() -> int:
+    """GPUs this node shows without initialising TensorFlow: CUDA_VISIBLE_DEVICES when set, else
+    nvidia-smi's list, else 0 (a CPU node)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip()])
+    if not shutil.which("nvidia-smi"):
+        return 0
+    try:
+        listing = subprocess.run(["nvidia-smi", "--list-gpus"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in listing.splitlines())
+
+
+def slurm_cluster_resolver() -> tf.distribute.cluster_resolver.ClusterResolver:
+    """The cluster of a SLURM job step, one worker per task (`srun --ntasks-per-node=k ...`), from
+    the variables srun sets for each task (SLURM_STEP_VARIABLES): workers are the step's nodes in
+    SLURM_STEP_NODELIST order (expanded: `node[01-02]`), each node's tasks on ports
+    MIRRORGAN_SLURM_PORT (default 8888), +1, ...; this task is worker SLURM_PROCID. On GPU nodes
+    each task gets an equal share of its node's GPUs (CUDA_VISIBLE_DEVICES is set for it, as
+    tf.distribute.cluster_resolver.SlurmClusterResolver does); on CPU nodes each uses the CPU
+    (the stock resolver would fail there asking nvidia-smi for GPUs).
+
+    Must run before anything initialises the TensorFlow runtime. Raises ConfigError naming the
+    missing SLURM variables (e.g. the job script ran the program without srun), a malformed
+    variable or port."""
+    from tensorflow.python.distribute.cluster_resolver import slurm_cluster_resolver as slurm
+
+    missing = [name for name in SLURM_STEP_VARIABLES if name not in os.environ]
+    if missing:
+        raise ConfigError(f"--strategy multi_worker without TF_CONFIG takes the cluster from a SLURM job step, but "
+                          f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: start one task per "
+                          f"worker with srun (or set TF_CONFIG)")
+    try:
+        port = int(os.environ.get(SLURM_PORT, "8888"))
+        per_node = slurm.expand_tasks_per_node(os.environ["SLURM_STEP_TASKS_PER_NODE"])
+        gpus = _gpus_on_node()
+        resolver = slurm.SlurmClusterResolver(
+            port_base=port, gpus_per_node=gpus or max(per_node), gpus_per_task=None if gpus else 1,
+            auto_set_gpu=bool(gpus))
+        spec = resolver.cluster_spec()  # also hands this task its GPUs (CUDA_VISIBLE_DEVICES)
+    except (ValueError, RuntimeError, AssertionError) as e:
+        names = ", ".join(f"{n}={os.environ.get(n)!r}" for n in (*SLURM_STEP_VARIABLES, SLURM_PORT))
+        raise ConfigError(f"cannot build the cluster from SLURM's variables ({names}): {e}") from None
+    return tf.distribute.cluster_resolver.SimpleClusterResolver(
+        spec, task_type=resolver.task_type, task_id=resolver.task_id, rpc_layer="grpc",
+        num_accelerators={"GPU": resolver.num_accelerators()["GPU"]} if gpus else {})
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

@@ -24,6 +24,7 @@ SLOWEST_FIRST = [
     "tests/test_training.py::test_a_run_killed_twice_and_resumed_ends_bit_identical_to_one_never_stopped",  # 639
     "tests/test_tune.py::test_a_chief_and_two_workers_run_each_trial_exactly_once",  # 487
     "tests/test_distributed.py::test_mirrored_on_two_cpus_equals_one_device",  # 412
+    "tests/test_distributed.py::test_every_stage_resumes_on_another_replica_count_both_ways",  # 346-474 (loaded machine)
     "tests/test_run_integrity.py",  # 400 in all, most in its module fixture's training
     "tests/test_evaluate.py",  # 400 in all, most in its module fixture's evaluation
     "tests/test_summary.py::test_coco_networks_are_the_wider_attngan_coco_ones",  # 377

@@ -242,33 +242,56 @@ SAVED_POSITION = textwrap.dedent("""
     from mirrorgan_tf import data
     from mirrorgan_tf.config import load_config
     cfg = load_config(sys.argv[1], ["data.dir=" + sys.argv[2], "train.batch_size=8"])
-    strategy = distribute.build_strategy("mirrored")
+    two, one = distribute.build_strategy("mirrored"), distribute.build_strategy("one_device")
 
-    def keys(batch):
+    def keys(strategy, batch):  # each replica's keys
         return [[k.decode() for k in r.numpy()] for r in strategy.experimental_local_results(batch["key"])]
 
-    reference = iter(data.distributed_dataset(strategy, cfg, "train"))
-    expected = [keys(next(reference)) for _ in range(5)]
-    first = data.DistributedInput(strategy, cfg, "train")
-    got = [keys(next(first)) for _ in range(2)]
-    path = tf.train.Checkpoint(input_pipeline=first).write(sys.argv[3])
-    resumed = data.DistributedInput(strategy, cfg, "train")
-    tf.train.Checkpoint(input_pipeline=resumed).read(path).assert_existing_objects_matched()
-    got += [keys(next(resumed)) for _ in range(3)]
-    print(json.dumps({"expected": expected, "got": got}))
+    def resumed(strategy, path):
+        pipeline = data.DistributedInput(strategy, cfg, "train")
+        note = pipeline.resume_note(path)
+        tf.train.Checkpoint(input_pipeline=pipeline).read(path).assert_existing_objects_matched()
+        return pipeline, note
+
+    # The one pipeline of a single worker, its whole global batches.
+    reference = iter(data.make_dataset(cfg, "train", input_context=tf.distribute.InputContext()))
+    expected = [[k.decode() for k in next(reference)["key"].numpy()] for _ in range(6)]
+    first = data.DistributedInput(two, cfg, "train")
+    got = [keys(two, next(first)) for _ in range(2)]
+    saved_two = tf.train.Checkpoint(input_pipeline=first).write(sys.argv[3] + "/two")
+    on_one, note_two_to_one = resumed(one, saved_two)  # 2 replicas -> 1
+    got += [keys(one, next(on_one)) for _ in range(2)]
+    saved_one = tf.train.Checkpoint(input_pipeline=on_one).write(sys.argv[3] + "/one")
+    on_two, note_one_to_two = resumed(two, saved_one)  # 1 replica -> 2
+    got += [keys(two, next(on_two)) for _ in range(2)]
+    # Another number of workers (recorded as such) and a checkpoint from before the layout was kept.
+    on_two.pipelines.assign(2)
+    other_workers = tf.train.Checkpoint(input_pipeline=on_two).write(sys.argv[3] + "/workers")
+    old = tf.Module(name="input_pipeline")
+    old.iterator = iter(data.make_dataset(cfg, "train"))
+    unrecorded = tf.train.Checkpoint(input_pipeline=old).write(sys.argv[3] + "/old")
+    fresh = data.DistributedInput(one, cfg, "train")
+    print(json.dumps({"expected": expected, "got": got, "notes": [note_two_to_one, note_one_to_two],
+                      "other_workers": fresh.resume_note(other_workers), "unrecorded": fresh.resume_note(unrecorded)}))
 """)
 
 
-def test_distributed_input_resumes_where_it_was_saved_and_feeds_replicas_as_before(prepared_shapes, tmp_path):
-    """DistributedInput under MirroredStrategy on two CPUs: each replica gets the batches
-    distributed_dataset gives it, and a pipeline restored from a checkpoint after 2 steps goes on
-    with steps 3, 4, 5."""
+def test_distributed_input_resumes_where_it_was_saved_on_any_replica_count(prepared_shapes, tmp_path):
+    """DistributedInput on two CPU replicas, then one device, then two again: each step's replicas
+    share the worker's global batch in order (replica 0 its first half), and a position saved on
+    one replica count goes on on the other with the next batches, in both directions. A position
+    saved by another number of workers, or before checkpoints recorded the layout, is named unfit."""
     r = subprocess.run([sys.executable, "-c", SAVED_POSITION, str(CONFIGS / "shapes_smoke.yaml"), str(prepared_shapes),
-                        str(tmp_path / "ckpt")], cwd=REPO, capture_output=True, text=True, timeout=300)
+                        str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
-    assert len(out["got"]) == 5 and all(len(step) == 2 and len(step[0]) == 4 for step in out["got"])
-    assert out["got"] == out["expected"]
+    got, expected = out["got"], out["expected"]
+    assert [len(step) for step in got] == [2, 2, 1, 1, 2, 2] and all(len(r) == 8 // len(s) for s in got for r in s)
+    assert [sum(step, []) for step in got] == expected
+    assert len(set(sum(expected, []))) > 8  # the steps really moved on through the data
+    assert out["notes"] == [None, None]
+    assert "saved by 2 worker(s) reading 8 examples a step each, this run has 1 reading 8" in out["other_workers"]
+    assert "before checkpoints recorded the input's layout" in out["unrecorded"]
 
 
 SHAPE_SWAP = "train.wrong_word_swaps=[circle/disc square/block triangle]"

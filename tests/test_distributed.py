@@ -125,14 +125,12 @@ def _free_ports(n):
     return ports
 
 
-def test_two_multi_worker_processes_end_with_identical_weights(prepared_shapes, tmp_path):
-    ports = _free_ports(2)
-    cluster = {"worker": [f"localhost:{p}" for p in ports]}
-    run_dir = tmp_path / "mw"
+def _train_two_workers(prepared_shapes, run_dir, envs):
+    """Train 3 DAMSM steps in two multi_worker processes (environments `envs`) and check that they
+    formed one cluster: both end with identical weights, the chief wrote the run directory."""
     procs = []
-    for index in range(2):
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
-               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+    for env in envs:
+        env = {k: v for k, v in {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **env}.items() if v is not None}
         cmd = [sys.executable, "-m", "mirrorgan_tf.train", "--config", str(CONFIGS / "shapes_smoke.yaml"),
                "--run-dir", str(run_dir), "--stage", "damsm", "--strategy", "multi_worker",
                "--set", f"data.dir={prepared_shapes}", "--set", "damsm.max_steps=3",
@@ -163,3 +161,124 @@ def test_two_multi_worker_processes_end_with_identical_weights(prepared_shapes, 
     assert stages["damsm"]["steps"] == 3
     metrics = json.loads((run_dir / "damsm" / "metrics.json").read_text())
     assert metrics["replicas"] == 2
+
+
+def test_two_multi_worker_processes_end_with_identical_weights(prepared_shapes, tmp_path):
+    ports = _free_ports(2)
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    _train_two_workers(prepared_shapes, tmp_path / "mw", [
+        {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        for index in range(2)])
+
+
+def _slurm_step(procid, tasks=2, nodelist="localhost", tasks_per_node="2", port=None):
+    """The variables srun sets for task `procid` of a job step (those the cluster is built from, and
+    a few beside them), TF_CONFIG removed."""
+    return {"TF_CONFIG": None, "SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "0", "SLURM_PROCID": str(procid),
+            "SLURM_LOCALID": str(procid), "SLURM_NODEID": "0", "SLURM_NTASKS": str(tasks),
+            "SLURM_STEP_NUM_TASKS": str(tasks), "SLURM_STEP_NUM_NODES": str(len(nodelist.split(","))),
+            "SLURM_JOB_NODELIST": nodelist, "SLURM_STEP_NODELIST": nodelist,
+            "SLURM_STEP_TASKS_PER_NODE": tasks_per_node, "SLURM_TASKS_PER_NODE": tasks_per_node,
+            "MIRRORGAN_SLURM_PORT": None if port is None else str(port)}
+
+
+def _set_env(monkeypatch, env):
+    for k, v in env.items():
+        if v is None:
+            monkeypatch.delenv(k, raising=False)
+        else:
+            monkeypatch.setenv(k, v)
+
+
+def test_the_slurm_cluster_is_built_from_the_job_steps_variables(monkeypatch):
+    from mirrorgan_tf.config import ConfigError
+    from mirrorgan_tf.distribute import build_strategy, slurm_cluster_resolver
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")  # no nvidia-smi: a CPU node
+    _set_env(monkeypatch, _slurm_step(1, port=23456))
+    r = slurm_cluster_resolver()
+    assert r.cluster_spec().as_dict() == {"worker": ["localhost:23456", "localhost:23457"]}
+    assert (r.task_type, r.task_id, r.num_accelerators()) == ("worker", 1, {})
+    # Two nodes of one task each, default port; SLURM's compressed host list.
+    _set_env(monkeypatch, _slurm_step(0, nodelist="gpu[07-08]", tasks_per_node="1(x2)"))
+    r = slurm_cluster_resolver()
+    assert r.cluster_spec().as_dict() == {"worker": ["gpu07:8888", "gpu08:8888"]} and r.task_id == 0
+    # The batch script itself (no srun): no step variables, refused by name before TF starts.
+    for name in ("SLURM_STEP_NUM_TASKS", "SLURM_STEP_NODELIST", "SLURM_STEP_TASKS_PER_NODE"):
+        monkeypatch.delenv(name)
+    with pytest.raises(ConfigError, match="SLURM_STEP_NUM_TASKS, SLURM_STEP_NODELIST, SLURM_STEP_TASKS_PER_NODE "
+                                          "are not set: start one task per worker with srun"):
+        build_strategy("multi_worker")
+    _set_env(monkeypatch, _slurm_step(0, nodelist="gpu[07-"))
+    with pytest.raises(ConfigError, match=r"SLURM_STEP_NODELIST='gpu\[07-'.*Invalid hostlist"):
+        build_strategy("multi_worker")
+    _set_env(monkeypatch, {k: None for k in _slurm_step(0)})
+    with pytest.raises(ConfigError, match="needs the TF_CONFIG environment variable"):
+        build_strategy("multi_worker")
+
+
+def _free_port_pair():
+    """A port p with p + 1 free as well (a node's two SLURM tasks take consecutive ports)."""
+    for _ in range(50):
+        (p,) = _free_ports(1)
+        try:
+            with socket.socket() as s:
+                s.bind(("localhost", p + 1))
+            return p
+        except OSError:
+            continue
+    pytest.fail("no two consecutive free ports")
+
+
+def test_two_slurm_tasks_form_one_cluster_without_tf_config(prepared_shapes, tmp_path):
+    """Two tasks of one SLURM job step on one node (the variables as srun sets them, no TF_CONFIG)
+    train as one 2-worker cluster."""
+    port = _free_port_pair()
+    _train_two_workers(prepared_shapes, tmp_path / "slurm", [_slurm_step(i, port=port) for i in range(2)])
+
+
+RESUME = textwrap.dedent("""
+    import json, sys
+    from mirrorgan_tf import distribute
+    distribute.split_cpu(2)
+    from mirrorgan_tf.config import load_config
+    from mirrorgan_tf.train import train
+    config, data_dir, run_dir, kind, steps = sys.argv[1:6]
+    cfg = load_config(config, ["data.dir=" + data_dir, "damsm.max_steps=" + steps, "stream.max_steps=" + steps,
+                               "train.max_steps=" + steps, "train.checkpoint_every=2", "train.sample_every=0"])
+    strategy = distribute.build_strategy(kind)
+    out = {}
+    for stage in ("damsm", "stream", "gan"):
+        result = train(cfg, run_dir, stage, strategy=strategy)[stage]
+        out[stage] = [result.start, result.steps, strategy.num_replicas_in_sync]
+    print(json.dumps(out))
+""")
+
+
+def test_every_stage_resumes_on_another_replica_count_both_ways(prepared_shapes, tmp_path):
+    """2 replicas -> 1 -> 2 (issue: an 8-GPU job restarted on 4): every stage (DAMSM, STREAM, GAN)
+    trains 2 steps on two CPU replicas, resumes on one device for steps 3-4, then on two replicas
+    for steps 5-6. Networks, optimizers, EMA, seed states and step restore (the checkpoint's
+    objects must all match), and the input continues: its position holds whole global batches
+    (data.DistributedInput; test_data pins that the batches go on where they stopped in both
+    directions). The resume is run_loop's for all three stages; running each stage pins that no
+    stage keeps anything per replica. Stopping between sessions is what a kill -9 after a checkpoint
+    leaves: the latest checkpoint (test_training kills real processes)."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    logs = []
+    for kind, steps in (("mirrored", 2), ("one_device", 4), ("mirrored", 6)):
+        r = subprocess.run([sys.executable, "-c", RESUME, str(CONFIGS / "shapes_smoke.yaml"), str(prepared_shapes),
+                            str(run_dir), kind, str(steps)], cwd=REPO, capture_output=True, text=True,
+                           timeout=600, env=env)
+        assert r.returncode == 0, r.stderr[-4000:]
+        logs.append(r.stdout)
+        replicas = 2 if kind == "mirrored" else 1
+        assert json.loads(r.stdout.strip().splitlines()[-1]) == {
+            stage: [steps - 2 if steps > 2 else 0, steps, replicas] for stage in ("damsm", "stream", "gan")}
+    for log, steps in zip(logs[1:], (2, 4)):
+        for stage in ("damsm", "stream", "gan"):
+            assert f"{stage}: resumed from {run_dir / stage / 'checkpoints'}/ckpt-{steps} at step {steps}" in log
+        assert "cannot continue here" not in log and "starts afresh" not in log
+    assert json.loads((run_dir / "gan" / "metrics.json").read_text())["replicas"] == 2

@@ -101,3 +101,47 @@ def test_loop_reads_the_last_losses_at_the_end(tmp_path):
     assert result.last_losses == {"loss": 12.0} and result.steps == 3
     assert json.loads(open(run.path("toy", "metrics.json")).read())["last_losses"] == {"loss": 12.0}
     assert tf.train.latest_checkpoint(run.checkpoints("toy")).endswith("ckpt-3")
+
+
+def test_a_saved_input_position_that_cannot_fit_restarts_the_input_and_says_so(prepared_shapes, tmp_path, capsys):
+    """run_loop with a real input pipeline: resumed with the same layout it goes on with the next
+    batches; resumed where the saved position cannot continue (another per-worker batch, here; another
+    number of workers is the same check, pinned in test_data) everything else restores, the input starts
+    from its first batch, and the loop prints why."""
+    from mirrorgan_tf import data
+
+    cfg = load_config(CONFIGS / "shapes_smoke.yaml", [f"data.dir={prepared_shapes}"])
+    strategy = build_strategy("one_device")
+    run = RunDir(str(tmp_path / "run"))
+
+    def session(batch_size, total):
+        weight = tf.Variable(1.0, name="w")
+        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        state = loop.TrainState(tf.train.Checkpoint(w=weight, step=step_var), step_var, [weight])
+        seen = []
+
+        def step_fn(batch):
+            seen.append([k.decode() for k in batch["key"].numpy()])
+            weight.assign_add(1.0)
+            return {"loss": tf.constant(1.0)}
+
+        pipeline = data.DistributedInput(strategy, cfg, "train", batch_size=batch_size)
+        loop.run_loop("toy", run, strategy, state, step_fn, pipeline, loop.Cadence(total, 2, 5, 10), batch_size)
+        return seen, float(weight.numpy())
+
+    def first_keys(batch_size, n):
+        it = data.DistributedInput(strategy, cfg, "train", batch_size=batch_size)
+        return [[k.decode() for k in next(it)["key"].numpy()] for _ in range(n)]
+
+    assert session(8, 2) == (first_keys(8, 2), 3.0)
+    assert session(8, 4) == (first_keys(8, 4)[2:], 5.0)  # the same layout: the next batches
+    out = capsys.readouterr().out
+    assert "cannot continue" not in out and "toy: resumed from" in out
+    assert session(4, 6) == (first_keys(4, 2), 7.0)  # weights and step restored, the input from its start
+    out = capsys.readouterr().out
+    assert "toy: resumed from" in out and "at step 4" in out
+    assert ("the input position in " in out and "cannot continue here (it was saved by 1 worker(s) reading 8 "
+            "examples a step each, this run has 1 reading 4): the input starts from its beginning") in out
+    # The restarted pipeline is what the next checkpoints hold: resumed again, it goes on.
+    assert session(4, 8) == (first_keys(4, 4)[2:], 9.0)
+    assert "cannot continue" not in capsys.readouterr().out

@@ -194,7 +194,8 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
 
     `step_fn(batch)` returns a dict of scalar losses (already reduced across replicas). When
     `iterator` is a tf.Module (data.DistributedInput) its position is saved in every checkpoint
-    (as `input_pipeline`) and restored on resume; a checkpoint saved without it resumes with the
+    (as `input_pipeline`) and restored on resume, on any number of replicas; a checkpoint saved
+    without it, or by another number of workers (`DistributedInput.resume_note`), resumes with the
     input from its start, and says so.
     `learning_rates(step)` gives {name: rate} for TensorBoard; `on_sample(step, writer)` runs every
     `cadence.sample_every` steps and at the end. A non-finite loss stops the run before anything
@@ -214,15 +215,28 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
               RANDOM_STATE: getattr(state, "random_state", None)}
     extras = {k: v for k, v in extras.items() if v is not None}
     saved = {name.split("/", 1)[0] for name, _ in tf.train.list_variables(latest)} if latest else set()
+    # A position saved by another number of workers (or before the layout was recorded) cannot
+    # continue here: everything else restores, the input starts over (another replica count can).
+    moved = iterator.resume_note(latest) if latest and INPUT_PIPELINE in saved and INPUT_PIPELINE in extras else None
+    if moved:
+        saved.discard(INPUT_PIPELINE)
     for name, value in extras.items():
         if name in saved or not latest:
             setattr(checkpoint, name, value)
+    if moved:  # attached after the restore, the pipeline would still get the saved position: a stand-in takes it
+        setattr(checkpoint, INPUT_PIPELINE, tf.Module())
     if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
+        status = checkpoint.restore(latest).assert_existing_objects_matched()
+        if moved:
+            status.expect_partial()  # the saved input position stays unread on purpose
         print(f"{stage}: resumed from {latest} at step {int(step_var.numpy())}", flush=True)
+        if moved:
+            print(f"{stage}: the input position in {latest} cannot continue here ({moved}): the input starts "
+                  f"from its beginning, with the batches of the run's first steps in data.seed's order", flush=True)
         for name, value in extras.items():
             if name not in saved:
-                print(f"{stage}: {latest} holds no {name} (saved before it was kept): it starts afresh", flush=True)
+                if name != INPUT_PIPELINE or not moved:
+                    print(f"{stage}: {latest} holds no {name} (saved before it was kept): it starts afresh", flush=True)
                 setattr(checkpoint, name, value)
     chief = distribute.is_chief(strategy)
     writer = tf.summary.create_file_writer(run.logs(stage)) if chief else tf.summary.create_noop_writer()
