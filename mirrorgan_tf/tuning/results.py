@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 
 import tensorflow as tf
@@ -54,6 +55,18 @@ def rows(search, oracle) -> list[dict]:
         row["reason"] = "" if status == "COMPLETED" else (reasons[0] if reasons else "")
         out.append(row)
     return out
+
+
+def best_trial(oracle):
+    """The best COMPLETED trial with a finite score (the oracle's objective and direction), or
+    None when there is none. Not Keras Tuner's `get_best_trials`: with fewer completed trials than
+    asked for, it pads its answer with FAILED trials, whose score is None."""
+    done = [t for t in oracle.trials.values()
+            if t.status == "COMPLETED" and t.score is not None and math.isfinite(t.score)]
+    if not done:
+        return None
+    pick = max if oracle.objective.direction == "max" else min
+    return pick(done, key=lambda t: t.score)
 
 
 def _cell(value) -> str:
