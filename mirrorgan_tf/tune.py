@@ -220,7 +220,7 @@ def run_and_report(info, tuner, me: str = "single") -> int:
         print(f"worker {os.environ['KERASTUNER_TUNER_ID']}: no more trials", flush=True)
         return 0
     rows = results_lib.rows(info, tuner.oracle)
-    print(results_lib.table(rows, info.objective))
+    print(results_lib.table(rows, info.objective, info.objective.scored_on(info.cfg)))
     results_lib.write_csv(rows, os.path.join(root, "trials.csv"))
     best = results_lib.best_trial(tuner.oracle)
     if best is None:
@@ -228,7 +228,8 @@ def run_and_report(info, tuner, me: str = "single") -> int:
                           f"and {os.path.join(root, 'trials')}/<id>/tune_result.json")
     best_path = os.path.join(root, "best.yaml")
     results_lib.write_best(info, best.trial_id, best.score, best_path)
-    print(f"best: trial {best.trial_id}, {info.objective.name} {best.score:.4g}; table {root}/trials.csv; "
+    print(f"best: trial {best.trial_id}, {info.objective.name} {best.score:.4g} "
+          f"(on {info.objective.scored_on(info.cfg)}); table {root}/trials.csv; "
           f"config {best_path}; TensorBoard: tensorboard --logdir {root}/trials", flush=True)
     return 0
 

@@ -153,6 +153,10 @@ def test_auto_is_attributes_x_spread_with_attribute_labels_and_r_precision_witho
         objective_lib.resolve("attributes_x_spread", {"dataset": "cub"})
     with pytest.raises(EvalError, match=r"tune.objective: unknown 'spread' \(known: auto, attributes_x_spread, "):
         objective_lib.resolve("spread", LABELLED)
+    # What the figure is computed from, printed beside it.
+    shapes = load_config(CONFIGS / "shapes.yaml", ["tune.samples_per_caption=4"])
+    assert auto.scored_on(shapes) == "2,000 test captions x 4 samples = 8,000 images"
+    assert plain.scored_on(shapes) == "2,000 test captions (1 image each)"
     # The shipped shapes config names it; auto would give the same there.
     assert load_config(CONFIGS / "shapes.yaml").tune.objective == "attributes_x_spread"
 
@@ -238,7 +242,10 @@ def test_a_search_whose_trials_all_fail_says_no_trial_completed_on_every_run(tmp
         rows = read_rows(root)
         assert [(r["trial"], r["status"], r["objective"]) for r in rows] == [("0", "FAILED", ""), ("1", "FAILED", "")]
         assert rows[0]["reason"] == "NonFiniteLoss: stage 'gan', step 1: the loss is nan"
-        assert "FAILED" in capsys.readouterr().out
+        out = capsys.readouterr().out
+        assert "FAILED" in out
+        # The table's title says what every trial's figure is computed from.
+        assert "objective: attributes (maximised), on 40 test captions (1 image each)\n" in out
         assert not os.path.exists(os.path.join(root, "best.yaml"))
 
 

@@ -77,14 +77,16 @@ def _cell(value) -> str:
     return str(value)
 
 
-def table(rows_: list[dict], objective) -> str:
-    """The rows as aligned text, with a title line naming the objective and its direction."""
+def table(rows_: list[dict], objective, scored_on: str = "") -> str:
+    """The rows as aligned text, with a title line naming the objective, its direction and
+    `scored_on` (what every figure is computed from, `Objective.scored_on`)."""
+    title = f"objective: {objective.describe()}" + (f", on {scored_on}" if scored_on else "")
     if not rows_:
-        return f"objective: {objective.describe()}; no trials yet"
+        return f"{title}; no trials yet"
     columns = list(dict.fromkeys(k for r in rows_ for k in r))
     cells = [[_cell(r.get(c)) for c in columns] for r in rows_]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = [f"objective: {objective.describe()}",
+    lines = [title,
              "  ".join(c.ljust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
     return "\n".join(line.rstrip() for line in lines)
@@ -115,7 +117,7 @@ def write_best(search, trial_id: str, score: float, path: str) -> None:
     `--config` as every config file does; written then renamed."""
     cfg = best_config(search, trial_id)
     header = (f"# The best trial of the search in {search.root}: trial {trial_id}, "
-              f"{search.objective.describe()} = {score:.6g}.\n"
+              f"{search.objective.describe()} = {score:.6g} on {search.objective.scored_on(search.cfg)}.\n"
               f"# Its values, on the search's pretrained DAMSM and STREAM (damsm.checkpoint, stream.checkpoint;\n"
               f"# set both to \"\" to pretrain anew), with the searched config's train.max_steps and train.seed.\n"
               f"# The trial's own config (its short step budget) is {search.trial_dir(trial_id)}/config.yaml.\n"
