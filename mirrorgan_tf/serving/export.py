@@ -11,6 +11,12 @@ op set of the stock model server. Signatures:
 `ignored_words` holds, per caption, its words outside the vocabulary joined by spaces ("" when
 none): they are dropped, as the original code drops them, and this says which.
 A caption with no word in the vocabulary is an INVALID_ARGUMENT error that names it.
+
+The graph computes in float32 (runs.INFERENCE_POLICY) whatever `train.mixed_precision` the run
+trained with, and whichever process writes it (the training's export stage runs under the run's
+mixed policy; `python -m mirrorgan_tf.export` under float32): one export per run, the same pixels
+for the same captions and noise. float32 because it is the accurate answer of the float32 weights
+mixed training keeps, and because the CPUs TF Serving mostly runs on have no fast float16.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import keras
 import tensorflow as tf
 
 from mirrorgan_tf import images, runs, text
+from mirrorgan_tf.models import networks
 from mirrorgan_tf.models.networks import generate
 
 
@@ -78,7 +85,13 @@ def next_version(export_dir: str) -> int:
 
 
 def export(run_dir: str, export_dir: str = "saved_models/mirrorgan", version: int | None = None) -> str:
-    """Write the SavedModel atomically; returns its version folder."""
+    """Write the SavedModel atomically, built and traced under runs.INFERENCE_POLICY (float32)
+    and the process's policy put back afterwards; returns its version folder."""
+    with networks.dtype_policy(runs.INFERENCE_POLICY):
+        return _export(run_dir, export_dir, version)
+
+
+def _export(run_dir: str, export_dir: str, version: int | None) -> str:
     run = runs.load_run(run_dir)
     cfg = run.cfg
     stem, glam = run.generator(finished=True)
