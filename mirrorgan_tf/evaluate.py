@@ -15,7 +15,10 @@ Metrics (default: every one whose inputs are there):
                (k = 5, Naeem et al. 2020; P / R also at k = 3, Kynkaanniemi et al. 2019) against
                the real images, and within-caption pairwise distance / real within-class distance
                (0 = one picture per caption); Inception features as for fid, else the DAMSM code
-Every metric is also given on real test images where that means something.
+Every metric is also given on real test images where that means something. Every figure is
+printed with the image count it comes from; IS, FID and R-precision add a note below the 30,000
+images of the published protocol (their figures depend on the count: compare equal counts only),
+attributes and spread one when their own standard error is large.
 """
 
 from __future__ import annotations

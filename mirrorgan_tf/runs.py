@@ -38,6 +38,9 @@ from mirrorgan_tf.config import load_config
 from mirrorgan_tf.errors import MirrorganError
 from mirrorgan_tf.models import networks
 
+# The dtype policy every network built from a finished run computes in (see Run.generator).
+INFERENCE_POLICY = "float32"
+
 STAGES = ("damsm", "stream", "gan")
 CONFIG = "config.yaml"
 VOCAB = "vocab.txt"
@@ -462,10 +465,16 @@ class Run:
         """(STEM, EMA GLAM) restored: STEM from the run's DAMSM stage (or the configured
         damsm.checkpoint, whose run must share this run's vocabulary), GLAM from the EMA weights of
         the latest gan checkpoint. With finished=True the gan stage must be done (FileNotFoundError
-        otherwise); finished=False also takes a run that is still training."""
+        otherwise); finished=False also takes a run that is still training.
+
+        Both are built to compute in float32 (INFERENCE_POLICY), whatever policy the process has
+        and whatever `train.mixed_precision` the run trained with: the weights are float32 in
+        either case, so the trained generator's images are one answer per run, whether the export,
+        sampling or evaluation builds it in the training process or in a later one."""
         cfg = self.cfg
-        stem = networks.build_stem(cfg, self.vocab_size, batch=1)
-        glam = networks.build_glam(cfg, batch=1)
+        with networks.dtype_policy(INFERENCE_POLICY):
+            stem = networks.build_stem(cfg, self.vocab_size, batch=1)
+            glam = networks.build_glam(cfg, batch=1)
         if finished and not self.dir.is_done("gan"):
             raise FileNotFoundError(f"{self.root}: the gan stage has not finished; nothing to export")
         restore_weights(self.damsm_checkpoint(), "damsm", stem=stem)

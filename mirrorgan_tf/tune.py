@@ -165,7 +165,6 @@ def _wait_for(path: str, what: str) -> None:
 
 
 def search(a) -> int:
-    from mirrorgan_tf.config import ConfigError
     from mirrorgan_tf.data import DataError, check_shards, load_manifest
     from mirrorgan_tf.train import prepare_data
 
@@ -179,7 +178,6 @@ def search(a) -> int:
     from mirrorgan_tf.distribute import build_strategy
     from mirrorgan_tf.train import train
     from mirrorgan_tf.tuning import objective as objective_lib
-    from mirrorgan_tf.tuning import results as results_lib
     from mirrorgan_tf.tuning.tuner import GanTuner, Search, make_oracle, write_hparams_config
 
     prepare_data(cfg, chief=me != "worker")
@@ -206,6 +204,19 @@ def search(a) -> int:
     if me != "worker":
         write_hparams_config(info)
     tuner = GanTuner(info, train, strategy, make_oracle(cfg, objective, steps))
+    return run_and_report(info, tuner, me)
+
+
+def run_and_report(info, tuner, me: str = "single") -> int:
+    """Run (or continue) the search of `tuner` (a GanTuner over `info`, a tuning.tuner.Search),
+    then, on the chief or a single process, print the table of trials, write R/trials.csv and
+    R/best.yaml from the best COMPLETED trial. Raises ConfigError ("no trial completed") when no
+    trial completed with a finite score, on the first run and on every rerun of a finished search
+    (Keras Tuner's own best-trials list falls back on FAILED trials, which have no score)."""
+    from mirrorgan_tf.config import ConfigError
+    from mirrorgan_tf.tuning import results as results_lib
+
+    root = info.root
     try:
         tuner.search()
     except RuntimeError as e:  # Keras Tuner's stop after too many failed trials in a row
@@ -216,15 +227,16 @@ def search(a) -> int:
         print(f"worker {os.environ['KERASTUNER_TUNER_ID']}: no more trials", flush=True)
         return 0
     rows = results_lib.rows(info, tuner.oracle)
-    print(results_lib.table(rows, objective))
+    print(results_lib.table(rows, info.objective, info.objective.scored_on(info.cfg)))
     results_lib.write_csv(rows, os.path.join(root, "trials.csv"))
-    best = tuner.oracle.get_best_trials(1)
-    if not best:
+    best = results_lib.best_trial(tuner.oracle)
+    if best is None:
         raise ConfigError(f"{root}: no trial completed, so there is no best.yaml; see the reasons above "
                           f"and {os.path.join(root, 'trials')}/<id>/tune_result.json")
     best_path = os.path.join(root, "best.yaml")
-    results_lib.write_best(info, best[0].trial_id, best[0].score, best_path)
-    print(f"best: trial {best[0].trial_id}, {objective.name} {best[0].score:.4g}; table {root}/trials.csv; "
+    results_lib.write_best(info, best.trial_id, best.score, best_path)
+    print(f"best: trial {best.trial_id}, {info.objective.name} {best.score:.4g} "
+          f"(on {info.objective.scored_on(info.cfg)}); table {root}/trials.csv; "
           f"config {best_path}; TensorBoard: tensorboard --logdir {root}/trials", flush=True)
     return 0
 

@@ -181,12 +181,71 @@ def test_each_metric_formats_its_own_result_with_its_image_counts():
     assert "the published protocol uses 30,000 generated images" in lines[2]
     assert small_sample_warning(30_000, 2_048) is None and small_sample_warning(2_047, 30_000) is not None
     is_ = {"value": 3.21, "std": 0.1, "splits": 10, "images": 40, "real": {"value": 4.5, "std": 0.2, "images": 48}}
-    assert table({"is": is_}) == "is: 3.210 +- 0.100 (10 splits of 40 images); 48 real images 4.500 +- 0.200"
-    rp = {"value": 0.5, "std": 0.25, "folds": 2, "images": 24, "real": {"value": 0.875, "std": 0.0}}
-    assert table({"r_precision": rp}) == "r_precision: 50.00 +- 25.00 % over 2 folds of 24 images; real images 87.50 +- 0.00 %"
+    assert table({"is": is_}).splitlines()[0] == "is: 3.210 +- 0.100 (10 splits of 40 images); 48 real images 4.500 +- 0.200"
+    rp = {"value": 0.5, "std": 0.25, "folds": 2, "images": 24, "candidates": 100, "real": {"value": 0.875, "std": 0.0}}
+    assert table({"r_precision": rp}).splitlines()[0] == (
+        "r_precision: 50.00 +- 25.00 % over 2 folds of 24 images (1 + 99 candidates each); real images 87.50 +- 0.00 %")
     acc = {"value": {"seen": {"colour": 0.5, "all": 0.25, "images": 4}},
            "real": {"value": {"seen": {"colour": 1.0, "all": 0.9, "images": 48}}}}
     assert table({"attributes": acc}).splitlines()[0] == "attributes/seen [4 images]: colour 50.0 % (100.0 %), all 25.0 % (90.0 %)"
+
+
+def _lines(name, result) -> list[str]:
+    from mirrorgan_tf.metrics import REGISTRY
+
+    return REGISTRY[name].format(result)
+
+
+def _notes(name, result) -> list[str]:
+    return [line for line in _lines(name, result) if line.startswith("  note:")]
+
+
+def test_a_figure_from_fewer_images_than_its_protocol_says_so_and_from_enough_does_not():
+    """IS, FID and R-precision: a note below the published protocol's 30,000 images, none at it.
+    The other figures have no published count: a note when their own standard error is large."""
+    real = {"value": 4.5, "std": 0.2, "images": 48}
+    for n, expected in ((2_928, True), (29_999, True), (30_000, False), (60_000, False)):
+        is_notes = _notes("is", {"value": 4.0, "std": 0.1, "splits": 10, "images": n, "real": real})
+        fid_notes = _notes("fid", {"value": 30.0, "images": n, "reference_images": 3_000, "features": "x"})
+        rp_notes = _notes("r_precision", {"value": 0.5, "std": 0.1, "folds": 10, "images": n, "candidates": 100,
+                                          "real": {"value": 0.9, "std": 0.0}})
+        assert [len(is_notes), len(fid_notes), len(rp_notes)] == [int(expected)] * 3, n
+        if expected:
+            assert is_notes[0] == (f"  note: IS from {n:,} images, below the 30,000 of the published protocol: IS rises "
+                                   f"with the image count (each split's marginal is estimated from fewer images); "
+                                   f"compare it only with figures from {n:,} images")
+            assert fid_notes[0].startswith(f"  note: FID from {n:,} images, below the 30,000 of the published protocol")
+            assert rp_notes[0].startswith(f"  note: R-precision from {n:,} images, below the 30,000 of the published")
+            assert f"the std over folds of {n // 10:,} images" in rp_notes[0]
+    # Below 2,048 images FID's warning says it, once.
+    from mirrorgan_tf.metrics.fid import small_sample_warning
+
+    fid = {"value": 30.0, "images": 200, "reference_images": 3_000, "features": "x",
+           "warning": small_sample_warning(200, 3_000)}
+    assert _notes("fid", fid) == [] and "below 2,048 images" in _lines("fid", fid)[1]
+
+    # attributes: the binomial standard error of the all-four rate, below 2,500 images.
+    def attributes(n, rate):
+        return {"value": {"unseen": {"colour": 0.9, "all": rate, "images": n}},
+                "real": {"value": {"unseen": {"colour": 1.0, "all": 1.0, "images": 98}}}}
+
+    assert _notes("attributes", attributes(100, 0.8)) == [
+        "  note: attributes/unseen from 100 images: the all-four rate carries a standard error of 4.0 points "
+        "(sqrt(p (1 - p) / n)); differences below about twice that are noise"]
+    assert len(_notes("attributes", attributes(2_499, 0.5))) == 1
+    assert _notes("attributes", attributes(2_500, 0.5)) == []
+
+    # spread: the relative standard error of a ratio of pooled stds, above 5 %.
+    def spread(captions, k, real_images, real_classes):
+        g = {"ratio": {"size": 1.0}, "balance": 1.0, "captions": captions, "images": captions * k,
+             "real_images": real_images, "real_classes": real_classes}
+        return {"value": {"all": g, "seen": g}, "samples_per_caption": k, "factors": ["size"]}
+
+    # 20 captions x 4: 60 degrees of freedom; 500 real images in 100 classes: 400.
+    assert _notes("spread", spread(20, 4, 500, 100)) == [
+        "  note: spread/seen from 60 generated and 400 real degrees of freedom: each ratio carries a relative "
+        "standard error of about 10 % (sqrt(1 / (2 df) + 1 / (2 df_real)))"]
+    assert _notes("spread", spread(2_000, 4, 3_000, 100)) == []
 
 
 # --- the commands on the smoke run ---------------------------------------------------------

@@ -115,6 +115,17 @@ def _events(log_dir) -> dict:
     return out
 
 
+def descriptions(log_dir) -> dict:
+    """{tag: its summary description} of the event files under log_dir."""
+    out = {}
+    for path in tf.io.gfile.glob(f"{log_dir}/events.out.tfevents.*"):
+        for e in tf.compat.v1.train.summary_iterator(path):
+            for v in e.summary.value:
+                if v.metadata.summary_description:
+                    out[v.tag] = v.metadata.summary_description
+    return out
+
+
 @pytest.fixture(scope="module")
 def smoke_cfg(prepared_shapes):
     return load_config(CONFIGS / "shapes_smoke.yaml", [f"data.dir={prepared_shapes}"])
@@ -144,6 +155,10 @@ def test_the_sampler_logs_zero_diversity_for_a_collapsed_generator_and_more_for_
         assert grid.shape == (8 * 64, 8 * 64, 3)
         assert tf.io.decode_png((tmp_path / name / "samples" / "gan-0000004.png").read_bytes()).shape == (4 * 64, 8 * 64, 3)
     collapsed, varied = results["collapsed"], results["varied"]
+    # Each curve says what it is computed from.
+    assert descriptions(tmp_path / "varied" / "logs" / "gan")["diversity/balance"] == (
+        "8 fixed test captions x 8 samples (56 degrees of freedom) against 8 real images: a trend within this "
+        "run, not comparable with the figures of `python -m mirrorgan_tf.evaluate --metrics spread` from more captions")
     scalars = {"diversity/pixel_pairwise", "diversity/balance"} | {f"diversity/ratio_{f}" for f in spread.FACTORS}
     assert scalars | {"samples/grid", "samples/stage1", "samples/stage3", "samples/variety"} <= set(collapsed)
     assert collapsed["samples/variety"][4] == (8 * 64, 8 * 64)

@@ -182,7 +182,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(prep
             assert np.isfinite(value).all(), name
 
 
-def test_mixed_precision_and_xla_on_one_device(trained_run, prepared_shapes, tmp_path):
+def test_mixed_precision_and_xla_on_one_device_and_one_export_whoever_writes_it(trained_run, prepared_shapes, tmp_path):
     run_dir, _ = trained_run
     r = _cli(tmp_path / "fast", prepared_shapes, "--stage", "gan", "--strategy", "one_device",
              "--set", f"damsm.checkpoint={run_dir}", "--set", f"stream.checkpoint={run_dir}/stream",
@@ -191,6 +191,27 @@ def test_mixed_precision_and_xla_on_one_device(trained_run, prepared_shapes, tmp
     assert "gan:   precision: compute float16 (policy mixed_float16); XLA on" in r.stdout.splitlines()
     metrics = json.loads((tmp_path / "fast" / "gan" / "metrics.json").read_text())
     assert metrics["steps"] == 2 and all(np.isfinite(v) for v in metrics["last_losses"].values())
+
+    # One export per run, whichever process writes it: the training's export stage (under the
+    # run's mixed_float16 policy) and `python -m mirrorgan_tf.export` (a float32 process) both
+    # write a float32 graph, so the same captions and noise give the same pixels.
+    import keras
+
+    from mirrorgan_tf import train
+    from mirrorgan_tf.serving.export import export
+
+    fast = tmp_path / "fast"
+    written = train.train(load_config(fast / "config.yaml"), str(fast), "export", "one_device",
+                          str(tmp_path / "by-train"))["export"]
+    assert keras.mixed_precision.global_policy().name == "float32"  # train puts the process's back
+    by_cli = export(str(fast), str(tmp_path / "by-export"))
+    assert keras.mixed_precision.global_policy().name == "float32"
+    captions = tf.constant(["a small red circle on the left", "a huge blue block at the top"])
+    noise = tf.random.stateless_normal([2, load_config(fast / "config.yaml").model.z_dim], seed=[3, 4])
+    pixels = [tf.saved_model.load(path).signatures["generate"](captions=captions, noise=noise)["images"].numpy()
+              for path in (written, by_cli)]
+    assert pixels[0].shape == (2, 64, 64, 3)
+    np.testing.assert_array_equal(pixels[0], pixels[1])
 
 
 # A training driver with TensorFlow's op determinism on (train.deterministic), on one device.

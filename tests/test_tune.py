@@ -153,6 +153,10 @@ def test_auto_is_attributes_x_spread_with_attribute_labels_and_r_precision_witho
         objective_lib.resolve("attributes_x_spread", {"dataset": "cub"})
     with pytest.raises(EvalError, match=r"tune.objective: unknown 'spread' \(known: auto, attributes_x_spread, "):
         objective_lib.resolve("spread", LABELLED)
+    # What the figure is computed from, printed beside it.
+    shapes = load_config(CONFIGS / "shapes.yaml", ["tune.samples_per_caption=4"])
+    assert auto.scored_on(shapes) == "2,000 test captions x 4 samples = 8,000 images"
+    assert plain.scored_on(shapes) == "2,000 test captions (1 image each)"
     # The shipped shapes config names it; auto would give the same there.
     assert load_config(CONFIGS / "shapes.yaml").tune.objective == "attributes_x_spread"
 
@@ -208,6 +212,57 @@ def test_bad_flags_fail_before_any_work(tmp_path):
     assert r.returncode == 2
     assert "error: --objective attributes: attribute labels exist only for the shapes dataset, not cub" in r.stderr
     assert not (tmp_path / "R").exists()
+
+
+def test_a_search_whose_trials_all_fail_says_no_trial_completed_on_every_run(tmp_path, capsys):
+    """Real Keras Tuner state: a GanTuner whose trainings all raise (as a diverging learning rate
+    does), so every trial is FAILED; the search reports it, and so does its rerun, which resumes
+    the finished search from disk."""
+    from mirrorgan_tf import tune
+    from mirrorgan_tf.training.loop import NonFiniteLoss
+    from mirrorgan_tf.tuning import objective as objective_lib
+    from mirrorgan_tf.tuning.tuner import GanTuner, Search, make_oracle
+
+    cfg = load_config(CONFIGS / "shapes_smoke.yaml", ["tune.max_trials=2", "tune.max_consecutive_failures=5"])
+    objective = objective_lib.resolve("attributes", LABELLED)
+    root = str(tmp_path / "R")
+    info = Search(root=root, cfg=cfg, objective=objective, pretrained={"damsm": root, "stream": root},
+                  eval_damsm="", steps=4)
+    calls = []
+
+    def diverging(cfg, run_dir, stage, strategy=None):
+        calls.append(run_dir)
+        raise NonFiniteLoss("stage 'gan', step 1: the loss is nan")
+
+    for run in range(2):
+        tuner = GanTuner(info, diverging, None, make_oracle(cfg, objective, 4))
+        with pytest.raises(ConfigError, match=r"R: no trial completed, so there is no best.yaml"):
+            tune.run_and_report(info, tuner)
+        assert len(calls) == 2, "the rerun trained again"  # trial 0 and 1, in the first run only
+        rows = read_rows(root)
+        assert [(r["trial"], r["status"], r["objective"]) for r in rows] == [("0", "FAILED", ""), ("1", "FAILED", "")]
+        assert rows[0]["reason"] == "NonFiniteLoss: stage 'gan', step 1: the loss is nan"
+        out = capsys.readouterr().out
+        assert "FAILED" in out
+        # The table's title says what every trial's figure is computed from.
+        assert "objective: attributes (maximised), on 40 test captions (1 image each)\n" in out
+        assert not os.path.exists(os.path.join(root, "best.yaml"))
+
+
+def test_the_best_trial_is_the_best_completed_one_whatever_failed():
+    import keras_tuner
+
+    from mirrorgan_tf.tuning.results import best_trial
+
+    for direction, expected in (("max", "2"), ("min", "1")):
+        oracle = keras_tuner.oracles.RandomSearchOracle(objective=keras_tuner.Objective("x", direction))
+        for trial_id, status, score in (("0", "FAILED", None), ("1", "COMPLETED", 0.2),
+                                        ("2", "COMPLETED", 0.7), ("3", "COMPLETED", float("nan"))):
+            oracle.trials[trial_id] = keras_tuner.engine.trial.Trial(oracle.get_space(), trial_id, status=status)
+            oracle.trials[trial_id].score = score
+        assert best_trial(oracle).trial_id == expected
+    oracle.trials = {k: t for k, t in oracle.trials.items() if t.status == "FAILED"}
+    assert best_trial(oracle) is None
 
 
 # --- real searches ---

@@ -59,6 +59,22 @@ def foreground(images):
     return tf.clip_by_value(distance / contrast[:, None, None], 0.0, 1.0)[..., None]
 
 
+
+# No published protocol scores these rates; below this many images a rate's binomial standard
+# error, sqrt(p (1 - p) / n), can exceed one percentage point (at p = 0.5, n = 2,500 gives 1.0).
+NOTE_BELOW_IMAGES = 2_500
+
+
+def small_count_note(group: str, rate: float, images: int) -> str | None:
+    """The note an all-four rate `rate` in [0, 1] from `images` images needs: its binomial
+    standard error in percentage points, when `images` < NOTE_BELOW_IMAGES; else None."""
+    if images >= NOTE_BELOW_IMAGES:
+        return None
+    error = 100 * (rate * (1 - rate) / max(images, 1)) ** 0.5
+    return (f"attributes/{group} from {images:,} images: the all-four rate carries a standard error of "
+            f"{error:.1f} points (sqrt(p (1 - p) / n)); differences below about twice that are noise")
+
+
 class AttributeClassifier(keras.Model):
     """images [-1, 1] -> one logit vector per attribute (in `names` order), factorised as the
     module says: colour from foreground-pooled per-pixel features, the rest from the foreground map."""
@@ -207,5 +223,7 @@ class AttributeAccuracy(Metric):
             ceiling = r["real"]["value"].get(group, {})
             cells = ", ".join(f"{k} {percent(v)} ({percent(ceiling[k])})" for k, v in acc.items()
                               if k != "images" and k in ceiling)
-            lines.append(f"attributes/{group} [{acc['images']} images]: {cells}")
+            lines.append(f"attributes/{group} [{acc['images']:,} images]: {cells}")
+            note = small_count_note(group, acc["all"], acc["images"])
+            lines += [f"  note: {note}"] if note else []
         return lines + ["  (in brackets: the same classifier on real test images)"]

@@ -66,6 +66,22 @@ def percent(value: float, std: float | None = None) -> str:
     return f"{100 * value:.2f} +- {100 * std:.2f} %" if std is not None else f"{100 * value:.1f} %"
 
 
+# The published evaluation protocol of AttnGAN and MirrorGAN (and DM-GAN, DF-GAN after them): IS,
+# FID and R-precision on 30,000 images generated from the test captions; R-precision over 10
+# folds, each image ranking its caption among 1 + 99 candidates.
+PUBLISHED_IMAGES = 30_000
+
+
+def below_protocol(what: str, count: int, published: int = PUBLISHED_IMAGES, why: str = "") -> str | None:
+    """The note a figure computed from `count` images needs when its published protocol uses
+    `published` (None at or above it): figures from different counts are not comparable, and
+    published ones come from `published`. `why` says which way the count biases the figure."""
+    if count >= published:
+        return None
+    return (f"{what} from {count:,} images, below the {published:,} of the published protocol"
+            + (f": {why}" if why else "") + f"; compare it only with figures from {count:,} images")
+
+
 def mean_std(values) -> tuple[float, float]:
     values = np.asarray(values, np.float64)
     return float(values.mean()), float(values.std())

@@ -9,8 +9,8 @@ FID is biased upward at small sample sizes, and strongly below the feature size 
 Inception pool features), where the covariance estimate is rank-deficient: two samples of one
 2,048-d standard Gaussian (true distance 0) score 6,116 at N = 2, 3,654 at N = 50, 1,027 at
 N = 2,048 and 350 at N = 6,000 (numpy seed 0). Figures are only
-comparable at equal image counts, so every result carries both counts, and a warning below
-MIN_IMAGES (the published protocol generates 30,000 images).
+comparable at equal image counts, so every result carries both counts, a warning below
+MIN_IMAGES, and a note below the 30,000 generated images of the published protocol.
 """
 
 from __future__ import annotations
@@ -26,11 +26,10 @@ import tensorflow as tf
 from mirrorgan_tf import data
 from mirrorgan_tf.images import atomic_write
 from mirrorgan_tf.metrics import inception
-from mirrorgan_tf.metrics.base import EvalError, Metric
+from mirrorgan_tf.metrics.base import PUBLISHED_IMAGES, EvalError, Metric, below_protocol
 
 
 MIN_IMAGES = 2048  # the Inception pool feature size: fewer images give a rank-deficient covariance
-PUBLISHED_IMAGES = 30_000
 
 
 def small_sample_warning(generated: int, real: int) -> str | None:
@@ -119,7 +118,10 @@ class FID(Metric):
 
     @staticmethod
     def format(r):
-        lines = [f"fid: {r['value']:.2f} ({r['images']} generated vs {r['reference_images']} real images; "
+        lines = [f"fid: {r['value']:.2f} ({r['images']:,} generated vs {r['reference_images']:,} real images; "
                  f"{r['features']})"]
         lines += [f"  note: {r['note']}"] if "note" in r else []
+        # Below MIN_IMAGES the warning says more; between it and the protocol's count, this note.
+        count = below_protocol("FID", r["images"], why="FID falls as the image count grows")
+        lines += [f"  note: {count}"] if count and "warning" not in r else []
         return lines + ([f"  warning: {r['warning']}"] if "warning" in r else [])

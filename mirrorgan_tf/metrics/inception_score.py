@@ -1,6 +1,11 @@
 """Inception Score: exp(E_x KL(p(y|x) || p(y))) over 10 splits, mean +- std, from the classifier
 the user gives: a Keras model file (e.g. an Inception fine-tuned on CUB; images in [-1, 1] at its
-input size; probabilities or logits out) or the 2015-12-05 ImageNet graph (the COCO protocol)."""
+input size; probabilities or logits out) or the 2015-12-05 ImageNet graph (the COCO protocol).
+
+IS depends on the image count: each split's marginal p(y) is estimated from its images, and with
+fewer images per split it is estimated narrower, so the KL terms and the score come out lower
+(`SMALL_SAMPLE_BIAS`). The published protocol scores 30,000 images in 10 splits; the printed
+figure carries its count, and a note below 30,000."""
 
 from __future__ import annotations
 
@@ -8,7 +13,10 @@ import numpy as np
 import tensorflow as tf
 
 from mirrorgan_tf.metrics import inception
-from mirrorgan_tf.metrics.base import EvalError, Metric, mean_std
+from mirrorgan_tf.metrics.base import EvalError, Metric, below_protocol, mean_std
+
+
+SMALL_SAMPLE_BIAS = "IS rises with the image count (each split's marginal is estimated from fewer images)"
 
 
 def inception_score(probabilities, splits: int = 10) -> tuple[float, float]:
@@ -87,6 +95,7 @@ class InceptionScore(Metric):
     @staticmethod
     def format(r):
         real = r["real"]
-        count = f"{real['images']} " if "images" in real else ""  # older metrics.json files lack it
-        return [f"is: {r['value']:.3f} +- {r['std']:.3f} ({r['splits']} splits of {r['images']} images); "
-                f"{count}real images {real['value']:.3f} +- {real['std']:.3f}"]
+        count = f"{real['images']:,} " if "images" in real else ""  # older metrics.json files lack it
+        note = below_protocol("IS", r["images"], why=SMALL_SAMPLE_BIAS)
+        return [f"is: {r['value']:.3f} +- {r['std']:.3f} ({r['splits']} splits of {r['images']:,} images); "
+                f"{count}real images {real['value']:.3f} +- {real['std']:.3f}"] + ([f"  note: {note}"] if note else [])

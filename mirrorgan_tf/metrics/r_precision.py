@@ -1,6 +1,8 @@
 """R-precision (AttnGAN/MirrorGAN protocol): each generated image ranks its own caption among
 1 + 99 mismatched captions by the cosine similarity of DAMSM's image code and sentence code; the
-top-1 hit rate is averaged over folds of the images, reported as mean +- std.
+top-1 hit rate is averaged over folds of the images, reported as mean +- std. The published
+protocol scores 30,000 images in 10 folds; the printed figure carries its count and candidates,
+and a note below 30,000 images.
 
 Mismatched captions are captions of other images of the split. Where the dataset labels what a
 caption says (the attributes of `shapes`), a caption with exactly the same labels would describe
@@ -17,7 +19,7 @@ import tensorflow as tf
 
 from mirrorgan_tf import data, runs
 from mirrorgan_tf.config import load_config
-from mirrorgan_tf.metrics.base import EvalError, Metric, mean_std, percent
+from mirrorgan_tf.metrics.base import EvalError, Metric, below_protocol, mean_std, percent
 
 CANDIDATES = 100
 
@@ -131,6 +133,12 @@ class RPrecision(Metric):
 
     @staticmethod
     def format(r):
-        lines = [f"r_precision: {percent(r['value'], r['std'])} over {r['folds']} folds of {r['images']} images; "
+        lines = [f"r_precision: {percent(r['value'], r['std'])} over {r['folds']} folds of {r['images']:,} images "
+                 f"(1 + {r.get('candidates', CANDIDATES) - 1} candidates each); "
                  f"real images {percent(r['real']['value'], r['real']['std'])}"]
-        return lines + ([f"  note: {r['note']}"] if "note" in r else [])
+        lines += [f"  note: {r['note']}"] if "note" in r else []
+        count = below_protocol("R-precision", r["images"],
+                               why="the rate is not biased by the count, but its +- (the std over folds of "
+                                   f"{r['images'] // r['folds']:,} images) is wider than over the protocol's 10 folds "
+                                   "of 3,000")
+        return lines + ([f"  note: {count}"] if count else [])

@@ -153,6 +153,26 @@ def class_ids(attributes: np.ndarray) -> np.ndarray:
     return np.unique(attributes, axis=0, return_inverse=True)[1].reshape(-1)
 
 
+
+# No published protocol measures these ratios. A pooled std from df degrees of freedom has a
+# relative standard error of about 1 / sqrt(2 df) (normal data), so a ratio of two has about
+# sqrt(1 / (2 df_generated) + 1 / (2 df_real)); above this a note says so.
+NOTE_ABOVE_RELATIVE_ERROR = 0.05
+
+
+def small_count_note(group: str, df_generated: int, df_real: int) -> str | None:
+    """The note a group's ratios need when their relative standard error, from the degrees of
+    freedom behind the generated (images - captions) and real (images - classes) spreads, is
+    above NOTE_ABOVE_RELATIVE_ERROR; else None."""
+    if min(df_generated, df_real) < 1:
+        return f"spread/{group}: no caption or class with two images, so no spread to measure"
+    error = (1 / (2 * df_generated) + 1 / (2 * df_real)) ** 0.5
+    if error <= NOTE_ABOVE_RELATIVE_ERROR:
+        return None
+    return (f"spread/{group} from {df_generated:,} generated and {df_real:,} real degrees of freedom: each ratio "
+            f"carries a relative standard error of about {100 * error:.0f} % (sqrt(1 / (2 df) + 1 / (2 df_real)))")
+
+
 class FactorSpread(Metric):
     """`--metrics spread` (shapes only; needs `--samples-per-caption` >= 2)."""
 
@@ -209,6 +229,8 @@ class FactorSpread(Metric):
             lines.append(f"spread/{group} [{g['captions']} captions x {r['samples_per_caption']} samples; "
                          f"real: {g['real_images']} images in {g['real_classes']} classes]: {cells}; "
                          f"balance {g['balance']:.2f}")
+            note = small_count_note(group, g["images"] - g["captions"], g["real_images"] - g["real_classes"])
+            lines += [f"  note: {note}"] if note else []
             if "shift" in g:
                 shifted = ", ".join(f"{f} {g['shift'][f]:.2f}" for f in r["factors"])
                 lines.append(f"  shift/{group}: {shifted}")

@@ -12,6 +12,7 @@ Weights are drawn in the order the factories are called, so callers that must re
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -23,6 +24,20 @@ from mirrorgan_tf.models.discriminators import Discriminator
 from mirrorgan_tf.models.glam import GLAM
 from mirrorgan_tf.models.stem import STEM
 from mirrorgan_tf.models.stream import StreamDecoder, StreamEncoder
+
+
+@contextlib.contextmanager
+def dtype_policy(name: str):
+    """Keras' process-wide dtype policy set to `name` ("float32", "mixed_float16",
+    "mixed_bfloat16") inside the block and put back on leaving it (an exception included).
+    Layers take the policy when they are built and keep it; code that reads the global policy
+    while tracing (`_dummy_text`) needs the block around the tracing too."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(name)
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
 
 
 def _dummy_text(cfg, batch: int):

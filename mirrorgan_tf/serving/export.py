@@ -15,6 +15,12 @@ the known words past the first `data.words_num`, which the length limit cuts (""
 A caption with no word in the vocabulary is an INVALID_ARGUMENT error (a failed assertion, as the
 stock model server reports it) naming each such element by index with its text quoted:
 `no word of these captions is in the vocabulary: element 2 ""`.
+
+The graph computes in float32 (runs.INFERENCE_POLICY) whatever `train.mixed_precision` the run
+trained with, and whichever process writes it (the training's export stage runs under the run's
+mixed policy; `python -m mirrorgan_tf.export` under float32): one export per run, the same pixels
+for the same captions and noise. float32 because it is the accurate answer of the float32 weights
+mixed training keeps, and because the CPUs TF Serving mostly runs on have no fast float16.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import keras
 import tensorflow as tf
 
 from mirrorgan_tf import images, runs, text
+from mirrorgan_tf.models import networks
 from mirrorgan_tf.models.networks import generate
 
 
@@ -98,7 +105,13 @@ def next_version(export_dir: str) -> int:
 
 
 def export(run_dir: str, export_dir: str = "saved_models/mirrorgan", version: int | None = None) -> str:
-    """Write the SavedModel atomically; returns its version folder."""
+    """Write the SavedModel atomically, built and traced under runs.INFERENCE_POLICY (float32)
+    and the process's policy put back afterwards; returns its version folder."""
+    with networks.dtype_policy(runs.INFERENCE_POLICY):
+        return _export(run_dir, export_dir, version)
+
+
+def _export(run_dir: str, export_dir: str, version: int | None) -> str:
     run = runs.load_run(run_dir)
     cfg = run.cfg
     stem, glam = run.generator(finished=True)

@@ -145,5 +145,13 @@ class Sampler:
         with writer.as_default():
             tf.summary.image("samples/variety", grid[None], step=step)
             for name, value in figures.items():
-                tf.summary.scalar(f"diversity/{name}", value, step=step)
+                tf.summary.scalar(f"diversity/{name}", value, step=step, description=self.counts)
         return figures
+
+    @property
+    def counts(self) -> str:
+        """What the `diversity/` curves are computed from (their TensorBoard description)."""
+        c, k = SAMPLE_CAPTIONS, self.samples_per_caption
+        return (f"{c} fixed test captions x {k} samples ({c * (k - 1)} degrees of freedom) against "
+                f"{len(self.real)} real images: a trend within this run, not comparable with the figures of "
+                f"`python -m mirrorgan_tf.evaluate --metrics spread` from more captions")

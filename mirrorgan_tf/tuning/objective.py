@@ -61,6 +61,14 @@ class Objective:
     def describe(self) -> str:
         return f"{self.name} ({'maximised' if self.direction == 'max' else 'minimised'})"
 
+    def scored_on(self, cfg) -> str:
+        """What every trial's figure is computed from, to print beside it: "2,000 test captions x
+        4 samples = 8,000 images". The same for every trial, so trials compare with each other;
+        not with figures from other counts (an `evaluate` of 30,000 images, published figures)."""
+        k = self.samples_per_caption(cfg)
+        n = int(cfg.tune.eval_captions)
+        return f"{n:,} test captions" + (f" x {k} samples = {n * k:,} images" if k > 1 else " (1 image each)")
+
 
 def resolve(name: str, manifest: dict) -> Objective:
     """The objective `tune.objective` names (`auto` resolved against the dataset's `manifest`:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 
 import tensorflow as tf
@@ -56,6 +57,18 @@ def rows(search, oracle) -> list[dict]:
     return out
 
 
+def best_trial(oracle):
+    """The best COMPLETED trial with a finite score (the oracle's objective and direction), or
+    None when there is none. Not Keras Tuner's `get_best_trials`: with fewer completed trials than
+    asked for, it pads its answer with FAILED trials, whose score is None."""
+    done = [t for t in oracle.trials.values()
+            if t.status == "COMPLETED" and t.score is not None and math.isfinite(t.score)]
+    if not done:
+        return None
+    pick = max if oracle.objective.direction == "max" else min
+    return pick(done, key=lambda t: t.score)
+
+
 def _cell(value) -> str:
     if value is None:
         return "-"
@@ -64,14 +77,16 @@ def _cell(value) -> str:
     return str(value)
 
 
-def table(rows_: list[dict], objective) -> str:
-    """The rows as aligned text, with a title line naming the objective and its direction."""
+def table(rows_: list[dict], objective, scored_on: str = "") -> str:
+    """The rows as aligned text, with a title line naming the objective, its direction and
+    `scored_on` (what every figure is computed from, `Objective.scored_on`)."""
+    title = f"objective: {objective.describe()}" + (f", on {scored_on}" if scored_on else "")
     if not rows_:
-        return f"objective: {objective.describe()}; no trials yet"
+        return f"{title}; no trials yet"
     columns = list(dict.fromkeys(k for r in rows_ for k in r))
     cells = [[_cell(r.get(c)) for c in columns] for r in rows_]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = [f"objective: {objective.describe()}",
+    lines = [title,
              "  ".join(c.ljust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
     return "\n".join(line.rstrip() for line in lines)
@@ -102,7 +117,7 @@ def write_best(search, trial_id: str, score: float, path: str) -> None:
     `--config` as every config file does; written then renamed."""
     cfg = best_config(search, trial_id)
     header = (f"# The best trial of the search in {search.root}: trial {trial_id}, "
-              f"{search.objective.describe()} = {score:.6g}.\n"
+              f"{search.objective.describe()} = {score:.6g} on {search.objective.scored_on(search.cfg)}.\n"
               f"# Its values, on the search's pretrained DAMSM and STREAM (damsm.checkpoint, stream.checkpoint;\n"
               f"# set both to \"\" to pretrain anew), with the searched config's train.max_steps and train.seed.\n"
               f"# The trial's own config (its short step budget) is {search.trial_dir(trial_id)}/config.yaml.\n"
