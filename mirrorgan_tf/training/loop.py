@@ -18,7 +18,8 @@ import tensorflow as tf
 
 from mirrorgan_tf import data, distribute
 from mirrorgan_tf.models.backbones import RANDOM, require_pretrained_backbone
-from mirrorgan_tf.runs import RunDir, checkpoint_dir
+from mirrorgan_tf.runs import (DAMAGED, RunDir, checkpoint_candidates, checkpoint_dir, restore_newest_intact,
+                              set_aside_damaged)
 
 
 INPUT_PIPELINE = "input_pipeline"  # the checkpoint's name for the input pipeline's position
@@ -196,6 +197,10 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
     `iterator` is a tf.Module (data.DistributedInput) its position is saved in every checkpoint
     (as `input_pipeline`) and restored on resume; a checkpoint saved without it resumes with the
     input from its start, and says so.
+    The resume restores the newest checkpoint that reads (`runs.restore_newest_intact`); damaged
+    newer ones are named, moved into <checkpoints>/damaged/ (never deleted, and outside
+    keep_checkpoints' rotation) and recorded with the step restarted from in stages.json
+    (`fallbacks`). DamagedCheckpointError when none reads.
     `learning_rates(step)` gives {name: rate} for TensorBoard; `on_sample(step, writer)` runs every
     `cadence.sample_every` steps and at the end. A non-finite loss stops the run before anything
     is saved, and so do non-finite `state.trained_variables` at a checkpoint (NonFiniteLoss), so
@@ -203,9 +208,8 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
     it done in stages.json.
     """
     checkpoint, step_var, total_steps = state.checkpoint, state.step, cadence.total_steps
-    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir(run, stage, strategy),
-                                         max_to_keep=cadence.keep_checkpoints)
-    latest = manager.latest_checkpoint
+    folder = checkpoint_dir(run, stage, strategy)
+    chief = distribute.is_chief(strategy)
     # The input pipeline's position is saved with the weights (data.DistributedInput), so a resumed
     # stage continues with the batches of the steps after the checkpoint, not the first ones again.
     # The same for the random seed states of dropout and the like. A checkpoint written before they
@@ -213,18 +217,39 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
     extras = {INPUT_PIPELINE: iterator if isinstance(iterator, tf.Module) else None,
               RANDOM_STATE: getattr(state, "random_state", None)}
     extras = {k: v for k, v in extras.items() if v is not None}
-    saved = {name.split("/", 1)[0] for name, _ in tf.train.list_variables(latest)} if latest else set()
-    for name, value in extras.items():
-        if name in saved or not latest:
-            setattr(checkpoint, name, value)
-    if latest:
-        checkpoint.restore(latest).assert_existing_objects_matched()
+
+    def restore(prefix):
+        saved = {name.split("/", 1)[0] for name, _ in tf.train.list_variables(prefix)}
+        for name, value in extras.items():
+            if name in saved:
+                setattr(checkpoint, name, value)
+            elif hasattr(checkpoint, name):  # attached for a newer, damaged checkpoint
+                delattr(checkpoint, name)
+        checkpoint.restore(prefix).assert_existing_objects_matched()
+        return saved
+
+    if checkpoint_candidates(folder, stage):
+        # The newest checkpoint that reads; a damaged newer one is named, set aside and recorded.
+        latest, saved, damaged = restore_newest_intact(folder, stage, restore)
         print(f"{stage}: resumed from {latest} at step {int(step_var.numpy())}", flush=True)
         for name, value in extras.items():
             if name not in saved:
                 print(f"{stage}: {latest} holds no {name} (saved before it was kept): it starts afresh", flush=True)
                 setattr(checkpoint, name, value)
-    chief = distribute.is_chief(strategy)
+        if damaged or latest != tf.train.latest_checkpoint(folder):
+            moved = set_aside_damaged(folder, damaged, latest)
+            if damaged:
+                print(f"{stage}: the damaged {', '.join(p for p, _ in damaged)} moved to {folder}/{DAMAGED}/ (kept, "
+                      f"not deleted; keep_checkpoints no longer counts them); the stage restarts from step "
+                      f"{int(step_var.numpy())}", flush=True)
+                if chief:
+                    run.record_fallback(stage, {
+                        "resumed_from": latest, "step": int(step_var.numpy()),
+                        "damaged": [{"checkpoint": p, "reason": r} for p, r in damaged], "moved_to": moved})
+    else:
+        for name, value in extras.items():
+            setattr(checkpoint, name, value)
+    manager = tf.train.CheckpointManager(checkpoint, folder, max_to_keep=cadence.keep_checkpoints)
     writer = tf.summary.create_file_writer(run.logs(stage)) if chief else tf.summary.create_noop_writer()
     start = int(step_var.numpy())
     progress = Progress(stage, start, total_steps, cadence.log_every)
