@@ -556,7 +556,8 @@ def vocabulary_path(cfg) -> str:
 
 def restore_damsm(cfg, vocab_size: int, path: str):
     """(STEM, DAMSM image encoder) of configuration `cfg`, restored from the damsm checkpoint found
-    under `path` (run directory, stage folder, checkpoint folder or prefix). The encoder's backbone
+    under `path` (run directory, stage folder, checkpoint folder or prefix; the newest intact one,
+    see `restore_weights`). The encoder's backbone
     is built untrained (`for_restore`): the checkpoint holds its weights."""
     cfg = for_restore(cfg)
     stem = networks.build_stem(cfg, vocab_size)
@@ -595,7 +596,7 @@ class Run:
     def generator(self, finished: bool = True):
         """(STEM, EMA GLAM) restored: STEM from the run's DAMSM stage (or the configured
         damsm.checkpoint, whose run must share this run's vocabulary), GLAM from the EMA weights of
-        the latest gan checkpoint. With finished=True the gan stage must be done (FileNotFoundError
+        the newest intact gan checkpoint (a damaged newer one is named, `restore_newest_intact`). With finished=True the gan stage must be done (FileNotFoundError
         otherwise); finished=False also takes a run that is still training."""
         cfg = self.cfg
         stem = networks.build_stem(cfg, self.vocab_size, batch=1)

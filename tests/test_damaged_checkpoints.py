@@ -151,6 +151,26 @@ def test_a_resume_with_every_checkpoint_damaged_stops_naming_them(tmp_path, caps
         "ckpt-4.data-00000-of-00001", "ckpt-4.index"]  # set aside by the first fallback, nothing deleted
 
 
+def test_a_worker_of_a_multi_worker_run_does_not_fall_back_alone(tmp_path, monkeypatch):
+    import types
+
+    import tensorflow as tf
+
+    from mirrorgan_tf import distribute
+
+    spec = tf.train.ClusterSpec({"chief": ["a:1"], "worker": ["b:1", "c:1"]})
+    cluster = types.SimpleNamespace(cluster_resolver=types.SimpleNamespace(cluster_spec=lambda: spec))
+    assert distribute.worker_count(cluster) == 3 and distribute.worker_count(distribute.build_strategy("one_device")) == 1
+    _toy_resume(tmp_path / "run", 4)
+    folder = tmp_path / "run" / "toy" / "checkpoints"
+    _truncate_data(folder / "ckpt-4")
+    monkeypatch.setattr(distribute, "worker_count", lambda strategy: 2)
+    with pytest.raises(runs.DamagedCheckpointError, match=r"toy: .*ckpt-4 damaged on this worker; its newest intact "
+                                                          r"checkpoint is .*ckpt-2, but the 2 workers"):
+        _toy_resume(tmp_path / "run", 6)
+    assert (folder / "ckpt-4.index").exists() and not (folder / "damaged").exists()  # nothing moved
+
+
 # --- every command, on a copy of the trained smoke run ---------------------------------------------
 
 def test_sample_export_and_evaluate_fall_back_to_the_older_checkpoint(trained_run, tmp_path, capsys):

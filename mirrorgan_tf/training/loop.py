@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from mirrorgan_tf import data, distribute
 from mirrorgan_tf.models.backbones import RANDOM, require_pretrained_backbone
-from mirrorgan_tf.runs import (DAMAGED, RunDir, checkpoint_candidates, checkpoint_dir, restore_newest_intact,
+from mirrorgan_tf.runs import (DAMAGED, DamagedCheckpointError, RunDir, checkpoint_candidates, checkpoint_dir, restore_newest_intact,
                               set_aside_damaged)
 
 
@@ -200,7 +200,8 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
     The resume restores the newest checkpoint that reads (`runs.restore_newest_intact`); damaged
     newer ones are named, moved into <checkpoints>/damaged/ (never deleted, and outside
     keep_checkpoints' rotation) and recorded with the step restarted from in stages.json
-    (`fallbacks`). DamagedCheckpointError when none reads.
+    (`fallbacks`). DamagedCheckpointError when none reads, and when a worker of a multi_worker run
+    would fall back alone (its steps would part from the others').
     `learning_rates(step)` gives {name: rate} for TensorBoard; `on_sample(step, writer)` runs every
     `cadence.sample_every` steps and at the end. A non-finite loss stops the run before anything
     is saved, and so do non-finite `state.trained_variables` at a checkpoint (NonFiniteLoss), so
@@ -231,6 +232,13 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
     if checkpoint_candidates(folder, stage):
         # The newest checkpoint that reads; a damaged newer one is named, set aside and recorded.
         latest, saved, damaged = restore_newest_intact(folder, stage, restore)
+        if damaged and distribute.worker_count(strategy) > 1:
+            # Each worker restores its own copy: one falling back alone would run other steps than the
+            # others and their collectives would never meet. Stop, moving nothing.
+            raise DamagedCheckpointError(
+                f"{stage}: {', '.join(p for p, _ in damaged)} damaged on this worker; its newest intact checkpoint "
+                f"is {latest}, but the {distribute.worker_count(strategy)} workers of a multi_worker run must resume "
+                f"from the same step: set the damaged files aside on every worker (the same step) and start again")
         print(f"{stage}: resumed from {latest} at step {int(step_var.numpy())}", flush=True)
         for name, value in extras.items():
             if name not in saved:
