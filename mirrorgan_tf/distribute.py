@@ -173,3 +173,10 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
         return True
     return resolver.task_type in (None, "chief") or (
         resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def worker_count(strategy: tf.distribute.Strategy) -> int:
+    """How many processes (chief and workers) train together: 1 without a cluster."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    return max(1, sum(len(spec.get(role, [])) for role in ("chief", "worker")))

@@ -16,6 +16,12 @@ A run directory holds:
 EMA generator, the DAMSM image encoder), restored from the run's checkpoints. Paths go through
 tf.io.gfile, so a run directory may live on gs://.
 
+Every read of a checkpoint (sampling, export, evaluation, the demo, a later stage or run reusing a
+pretrained stage, a resume) goes through `restore_newest_intact`: a checkpoint with a missing or
+truncated .index / .data file is named and the newest intact one before it used (and named); when
+none reads, DamagedCheckpointError names them all. A resume also moves the damaged files into
+<stage>/checkpoints/damaged/ and records the fallback in stages.json (`set_aside_damaged`).
+
 A run directory is the single source of truth for what trained in it: its own copy of the
 vocabulary (word ids mean what they meant in training, whatever later happens to `data.dir`), the
 data's fingerprint (a resumed or later stage refuses data that changed), and its config (a re-run
@@ -29,7 +35,10 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Optional
+import re
+import sys
+import time
+from typing import Callable, Optional
 
 import tensorflow as tf
 
@@ -107,7 +116,15 @@ class RunDir:
 
     def mark_done(self, stage: str, info: dict) -> None:
         stages = self.stages()
-        stages[stage] = {"done": True, **info}
+        # What the stage's record already holds (its resumes' fallbacks) stays.
+        stages[stage] = {**stages.get(stage, {}), "done": True, **info}
+        self.write_json("stages.json", stages)
+
+    def record_fallback(self, stage: str, entry: dict) -> None:
+        """Add `entry` (what a resume of `stage` fell back from and to) to the stage's `fallbacks`
+        in stages.json, so the run directory says which step the stage restarted from and why."""
+        stages = self.stages()
+        stages.setdefault(stage, {}).setdefault("fallbacks", []).append(entry)
         self.write_json("stages.json", stages)
 
     def write_metrics(self, stage: str, metrics: dict) -> None:
@@ -124,28 +141,153 @@ def checkpoint_dir(run: RunDir, stage: str, strategy: tf.distribute.Strategy) ->
     return os.path.join(run.root, f".worker-{resolver.task_type}-{resolver.task_id}", stage)
 
 
+# What reading a damaged checkpoint raises: a missing or truncated .index or .data file is an OpError
+# (NotFoundError, DataLossError: "file is too short to be an sstable"), a .data file shorter than its
+# index says is Python's IndexError ("Read less bytes than requested").
+READ_ERRORS = (tf.errors.OpError, IndexError)
+DAMAGED = "damaged"  # <stage>/checkpoints/damaged/: where a resume moves the damaged checkpoints aside
+
+
+class DamagedCheckpointError(RunIntegrityError):
+    """No checkpoint of a stage could be read: the message names every one tried and why."""
+
+
+def checkpoint_number(prefix: str) -> int:
+    """The N of a CheckpointManager prefix `.../ckpt-N` (the step it was saved at); -1 for others."""
+    match = re.search(r"-(\d+)$", prefix)
+    return int(match.group(1)) if match else -1
+
+
+def _state_paths(folder: str) -> list[str]:
+    """The prefixes the `checkpoint` state file of `folder` lists (oldest first); [] when it is
+    missing or unreadable (a damaged state file must not hide the checkpoints beside it)."""
+    try:
+        state = tf.train.get_checkpoint_state(folder)
+    except Exception:  # noqa: BLE001 - a truncated state file raises a text-format ParseError
+        return []
+    if state is None:
+        return []
+    paths = list(state.all_model_checkpoint_paths) + [state.model_checkpoint_path]
+    return [p if os.path.isabs(p) or "://" in p else os.path.join(folder, p) for p in paths if p]
+
+
+def checkpoint_candidates(path: str, stage: str) -> list[str]:
+    """Every `stage` checkpoint prefix under `path` (a run directory, a stage folder, a checkpoint
+    folder, or a prefix itself), newest (highest step) first. In a CheckpointManager's folder they are
+    those its `checkpoint` state file lists (the manager's own record: files it never listed are
+    leftovers of an interrupted save); when that file is missing or unreadable, those whose .index or
+    .data files lie in the folder, so that a lost state file hides none. The first folder holding
+    any wins; [] when none does."""
+    for candidate in (path, os.path.join(path, "checkpoints"), os.path.join(path, stage, "checkpoints")):
+        if not tf.io.gfile.isdir(candidate):
+            continue
+        found = set(_state_paths(candidate))
+        if not found:
+            found.update(name[: -len(".index")] for name in tf.io.gfile.glob(os.path.join(candidate, "*.index")))
+            found.update(name[: name.rindex(".data-")] for name in tf.io.gfile.glob(os.path.join(candidate, "*.data-*")))
+        if found:
+            return sorted(found, key=lambda p: (checkpoint_number(p), p), reverse=True)
+    if tf.io.gfile.exists(path + ".index") or tf.io.gfile.glob(path + ".data-*"):
+        return [path]
+    return []
+
+
 def find_checkpoint(path: str, stage: str) -> Optional[str]:
     """The latest `stage` checkpoint prefix in a run directory, a stage folder, a checkpoint
-    folder, or the checkpoint prefix itself; None when there is none."""
-    for candidate in (path, os.path.join(path, "checkpoints"), os.path.join(path, stage, "checkpoints")):
-        latest = tf.train.latest_checkpoint(candidate) if tf.io.gfile.isdir(candidate) else None
-        if latest:
-            return latest
-    if tf.io.gfile.exists(path + ".index"):
-        return path
-    return None
+    folder, or the checkpoint prefix itself; None when there is none. Whether it can be read is
+    `restore_newest_intact`'s business."""
+    candidates = checkpoint_candidates(path, stage)
+    return candidates[0] if candidates else None
+
+
+def _reason(error: BaseException) -> str:
+    text = getattr(error, "message", None) or str(error) or type(error).__name__
+    return text.strip().splitlines()[0]
+
+
+def restore_newest_intact(path: str, stage: str, restore: Callable[[str], object]):
+    """Every read of a `stage` checkpoint goes through here (sample, export, evaluate, the demo, a
+    later stage reusing this one, a resume): `restore(prefix)` is called on the checkpoints under
+    `path` newest first (`checkpoint_candidates`) until one reads. A checkpoint whose read fails
+    (a .index or .data file missing or truncated, as an interrupted copy or a full disk leaves it:
+    READ_ERRORS) is named on stderr with the reason, then the next newest is tried, and the one used
+    is said. Errors other than READ_ERRORS (a checkpoint of other networks: AssertionError) propagate.
+
+    Returns (prefix used, what `restore` returned, [(damaged prefix, reason)] newer than it).
+    Raises FileNotFoundError when there is no checkpoint at all, DamagedCheckpointError (exit
+    status 2) naming every checkpoint tried and why when none reads."""
+    candidates = checkpoint_candidates(path, stage)
+    if not candidates:
+        raise FileNotFoundError(f"{path}: no {stage} checkpoint found (expected a run directory, "
+                                f"a '{stage}' checkpoint folder or a checkpoint prefix)")
+    damaged = []
+    for prefix in candidates:
+        try:
+            result = restore(prefix)
+        except READ_ERRORS as e:
+            damaged.append((prefix, _reason(e)))
+            print(f"warning: {stage} checkpoint {prefix} is damaged ({damaged[-1][1]})", file=sys.stderr, flush=True)
+            continue
+        if damaged:
+            print(f"warning: using the newest intact {stage} checkpoint instead: {prefix} "
+                  f"(step {checkpoint_number(prefix)})", file=sys.stderr, flush=True)
+        return prefix, result, damaged
+    tried = "\n  - ".join(f"{p}: {reason}" for p, reason in damaged)
+    raise DamagedCheckpointError(
+        f"{path}: every {stage} checkpoint is damaged (a .index or .data file missing or truncated); tried:\n"
+        f"  - {tried}\nRestore them from a copy, or train the stage again in another --run-dir")
+
+
+def set_aside_damaged(folder: str, damaged: list, used: str) -> list[str]:
+    """After a resume fell back to `used`: move the files of each damaged checkpoint of `folder`
+    (a CheckpointManager's) into `folder`/damaged/, and rewrite the `checkpoint` state file to list
+    only the checkpoints kept, `used` last. So keep_checkpoints' rotation neither counts nor deletes
+    them, the next save at their step cannot mix with their files, and a resume killed before its
+    next save restarts from `used` again. Nothing is deleted. Returns the new folders' paths."""
+    target = os.path.join(folder, DAMAGED)
+    moved = []
+    for prefix, _ in damaged:
+        if os.path.dirname(prefix.rstrip("/")) != folder.rstrip("/"):
+            continue
+        files = tf.io.gfile.glob(prefix + ".index") + tf.io.gfile.glob(prefix + ".data-*")
+        if not files:
+            continue
+        tf.io.gfile.makedirs(target)
+        for name in files:
+            tf.io.gfile.rename(name, os.path.join(target, os.path.basename(name)), overwrite=True)
+        moved.append(os.path.join(target, os.path.basename(prefix)))
+    state = None
+    try:
+        state = tf.train.get_checkpoint_state(folder)
+    except Exception:  # noqa: BLE001 - an unreadable state file is written anew below
+        pass
+    stamps = {}
+    if state is not None:
+        times = list(state.all_model_checkpoint_timestamps)
+        for i, p in enumerate(state.all_model_checkpoint_paths):
+            full = p if os.path.isabs(p) or "://" in p else os.path.join(folder, p)
+            stamps[full] = times[i] if i < len(times) else time.time()
+    # Every checkpoint newer than `used` was tried and is damaged: the state keeps the older ones.
+    kept = [p for p in stamps if checkpoint_number(p) < checkpoint_number(used)] + [used]
+    # Relative to the folder, as CheckpointManager writes them, so the run directory may still move.
+    # CheckpointManager has no public way to drop a checkpoint from its record; this (deprecated but
+    # public) function is the one writer of the state file it reads.
+    tf.compat.v1.train.update_checkpoint_state(
+        folder, os.path.basename(used), all_model_checkpoint_paths=[os.path.basename(p) for p in kept],
+        all_model_checkpoint_timestamps=[stamps.get(p, time.time()) for p in kept])
+    return moved
 
 
 def restore_weights(path: str, stage: str, **objects) -> str:
-    """Restore some objects (e.g. stem=...) from a `stage` checkpoint found under `path` (see
-    `find_checkpoint`); returns the checkpoint prefix. Raises FileNotFoundError when there is no
-    checkpoint, AssertionError when one of the objects is not in it."""
-    prefix = find_checkpoint(path, stage)
-    if prefix is None:
-        raise FileNotFoundError(f"{path}: no {stage} checkpoint found (expected a run directory, "
-                                f"a '{stage}' checkpoint folder or a checkpoint prefix)")
-    tf.train.Checkpoint(**objects).restore(prefix).expect_partial().assert_existing_objects_matched()
-    return prefix
+    """Restore some objects (e.g. stem=...) from the newest intact `stage` checkpoint found under
+    `path` (see `find_checkpoint`, `restore_newest_intact`: a damaged newer one is named and passed
+    over); returns the checkpoint prefix used. Raises FileNotFoundError when there is no
+    checkpoint, DamagedCheckpointError when none reads, AssertionError when one of the objects is
+    not in it."""
+    def restore(prefix):
+        tf.train.Checkpoint(**objects).restore(prefix).expect_partial().assert_existing_objects_matched()
+
+    return restore_newest_intact(path, stage, restore)[0]
 
 
 def resolve_stage_checkpoint(run: RunDir, stage: str, configured: str) -> str:
@@ -425,7 +567,8 @@ def vocabulary_path(cfg) -> str:
 
 def restore_damsm(cfg, vocab_size: int, path: str):
     """(STEM, DAMSM image encoder) of configuration `cfg`, restored from the damsm checkpoint found
-    under `path` (run directory, stage folder, checkpoint folder or prefix). The encoder's backbone
+    under `path` (run directory, stage folder, checkpoint folder or prefix; the newest intact one,
+    see `restore_weights`). The encoder's backbone
     is built untrained (`for_restore`): the checkpoint holds its weights."""
     cfg = for_restore(cfg)
     stem = networks.build_stem(cfg, vocab_size)
@@ -464,8 +607,9 @@ class Run:
     def generator(self, finished: bool = True):
         """(STEM, EMA GLAM) restored: STEM from the run's DAMSM stage (or the configured
         damsm.checkpoint, whose run must share this run's vocabulary), GLAM from the EMA weights of
-        the latest gan checkpoint. With finished=True the gan stage must be done (FileNotFoundError
-        otherwise); finished=False also takes a run that is still training.
+        the newest intact gan checkpoint (a damaged newer one is named, `restore_newest_intact`).
+        With finished=True the gan stage must be done (FileNotFoundError otherwise); finished=False
+        also takes a run that is still training.
 
         Both are built to compute in float32 (INFERENCE_POLICY), whatever policy the process has
         and whatever `train.mixed_precision` the run trained with: the weights are float32 in

@@ -18,7 +18,8 @@ import tensorflow as tf
 
 from mirrorgan_tf import data, distribute
 from mirrorgan_tf.models.backbones import RANDOM, require_pretrained_backbone
-from mirrorgan_tf.runs import RunDir, checkpoint_dir
+from mirrorgan_tf.runs import (DAMAGED, DamagedCheckpointError, RunDir, checkpoint_candidates, checkpoint_dir, restore_newest_intact,
+                              set_aside_damaged)
 
 
 INPUT_PIPELINE = "input_pipeline"  # the checkpoint's name for the input pipeline's position
@@ -197,6 +198,11 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
     (as `input_pipeline`) and restored on resume, on any number of replicas; a checkpoint saved
     without it, or by another number of workers (`DistributedInput.resume_note`), resumes with the
     input from its start, and says so.
+    The resume restores the newest checkpoint that reads (`runs.restore_newest_intact`); damaged
+    newer ones are named, moved into <checkpoints>/damaged/ (never deleted, and outside
+    keep_checkpoints' rotation) and recorded with the step restarted from in stages.json
+    (`fallbacks`). DamagedCheckpointError when none reads, and when a worker of a multi_worker run
+    would fall back alone (its steps would part from the others').
     `learning_rates(step)` gives {name: rate} for TensorBoard; `on_sample(step, writer)` runs every
     `cadence.sample_every` steps and at the end. A non-finite loss stops the run before anything
     is saved, and so do non-finite `state.trained_variables` at a checkpoint (NonFiniteLoss), so
@@ -204,9 +210,8 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
     it done in stages.json.
     """
     checkpoint, step_var, total_steps = state.checkpoint, state.step, cadence.total_steps
-    manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir(run, stage, strategy),
-                                         max_to_keep=cadence.keep_checkpoints)
-    latest = manager.latest_checkpoint
+    folder = checkpoint_dir(run, stage, strategy)
+    chief = distribute.is_chief(strategy)
     # The input pipeline's position is saved with the weights (data.DistributedInput), so a resumed
     # stage continues with the batches of the steps after the checkpoint, not the first ones again.
     # The same for the random seed states of dropout and the like. A checkpoint written before they
@@ -214,31 +219,62 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
     extras = {INPUT_PIPELINE: iterator if isinstance(iterator, tf.Module) else None,
               RANDOM_STATE: getattr(state, "random_state", None)}
     extras = {k: v for k, v in extras.items() if v is not None}
-    saved = {name.split("/", 1)[0] for name, _ in tf.train.list_variables(latest)} if latest else set()
-    # A position saved by another number of workers (or before the layout was recorded) cannot
-    # continue here: everything else restores, the input starts over (another replica count can).
-    moved = iterator.resume_note(latest) if latest and INPUT_PIPELINE in saved and INPUT_PIPELINE in extras else None
-    if moved:
-        saved.discard(INPUT_PIPELINE)
-    for name, value in extras.items():
-        if name in saved or not latest:
-            setattr(checkpoint, name, value)
-    if moved:  # attached after the restore, the pipeline would still get the saved position: a stand-in takes it
-        setattr(checkpoint, INPUT_PIPELINE, tf.Module())
-    if latest:
-        status = checkpoint.restore(latest).assert_existing_objects_matched()
-        if moved:
+    input_note = None  # why the restored checkpoint's input position cannot continue here, if it cannot
+
+    def restore(prefix):
+        nonlocal input_note
+        saved = {name.split("/", 1)[0] for name, _ in tf.train.list_variables(prefix)}
+        # A position saved by another number of workers (or before the layout was recorded) cannot
+        # continue here: everything else restores, the input starts over (another replica count can).
+        input_note = (iterator.resume_note(prefix)
+                      if INPUT_PIPELINE in saved and INPUT_PIPELINE in extras else None)
+        if input_note:
+            saved.discard(INPUT_PIPELINE)
+        for name, value in extras.items():
+            if name in saved:
+                setattr(checkpoint, name, value)
+            elif hasattr(checkpoint, name):  # attached for a newer, damaged checkpoint
+                delattr(checkpoint, name)
+        if input_note:  # attached after the restore, the pipeline would still get the saved position: a stand-in takes it
+            setattr(checkpoint, INPUT_PIPELINE, tf.Module())
+        status = checkpoint.restore(prefix).assert_existing_objects_matched()
+        if input_note:
             status.expect_partial()  # the saved input position stays unread on purpose
+        return saved
+
+    if checkpoint_candidates(folder, stage):
+        # The newest checkpoint that reads; a damaged newer one is named, set aside and recorded.
+        latest, saved, damaged = restore_newest_intact(folder, stage, restore)
+        if damaged and distribute.worker_count(strategy) > 1:
+            # Each worker restores its own copy: one falling back alone would run other steps than the
+            # others and their collectives would never meet. Stop, moving nothing.
+            raise DamagedCheckpointError(
+                f"{stage}: {', '.join(p for p, _ in damaged)} damaged on this worker; its newest intact checkpoint "
+                f"is {latest}, but the {distribute.worker_count(strategy)} workers of a multi_worker run must resume "
+                f"from the same step: set the damaged files aside on every worker (the same step) and start again")
         print(f"{stage}: resumed from {latest} at step {int(step_var.numpy())}", flush=True)
-        if moved:
-            print(f"{stage}: the input position in {latest} cannot continue here ({moved}): the input starts "
+        if input_note:
+            print(f"{stage}: the input position in {latest} cannot continue here ({input_note}): the input starts "
                   f"from its beginning, with the batches of the run's first steps in data.seed's order", flush=True)
         for name, value in extras.items():
             if name not in saved:
-                if name != INPUT_PIPELINE or not moved:
+                if name != INPUT_PIPELINE or not input_note:
                     print(f"{stage}: {latest} holds no {name} (saved before it was kept): it starts afresh", flush=True)
                 setattr(checkpoint, name, value)
-    chief = distribute.is_chief(strategy)
+        if damaged or latest != tf.train.latest_checkpoint(folder):
+            moved = set_aside_damaged(folder, damaged, latest)
+            if damaged:
+                print(f"{stage}: the damaged {', '.join(p for p, _ in damaged)} moved to {folder}/{DAMAGED}/ (kept, "
+                      f"not deleted; keep_checkpoints no longer counts them); the stage restarts from step "
+                      f"{int(step_var.numpy())}", flush=True)
+                if chief:
+                    run.record_fallback(stage, {
+                        "resumed_from": latest, "step": int(step_var.numpy()),
+                        "damaged": [{"checkpoint": p, "reason": r} for p, r in damaged], "moved_to": moved})
+    else:
+        for name, value in extras.items():
+            setattr(checkpoint, name, value)
+    manager = tf.train.CheckpointManager(checkpoint, folder, max_to_keep=cadence.keep_checkpoints)
     writer = tf.summary.create_file_writer(run.logs(stage)) if chief else tf.summary.create_noop_writer()
     start = int(step_var.numpy())
     progress = Progress(stage, start, total_steps, cadence.log_every)

@@ -36,6 +36,7 @@ import keras_tuner
 import tensorflow as tf
 
 from mirrorgan_tf import config as config_lib
+from mirrorgan_tf import runs
 from mirrorgan_tf.images import atomic_write
 from mirrorgan_tf.tuning import objective as objective_lib
 from mirrorgan_tf.tuning import space
@@ -91,7 +92,7 @@ def _write_json(path: str, value: dict) -> None:
 
 
 def _has_gan_checkpoint(run_dir: str) -> bool:
-    return bool(tf.train.latest_checkpoint(os.path.join(run_dir, "gan", "checkpoints")))
+    return runs.find_checkpoint(os.path.join(run_dir, "gan"), "gan") is not None
 
 
 def _continue_from(parent_dir: str, run_dir: str) -> None:
