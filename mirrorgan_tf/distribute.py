@@ -54,3 +54,12 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
         return True
     return resolver.task_type in (None, "chief") or (
         resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in resolver.cluster_spec().as_dict())
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    """True when `strategy` spans a cluster of several tasks (MultiWorkerMirroredStrategy under a
+    TF_CONFIG naming more than one)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return False
+    return sum(len(tasks) for tasks in resolver.cluster_spec().as_dict().values()) > 1

@@ -11,6 +11,7 @@ resumes from its last checkpoint. Run the same command again to continue a run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -83,16 +84,28 @@ def train(cfg, run_dir: str, stage: str = "all", strategy_kind: str = "auto",
 
 
 def _train(cfg, run_dir, stage, strategy_kind, export_dir, strategy) -> dict:
+    from mirrorgan_tf import runs
+    from mirrorgan_tf.distribute import build_strategy, is_chief, is_multi_worker
+    from mirrorgan_tf.training import stop
+
+    strategy = strategy or build_strategy(strategy_kind)
+    chief = is_chief(strategy)
+    with contextlib.ExitStack() as held:
+        if chief:  # the other workers write only their own scratch folders
+            held.enter_context(runs.RunLock(run_dir))
+        if not is_multi_worker(strategy):
+            held.enter_context(stop.stop_on_signals())
+        return _train_locked(cfg, run_dir, stage, export_dir, strategy, chief)
+
+
+def _train_locked(cfg, run_dir, stage, export_dir, strategy, chief) -> dict:
     import keras
     import tensorflow as tf
 
     from mirrorgan_tf import config as config_lib
     from mirrorgan_tf import data, runs
-    from mirrorgan_tf.distribute import build_strategy, is_chief
-    from mirrorgan_tf.training import damsm, gan, loop, stream
+    from mirrorgan_tf.training import damsm, gan, loop, stop, stream
 
-    strategy = strategy or build_strategy(strategy_kind)
-    chief = is_chief(strategy)
     config_lib.check_replica_batches(cfg, strategy.num_replicas_in_sync)
     run = runs.RunDir(run_dir)
     # A reused stage's networks are built as its run trained them, and this run records that.
@@ -135,6 +148,9 @@ def _train(cfg, run_dir, stage, strategy_kind, export_dir, strategy) -> dict:
         start = time.time()
         results[name] = trainers[name](cfg, run, strategy)
         print(f"{name}: done, {results[name].steps} steps, {time.time() - start:.0f} s", flush=True)
+        if stop.requested() is not None:  # came during the stage's last step: stop before the next
+            raise stop.TrainingStopped(stop.requested(), name, results[name].steps,
+                                       runs.find_checkpoint(run.checkpoints(name), name))
     if stage == "export" or (stage == "all" and chief and not run.is_done("export")):
         from mirrorgan_tf.serving.export import export
 
@@ -166,6 +182,7 @@ def main(argv=None) -> int:
             print(dump_config(cfg), end="")
             return 0
         from mirrorgan_tf.training.loop import NonFiniteLoss
+        from mirrorgan_tf.training.stop import TrainingStopped
 
         run_dir = a.run_dir or os.path.join("runs", os.path.splitext(os.path.basename(a.config))[0])
         try:
@@ -173,6 +190,9 @@ def main(argv=None) -> int:
         except NonFiniteLoss as e:  # bad numbers, not bad input: its own status
             print(f"error: {e}", file=sys.stderr)
             return 3
+        except TrainingStopped as e:  # SIGTERM / SIGINT, checkpoint written: 128 + the signal
+            print(f"stopped: {e}", file=sys.stderr)
+            return e.exit_code
         return 0
 
     return run_cli(body)

@@ -19,6 +19,7 @@ import tensorflow as tf
 from mirrorgan_tf import data, distribute
 from mirrorgan_tf.models.backbones import RANDOM, require_pretrained_backbone
 from mirrorgan_tf.runs import RunDir, checkpoint_dir
+from mirrorgan_tf.training import stop
 
 
 INPUT_PIPELINE = "input_pipeline"  # the checkpoint's name for the input pipeline's position
@@ -201,6 +202,9 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
     is saved, and so do non-finite `state.trained_variables` at a checkpoint (NonFiniteLoss), so
     the last checkpoint always is a good one. The chief records the stage's metrics.json and marks
     it done in stages.json.
+    A stop requested by a signal (`stop.stop_on_signals`, checked after every step) saves the step
+    just done (unless it was saved already) and raises stop.TrainingStopped; the stage is not marked
+    done, and the next run resumes from that checkpoint.
     """
     checkpoint, step_var, total_steps = state.checkpoint, state.step, cadence.total_steps
     manager = tf.train.CheckpointManager(checkpoint, checkpoint_dir(run, stage, strategy),
@@ -244,7 +248,10 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
             final = step == total_steps
             log = step % cadence.log_every == 0 or final
             sample = bool(on_sample and cadence.sample_every and (step % cadence.sample_every == 0 or final))
-            save = step % cadence.checkpoint_every == 0 or final
+            # A signal asked to stop (checked here, between steps: the handler only set a flag).
+            # The final step goes on to be recorded as done; any other saves now.
+            signum = None if final else stop.requested()
+            save = step % cadence.checkpoint_every == 0 or final or signum is not None
             if log or sample or save:
                 guard.check(stage, manager.latest_checkpoint)
             if log:
@@ -263,6 +270,9 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
                         f"stage '{stage}', step {step}: weight '{broken}' is not finite; stopped without "
                         f"saving. The latest checkpoint is still {manager.latest_checkpoint or '(none yet)'}")
                 manager.save(checkpoint_number=step)
+            if signum is not None:
+                writer.flush()
+                raise stop.TrainingStopped(signum, stage, step, manager.latest_checkpoint)
         writer.flush()
     seconds = time.time() - t0
     done = step - start
