@@ -25,8 +25,10 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _received: Optional[int] = None  # the first signal number received while installed, else None
 
 
-class TrainingStopped(Exception):
+class TrainingStopped(BaseException):
     """Training stopped on a signal after writing a checkpoint; the same command resumes it.
+    A BaseException, as KeyboardInterrupt is: a request to stop, not an error, so it passes
+    through `except Exception` (Keras Tuner would record it as a failed trial and go on).
     Attributes: `signum` (int), `stage` (str), `step` (int, the step saved), `checkpoint` (str,
     the checkpoint prefix written, or the latest one when there was no step to save).
     `exit_code` is the status a command exits with: 128 + the signal number (143 for SIGTERM,
@@ -61,7 +63,9 @@ def stop_on_signals(signals=SIGNALS) -> Iterator[bool]:
         if _received is None:
             _received = signum
             return
-        # A second signal: do what would have happened without us.
+        if signum != _received:  # e.g. the scheduler's SIGTERM after a Ctrl-C: one stop is under way
+            return
+        # The same signal again: do what would have happened without us.
         before = previous.get(signum, signal.SIG_DFL)
         signal.signal(signum, before)
         if callable(before):
