@@ -6,6 +6,11 @@ missing, pretrains STEM with DAMSM, pretrains STREAM on real images, then trains
 runs/shapes, and exports the EMA generator to saved_models/<run name>/<version> for TensorFlow
 Serving. `--stage all` runs every stage that has not finished; a stage that was interrupted
 resumes from its last checkpoint. Run the same command again to continue a run.
+
+Exit status: 0 done; 2 bad input (`error: ...`), or the run directory held by another `train`
+(train.lock); 3 a non-finite loss or weight (the last good checkpoint kept); 143 / 130 stopped by
+SIGTERM / SIGINT after checkpointing the step in flight (128 + the signal, as a shell reports a
+process that signal ended): the same command resumes.
 """
 
 from __future__ import annotations
