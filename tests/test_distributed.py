@@ -163,3 +163,4 @@ def test_two_multi_worker_processes_end_with_identical_weights(prepared_shapes, 
     assert stages["damsm"]["steps"] == 3
     metrics = json.loads((run_dir / "damsm" / "metrics.json").read_text())
     assert metrics["replicas"] == 2
+    assert not (run_dir / "train.lock").exists()  # the chief held the run, and let it go
