@@ -98,7 +98,9 @@ def _train(cfg, run_dir, stage, strategy_kind, export_dir, strategy) -> dict:
     with contextlib.ExitStack() as held:
         if chief:  # the other workers write only their own scratch folders
             held.enter_context(runs.RunLock(run_dir))
-        if not is_multi_worker(strategy):
+        if is_multi_worker(strategy):
+            held.enter_context(stop.stop_on_preemption(strategy))
+        else:
             held.enter_context(stop.stop_on_signals())
         return _train_locked(cfg, run_dir, stage, export_dir, strategy, chief)
 

@@ -236,6 +236,18 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
     losses: dict = {}
     step = start
     guard = NonFiniteGuard()
+
+    def save_now(at: int):
+        """The checkpoint of step `at` (the step just done), for a stop on preemption."""
+        writer.flush()
+        guard.check(stage, manager.latest_checkpoint)
+        if manager.latest_checkpoint and manager.latest_checkpoint.endswith(f"-{at}"):
+            return stage, at, manager.latest_checkpoint
+        broken = _first_non_finite(state.trained_variables)
+        if broken:
+            raise NonFiniteLoss(f"stage '{stage}', step {at}: weight '{broken}' is not finite; stopped without "
+                                f"saving. The latest checkpoint is still {manager.latest_checkpoint or '(none yet)'}")
+        return stage, at, manager.save(checkpoint_number=at)
     with writer.as_default():
         while step < total_steps:
             batch = next(iterator)
@@ -273,6 +285,7 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
             if signum is not None:
                 writer.flush()
                 raise stop.TrainingStopped(signum, stage, step, manager.latest_checkpoint)
+            stop.checkpoint_if_preempted(lambda: save_now(step))  # multi-worker: all workers save together
         writer.flush()
     seconds = time.time() - t0
     done = step - start

@@ -16,13 +16,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
+import tempfile
 import threading
 from typing import Iterator, Optional
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 _received: Optional[int] = None  # the first signal number received while installed, else None
+_preemption = None  # the process's PreemptionCheckpointHandler while `stop_on_preemption` is entered
+_save = None  # what the running loop saves a checkpoint with: () -> (stage, step, checkpoint prefix)
+_saved: Optional[tuple] = None  # what it returned
 
 
 class TrainingStopped(BaseException):
@@ -82,3 +87,56 @@ def stop_on_signals(signals=SIGNALS) -> Iterator[bool]:
         for s, before in previous.items():
             signal.signal(s, before if before is not None else signal.SIG_DFL)
         _received = outer
+
+
+@contextlib.contextmanager
+def stop_on_preemption(strategy) -> Iterator[bool]:
+    """Under MultiWorkerMirroredStrategy: SIGTERM to any worker makes every worker save at the same
+    step and stop (TrainingStopped), through TensorFlow's
+    tf.distribute.experimental.PreemptionCheckpointHandler: the signalled worker picks the step
+    (the next one) and tells the others through the cluster's coordination service; each worker
+    calls `checkpoint_if_preempted` after every step and saves when it reaches that step.
+
+    One handler for the whole process, whatever the number of stages: a handler, once shut down,
+    tells the cluster to stop watching for good, so a second one would never hear of a signal.
+    It saves through the running loop's own checkpoint manager (`save` given to
+    `checkpoint_if_preempted`); the checkpoint it is built with is an empty one in a scratch folder.
+    SIGINT is not handled here (a Ctrl-C reaches one worker's terminal, not a scheduler's job).
+    The previous SIGTERM handler comes back on leaving. Yields whether a handler was made (False on
+    a GCE CPU VM, where TensorFlow does not support it, and outside the main thread)."""
+    global _preemption, _save, _saved
+    import tensorflow as tf
+
+    if threading.current_thread() is not threading.main_thread():
+        yield False
+        return
+
+    def save():
+        global _saved
+        _saved = _save()
+
+    def stop():
+        raise TrainingStopped(signal.SIGTERM, *_saved)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    scratch = tempfile.mkdtemp(prefix="mirrorgan-preemption-")
+    try:
+        _preemption = tf.distribute.experimental.PreemptionCheckpointHandler(
+            strategy.cluster_resolver, tf.train.Checkpoint(), checkpoint_dir=os.path.join(scratch, "unused"),
+            termination_config=tf.distribute.experimental.TerminationConfig(exit_fn=stop, save_fn=save))
+        yield True
+    finally:
+        _preemption, _save, _saved = None, None, None
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def checkpoint_if_preempted(save) -> None:
+    """After every step of a multi-worker loop (on every worker, the same number of calls): when a
+    worker was signalled and this is the agreed step, `save()` -> (stage, step, checkpoint prefix)
+    writes the checkpoint and TrainingStopped is raised. Does nothing outside `stop_on_preemption`."""
+    global _save
+    if _preemption is None:
+        return
+    _save = save
+    _preemption.save_checkpoint_if_preempted()
