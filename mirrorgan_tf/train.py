@@ -73,12 +73,22 @@ def train(cfg, run_dir: str, stage: str = "all", strategy_kind: str = "auto",
     reuses (damsm.checkpoint / stream.checkpoint must share its vocabulary), the dataset's size
     (`data.check_prepared` for the stages that will run) and the backbones
     (`training.loop.check_backbones`).
-    Raises RunIntegrityError, DataError, BackboneWeightsError (all ValueError), FileNotFoundError.
+    Raises RunIntegrityError, DataError, BackboneWeightsError (all ValueError), FileNotFoundError,
+    RunLockedError.
 
     `strategy`: a tf.distribute.Strategy already built (the search builds one per process and
     trains every trial under it); None builds one of `strategy_kind`. The Keras mixed-precision
     policy `train.mixed_precision` asks for is process-wide: it is set for these stages only and the
-    previous policy restored on return, so whatever runs next in the process starts as before."""
+    previous policy restored on return, so whatever runs next in the process starts as before.
+
+    One process trains a run directory at a time: its chief holds `runs.RunLock` (train.lock) from
+    before the first check to the end, errors and signals included; a second start raises
+    runs.RunLockedError naming the holder. SIGTERM and SIGINT stop training cleanly
+    (`training.stop.stop_on_signals`): the step in flight finishes, a checkpoint of it is written
+    and training.stop.TrainingStopped (a BaseException, like KeyboardInterrupt) is raised; the
+    same call resumes. Under a multi-worker cluster SIGTERM to any worker stops every worker at one
+    agreed step, each saving it (`training.stop.stop_on_preemption`); SIGINT is left alone there.
+    The previous signal handlers come back on return."""
     import keras
 
     previous_policy = keras.mixed_precision.global_policy()
