@@ -170,7 +170,8 @@ def test_two_multi_worker_processes_end_with_identical_weights(prepared_shapes, 
 
 def test_sigterm_to_one_worker_makes_both_save_the_same_step_and_stop(prepared_shapes, tmp_path):
     """A real SIGTERM to the non-chief worker of two: through TensorFlow's
-    PreemptionCheckpointHandler both workers save the same step, then exit 143."""
+    PreemptionCheckpointHandler both workers save the same step, then exit 143; the same command
+    resumes both from it."""
     ports = _free_ports(2)
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
     run_dir = tmp_path / "mw"
@@ -209,3 +210,26 @@ def test_sigterm_to_one_worker_makes_both_save_the_same_step_and_stop(prepared_s
     for name in names:
         np.testing.assert_array_equal(a.get_tensor(name), b.get_tensor(name), err_msg=name)
     assert not (run_dir / "train.lock").exists()
+    # The same command (one more step) resumes both workers from the step they saved.
+    ports = _free_ports(2)
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    procs = []
+    for index in range(2):
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        cmd = [sys.executable, "-m", "mirrorgan_tf.train", "--config", str(CONFIGS / "shapes_smoke.yaml"),
+               "--run-dir", str(run_dir), "--stage", "damsm", "--strategy", "multi_worker",
+               "--set", f"data.dir={prepared_shapes}", "--set", f"damsm.max_steps={step + 1}",
+               "--set", "train.checkpoint_every=1000", "--set", "train.log_every=1"]
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
+    try:
+        outputs = [p.communicate(timeout=400)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert f"resumed from {chief} at step {step}" in outputs[0]
+    assert f"at step {step}" in outputs[1] and json.loads((run_dir / "stages.json").read_text())["damsm"]["steps"] == step + 1
