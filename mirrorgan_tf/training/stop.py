@@ -102,8 +102,11 @@ def stop_on_preemption(strategy) -> Iterator[bool]:
     It saves through the running loop's own checkpoint manager (`save` given to
     `checkpoint_if_preempted`); the checkpoint it is built with is an empty one in a scratch folder.
     SIGINT is not handled here (a Ctrl-C reaches one worker's terminal, not a scheduler's job).
-    The previous SIGTERM handler comes back on leaving. Yields whether a handler was made (False on
-    a GCE CPU VM, where TensorFlow does not support it, and outside the main thread)."""
+    The previous SIGTERM handler comes back on leaving. Yields whether a handler was made (False
+    outside the main thread). What TensorFlow 2.21's handler does depends on where it runs (read in
+    its source, failure_handling.py; only the plain-CPU case is tested here): it asks the GCE
+    metadata server first (5 s timeout); on a GCE CPU VM it does nothing (a signal then ends the
+    worker as before); on a GCE GPU VM it watches GCE maintenance events instead of SIGTERM."""
     global _preemption, _save, _saved
     import tensorflow as tf
 
