@@ -180,3 +180,12 @@ def worker_count(strategy: tf.distribute.Strategy) -> int:
     resolver = getattr(strategy, "cluster_resolver", None)
     spec = resolver.cluster_spec().as_dict() if resolver is not None else {}
     return max(1, sum(len(spec.get(role, [])) for role in ("chief", "worker")))
+
+
+def is_multi_worker(strategy: tf.distribute.Strategy) -> bool:
+    """True when `strategy` spans a cluster of several tasks (MultiWorkerMirroredStrategy under a
+    TF_CONFIG naming more than one)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return False
+    return sum(len(tasks) for tasks in resolver.cluster_spec().as_dict().values()) > 1

@@ -11,6 +11,7 @@ A run directory holds:
     logs/<stage>/               TensorBoard events
     samples/                    image grids
     metrics.json                evaluation results
+    train.lock                  while `train` runs in it: who (host, PID, start time); see RunLock
 
 `load_run(path)` gives a run's config and vocabulary and builds its trained networks (STEM and the
 EMA generator, the DAMSM image encoder), restored from the run's checkpoints. Paths go through
@@ -36,6 +37,7 @@ import hashlib
 import json
 import os
 import re
+import socket
 import sys
 import time
 from typing import Callable, Optional
@@ -129,6 +131,127 @@ class RunDir:
 
     def write_metrics(self, stage: str, metrics: dict) -> None:
         self.write_json(os.path.join(stage, "metrics.json"), metrics)
+
+
+LOCK = "train.lock"
+
+
+class RunLockedError(MirrorganError):
+    """Another training process holds the run directory; the message names it (host, PID, start
+    time) and the lock file."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+class RunLock:
+    """The run directory's train.lock: one training process at a time per run directory.
+
+    `acquire()` creates `<run>/train.lock` with O_CREAT | O_EXCL (atomic: of two processes starting
+    together exactly one creates it) holding JSON {host, pid, started (UTC, ISO 8601), command}.
+    When the file exists already:
+      - its holder on this host is alive (its PID exists): RunLockedError naming host, PID, start
+        time and command;
+      - its holder on this host is gone (PID dead: killed with SIGKILL, the machine rebooted): the
+        lock is taken over, and a note printed;
+      - its holder is on another host: RunLockedError (this host cannot see that process); if that
+        job is really gone, delete the file as the message says.
+    `release()` removes the file if it is still ours. Use as a context manager.
+
+    What it cannot catch: O_EXCL is atomic on local disks and on NFS v3 and later, not on some
+    FUSE or object-store mounts (gcsfuse, s3fs); a gs:// run directory (through tf.io.gfile) only
+    checks then writes, so two starts within the same fraction of a second may both pass. A holder
+    on another host that died leaves a lock to delete by hand. A dead holder's PID reused by an
+    unrelated process on the same host looks alive (refused: delete the file). Two processes taking
+    over the same stale lock at the same instant may both proceed."""
+
+    def __init__(self, root: str):
+        self.path = os.path.join(root.rstrip("/"), LOCK)
+        self.owned = False
+        self.record = {"host": socket.gethostname(), "pid": os.getpid(),
+                       "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                       "command": " ".join(sys.argv)[:500]}
+
+    def _create(self) -> bool:
+        text = json.dumps(self.record, indent=2) + "\n"
+        if "://" in self.path:  # object stores have no exclusive create: check, then write
+            if tf.io.gfile.exists(self.path):
+                return False
+            with tf.io.gfile.GFile(self.path, "w") as f:
+                f.write(text)
+            return True
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return True
+
+    def holder(self) -> Optional[dict]:
+        """The lock file's record, {} when it is unreadable (being written), None when absent."""
+        try:
+            with tf.io.gfile.GFile(self.path) as f:
+                return json.loads(f.read() or "{}")
+        except tf.errors.NotFoundError:
+            return None
+        except (ValueError, OSError, tf.errors.OpError):
+            return {}
+
+    def acquire(self) -> "RunLock":
+        """Take the lock (see the class); returns self. Raises RunLockedError."""
+        tf.io.gfile.makedirs(os.path.dirname(self.path))
+        for _ in range(3):
+            if self._create():
+                self.owned = True
+                return self
+            held = self.holder()
+            if held is None:  # released meanwhile
+                continue
+            if not held:  # created this instant, not yet written
+                time.sleep(0.5)
+                held = self.holder() or {}
+            who = (f"host {held.get('host', '?')}, PID {held.get('pid', '?')}, started {held.get('started', '?')}"
+                   f" ({held.get('command', '?')})")
+            same_host = held.get("host") == self.record["host"]
+            pid = held.get("pid")
+            if same_host and isinstance(pid, int) and not _pid_alive(pid):
+                print(f"note: {self.path}: its holder ({who}) is gone; taking the run over", flush=True)
+                try:
+                    tf.io.gfile.remove(self.path)
+                except tf.errors.NotFoundError:
+                    pass
+                continue
+            where = "this host" if same_host else "another host, which this one cannot check"
+            raise RunLockedError(
+                f"{os.path.dirname(self.path)}: another training process holds this run ({who}, on {where}); "
+                f"two processes would write the same checkpoints. Wait for it or stop it; if it is really "
+                f"gone, delete {self.path}")
+        raise RunLockedError(f"{self.path}: could not take the lock (it keeps changing hands)")
+
+    def release(self) -> None:
+        if not self.owned:
+            return
+        self.owned = False
+        held = self.holder()
+        if held and held.get("pid") == self.record["pid"] and held.get("host") == self.record["host"]:
+            try:
+                tf.io.gfile.remove(self.path)
+            except tf.errors.NotFoundError:
+                pass
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def checkpoint_dir(run: RunDir, stage: str, strategy: tf.distribute.Strategy) -> str:

@@ -6,11 +6,17 @@ missing, pretrains STEM with DAMSM, pretrains STREAM on real images, then trains
 runs/shapes, and exports the EMA generator to saved_models/<run name>/<version> for TensorFlow
 Serving. `--stage all` runs every stage that has not finished; a stage that was interrupted
 resumes from its last checkpoint. Run the same command again to continue a run.
+
+Exit status: 0 done; 2 bad input (`error: ...`), or the run directory held by another `train`
+(train.lock); 3 a non-finite loss or weight (the last good checkpoint kept); 143 / 130 stopped by
+SIGTERM / SIGINT after checkpointing the step in flight (128 + the signal, as a shell reports a
+process that signal ended): the same command resumes.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -67,15 +73,24 @@ def train(cfg, run_dir: str, stage: str = "all", strategy_kind: str = "auto",
     reuses (damsm.checkpoint / stream.checkpoint must share its vocabulary), the dataset's size
     (`data.check_prepared` for the stages that will run) and the backbones
     (`training.loop.check_backbones`).
-    Raises RunIntegrityError, DataError, BackboneWeightsError (all ValueError), FileNotFoundError.
-    A shard whose size differs from the manifest's record is refused before anything is written;
-    a record that fails to read while a stage trains (a byte changed in place) stops the stage with
-    a DataError naming the shard and the byte offset (`data.explain_read_error`).
+    Raises RunIntegrityError, DataError, BackboneWeightsError (all ValueError), FileNotFoundError,
+    RunLockedError. A shard whose size differs from the manifest's record is refused before
+    anything is written; a record that fails to read while a stage trains (a byte changed in place)
+    stops the stage with a DataError naming the shard and the byte offset (`data.explain_read_error`).
 
     `strategy`: a tf.distribute.Strategy already built (the search builds one per process and
     trains every trial under it); None builds one of `strategy_kind`. The Keras mixed-precision
     policy `train.mixed_precision` asks for is process-wide: it is set for these stages only and the
-    previous policy restored on return, so whatever runs next in the process starts as before."""
+    previous policy restored on return, so whatever runs next in the process starts as before.
+
+    One process trains a run directory at a time: its chief holds `runs.RunLock` (train.lock) from
+    before the first check to the end, errors and signals included; a second start raises
+    runs.RunLockedError naming the holder. SIGTERM and SIGINT stop training cleanly
+    (`training.stop.stop_on_signals`): the step in flight finishes, a checkpoint of it is written
+    and training.stop.TrainingStopped (a BaseException, like KeyboardInterrupt) is raised; the
+    same call resumes. Under a multi-worker cluster SIGTERM to any worker stops every worker at one
+    agreed step, each saving it (`training.stop.stop_on_preemption`); SIGINT is left alone there.
+    The previous signal handlers come back on return."""
     import keras
 
     previous_policy = keras.mixed_precision.global_policy()
@@ -86,16 +101,31 @@ def train(cfg, run_dir: str, stage: str = "all", strategy_kind: str = "auto",
 
 
 def _train(cfg, run_dir, stage, strategy_kind, export_dir, strategy) -> dict:
+    from mirrorgan_tf import runs
+    from mirrorgan_tf.distribute import build_strategy, is_chief, is_multi_worker
+    from mirrorgan_tf.training import stop
+
+    strategy = strategy or build_strategy(strategy_kind)
+    chief = is_chief(strategy)
+    with contextlib.ExitStack() as held:
+        if chief:  # the other workers write only their own scratch folders
+            held.enter_context(runs.RunLock(run_dir))
+        if is_multi_worker(strategy):
+            held.enter_context(stop.stop_on_preemption(strategy))
+        else:
+            held.enter_context(stop.stop_on_signals())
+        return _train_locked(cfg, run_dir, stage, export_dir, strategy, chief)
+
+
+def _train_locked(cfg, run_dir, stage, export_dir, strategy, chief) -> dict:
     import keras
     import tensorflow as tf
 
     from mirrorgan_tf import config as config_lib
     from mirrorgan_tf import data, runs
-    from mirrorgan_tf.distribute import build_strategy, describe, is_chief
-    from mirrorgan_tf.training import damsm, gan, loop, stream
+    from mirrorgan_tf.distribute import describe
+    from mirrorgan_tf.training import damsm, gan, loop, stop, stream
 
-    strategy = strategy or build_strategy(strategy_kind)
-    chief = is_chief(strategy)
     config_lib.check_replica_batches(cfg, strategy.num_replicas_in_sync)
     run = runs.RunDir(run_dir)
     # A reused stage's networks are built as its run trained them, and this run records that.
@@ -151,6 +181,9 @@ def _train(cfg, run_dir, stage, strategy_kind, export_dir, strategy) -> dict:
                 raise
             raise damaged from None
         print(f"{name}: done, {results[name].steps} steps, {time.time() - start:.0f} s", flush=True)
+        if stop.requested() is not None:  # came during the stage's last step: stop before the next
+            raise stop.TrainingStopped(stop.requested(), name, results[name].steps,
+                                       runs.find_checkpoint(run.checkpoints(name), name))
     if stage == "export" or (stage == "all" and chief and not run.is_done("export")):
         from mirrorgan_tf.serving.export import export
 
@@ -182,6 +215,7 @@ def main(argv=None) -> int:
             print(dump_config(cfg), end="")
             return 0
         from mirrorgan_tf.training.loop import NonFiniteLoss
+        from mirrorgan_tf.training.stop import TrainingStopped
 
         run_dir = a.run_dir or os.path.join("runs", os.path.splitext(os.path.basename(a.config))[0])
         try:
@@ -189,6 +223,9 @@ def main(argv=None) -> int:
         except NonFiniteLoss as e:  # bad numbers, not bad input: its own status
             print(f"error: {e}", file=sys.stderr)
             return 3
+        except TrainingStopped as e:  # SIGTERM / SIGINT, checkpoint written: 128 + the signal
+            print(f"stopped: {e}", file=sys.stderr)
+            return e.exit_code
         return 0
 
     return run_cli(body)

@@ -244,8 +244,13 @@ def run_and_report(info, tuner, me: str = "single") -> int:
 def main(argv=None) -> int:
     a = parse(argv)
     from mirrorgan_tf.errors import run_cli
+    from mirrorgan_tf.training.stop import TrainingStopped
 
-    return run_cli(lambda: search(a))
+    try:
+        return run_cli(lambda: search(a))
+    except TrainingStopped as e:  # SIGTERM / SIGINT in a trial's training: its checkpoint is written
+        print(f"stopped: {e}", file=sys.stderr)
+        return e.exit_code
 
 
 if __name__ == "__main__":

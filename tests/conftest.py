@@ -36,11 +36,13 @@ SLOWEST_FIRST = [
     "tests/test_summary.py::test_published_cub_networks_have_the_original_parameter_counts",  # 177
     "tests/test_export.py::test_export_cli_writes_the_next_version_atomically",  # 175
     "tests/test_training.py::test_sigkill_mid_stage_resumes_from_the_last_checkpoint",  # 132
+    "tests/test_training.py::test_sigterm_saves_the_step_in_flight_and_a_second_train_on_the_run_is_refused",  # 121
     "tests/test_demo_page.py",  # 115 in all
     "tests/test_summary.py::test_summary_cli_prints_json_and_a_table",  # 114
     "tests/test_import_mirrorgan.py::test_discriminators_match_d_nets",  # 110 + 18
     "tests/test_training.py::test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint",  # 102
     "tests/test_sample.py",  # 82 in all (load average 11), most in its two measured sample processes
+    "tests/test_distributed.py::test_sigterm_to_one_worker_makes_both_save_the_same_step_and_stop",  # 66
 ]
 
 

@@ -5,10 +5,12 @@ Both need a fresh TensorFlow runtime (logical CPU devices, a cluster), so they r
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -161,6 +163,7 @@ def _train_two_workers(prepared_shapes, run_dir, envs):
     assert stages["damsm"]["steps"] == 3
     metrics = json.loads((run_dir / "damsm" / "metrics.json").read_text())
     assert metrics["replicas"] == 2
+    assert not (run_dir / "train.lock").exists()  # the chief held the run, and let it go
 
 
 def test_two_multi_worker_processes_end_with_identical_weights(prepared_shapes, tmp_path):
@@ -282,3 +285,70 @@ def test_every_stage_resumes_on_another_replica_count_both_ways(prepared_shapes,
             assert f"{stage}: resumed from {run_dir / stage / 'checkpoints'}/ckpt-{steps} at step {steps}" in log
         assert "cannot continue here" not in log and "starts afresh" not in log
     assert json.loads((run_dir / "gan" / "metrics.json").read_text())["replicas"] == 2
+
+
+def test_sigterm_to_one_worker_makes_both_save_the_same_step_and_stop(prepared_shapes, tmp_path):
+    """A real SIGTERM to the non-chief worker of two: through TensorFlow's
+    PreemptionCheckpointHandler both workers save the same step, then exit 143; the same command
+    resumes both from it."""
+    ports = _free_ports(2)
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    run_dir = tmp_path / "mw"
+    procs, logs = [], [tmp_path / f"worker{i}.log" for i in range(2)]
+    for index in range(2):
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        cmd = [sys.executable, "-m", "mirrorgan_tf.train", "--config", str(CONFIGS / "shapes_smoke.yaml"),
+               "--run-dir", str(run_dir), "--stage", "damsm", "--strategy", "multi_worker",
+               "--set", f"data.dir={prepared_shapes}", "--set", "damsm.max_steps=100000",
+               "--set", "train.checkpoint_every=1000", "--set", "train.log_every=1"]
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(logs[index], "w"), stderr=subprocess.STDOUT))
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline and all(p.poll() is None for p in procs) and " 3/100000 " not in logs[0].read_text():
+            time.sleep(0.05)
+        assert all(p.poll() is None for p in procs), logs[0].read_text()[-3000:] + logs[1].read_text()[-3000:]
+        os.kill(procs[1].pid, signal.SIGTERM)
+        statuses = [p.wait(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert statuses == [143, 143], logs[0].read_text()[-3000:] + logs[1].read_text()[-3000:]
+    chief = tf.train.latest_checkpoint(str(run_dir / "damsm" / "checkpoints"))
+    other = tf.train.latest_checkpoint(str(run_dir / ".worker-worker-1" / "damsm"))
+    step = int(chief.rsplit("-", 1)[1])
+    assert step >= 3 and other.endswith(f"ckpt-{step}")
+    for log in logs:
+        assert f"stopped: stage 'damsm' stopped by SIGTERM at step {step}" in log.read_text()
+    a, b = tf.train.load_checkpoint(chief), tf.train.load_checkpoint(other)
+    names = [n for n, _ in tf.train.list_variables(chief)
+             if n != "_CHECKPOINTABLE_OBJECT_GRAPH" and not n.startswith("input_pipeline/")]
+    assert len(names) > 50
+    for name in names:
+        np.testing.assert_array_equal(a.get_tensor(name), b.get_tensor(name), err_msg=name)
+    assert not (run_dir / "train.lock").exists()
+    # The same command (one more step) resumes both workers from the step they saved.
+    ports = _free_ports(2)
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    procs = []
+    for index in range(2):
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+               "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})}
+        cmd = [sys.executable, "-m", "mirrorgan_tf.train", "--config", str(CONFIGS / "shapes_smoke.yaml"),
+               "--run-dir", str(run_dir), "--stage", "damsm", "--strategy", "multi_worker",
+               "--set", f"data.dir={prepared_shapes}", "--set", f"damsm.max_steps={step + 1}",
+               "--set", "train.checkpoint_every=1000", "--set", "train.log_every=1"]
+        procs.append(subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      text=True))
+    try:
+        outputs = [p.communicate(timeout=400)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+    assert f"resumed from {chief} at step {step}" in outputs[0]
+    assert f"at step {step}" in outputs[1] and json.loads((run_dir / "stages.json").read_text())["damsm"]["steps"] == step + 1

@@ -1,8 +1,10 @@
-"""python -m mirrorgan_tf.train on the smoke config: end to end, resume after SIGKILL, NaN guard."""
+"""python -m mirrorgan_tf.train on the smoke config: end to end, resume after SIGKILL and after
+SIGTERM, one process per run directory, NaN guard."""
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -145,11 +147,66 @@ def test_sigkill_mid_stage_resumes_from_the_last_checkpoint(prepared_shapes, tmp
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert int(resumed.step.numpy()) == saved
 
+    # SIGKILL left its lock behind; its PID is dead on this host, so the resume takes the run over.
+    assert json.loads((run_dir / "train.lock").read_text())["pid"] == proc.pid
     r = _cli(run_dir, prepared_shapes, "--stage", "damsm", "--set", f"damsm.max_steps={saved + 2}")
     assert r.returncode == 0, r.stderr[-3000:]
+    assert f"(host {socket.gethostname()}, PID {proc.pid}, started" in r.stdout and "taking the run over" in r.stdout
     assert f"resumed from {latest} at step {saved}" in r.stdout
+    assert not (run_dir / "train.lock").exists()
     metrics = json.loads((run_dir / "damsm" / "metrics.json").read_text())
     assert (metrics["steps"], metrics["steps_this_session"]) == (saved + 2, 2)
+
+
+def _wait_for_checkpoint(ckpt_dir, step, proc, log):
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        latest = tf.train.latest_checkpoint(str(ckpt_dir)) if ckpt_dir.exists() else None
+        if latest and int(latest.rsplit("-", 1)[1]) >= step:
+            return int(latest.rsplit("-", 1)[1])
+        time.sleep(0.05)
+    pytest.fail(f"no checkpoint {step} in {ckpt_dir} within the time limit: {Path(log).read_text()[-2000:]}")
+
+
+def test_sigterm_saves_the_step_in_flight_and_a_second_train_on_the_run_is_refused(prepared_shapes, tmp_path):
+    """A real SIGTERM to a real training process: it finishes its step, checkpoints it (off the
+    checkpoint_every cadence), releases the run and exits 143; meanwhile a second `train` on the
+    same run directory is refused, naming the first."""
+    run_dir, log = tmp_path / "stopped", tmp_path / "first.log"
+    ckpt_dir = run_dir / "damsm" / "checkpoints"
+    with open(log, "w") as out:
+        cmd = [sys.executable, "-m", "mirrorgan_tf.train", "--config", str(CONFIGS / "shapes_smoke.yaml"),
+               "--run-dir", str(run_dir), "--stage", "damsm", "--set", f"data.dir={prepared_shapes}",
+               "--set", "damsm.max_steps=100000", "--set", "train.checkpoint_every=1000", "--set", "train.log_every=1"]
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        try:
+            deadline = time.time() + 300
+            while time.time() < deadline and proc.poll() is None and " 3/100000 " not in log.read_text():
+                time.sleep(0.05)
+            assert proc.poll() is None, log.read_text()[-3000:]
+            second = _cli(run_dir, prepared_shapes, "--stage", "damsm", "--set", "damsm.max_steps=2")
+            assert second.returncode == 2, second.stderr[-3000:]
+            assert (f"another training process holds this run (host {socket.gethostname()}, PID {proc.pid}, "
+                    in second.stderr), second.stderr
+            assert proc.poll() is None  # the refused start touched nothing of the first's
+            os.kill(proc.pid, signal.SIGTERM)
+            assert proc.wait(timeout=120) == 143, log.read_text()[-3000:]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    text = log.read_text()
+    latest = tf.train.latest_checkpoint(str(ckpt_dir))
+    saved = int(latest.rsplit("-", 1)[1])
+    assert saved >= 3 and f" {saved}/100000 " in text  # logged, then saved: the step in flight
+    assert f"stopped: stage 'damsm' stopped by SIGTERM at step {saved}; checkpoint {latest} written" in text
+    assert not (run_dir / "train.lock").exists()
+    assert not (run_dir / "stages.json").exists() or "damsm" not in json.loads((run_dir / "stages.json").read_text())
+    assert "input_pipeline" in {n.split("/", 1)[0] for n, _ in tf.train.list_variables(latest)}
+    r = _cli(run_dir, prepared_shapes, "--stage", "damsm", "--set", f"damsm.max_steps={saved + 1}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"resumed from {latest} at step {saved}" in r.stdout
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(prepared_shapes, tmp_path):
@@ -219,9 +276,14 @@ DETERMINISTIC = """
 import sys
 from mirrorgan_tf import train
 from mirrorgan_tf.config import load_config
+from mirrorgan_tf.training.stop import TrainingStopped
 config, run_dir, export_dir, *overrides = sys.argv[1:]
 cfg = load_config(config, overrides + ["train.deterministic=true"])
-train.train(cfg, run_dir, "all", "one_device", export_dir)
+try:
+    train.train(cfg, run_dir, "all", "one_device", export_dir)
+except TrainingStopped as e:  # as python -m mirrorgan_tf.train reports it
+    print(f"stopped: {e}", file=sys.stderr)
+    sys.exit(e.exit_code)
 """
 
 
@@ -233,9 +295,11 @@ def _deterministic_run(run_dir, data_dir, **popen):
     return subprocess.Popen(cmd, cwd=REPO, env=env, text=True, **popen)
 
 
-def _kill_after_checkpoint(run_dir, data_dir, stage, step, log):
-    """Start the deterministic run, SIGKILL it once `stage` saved checkpoint `step`; the stage must
-    not have finished by then (else the kill came too late to test a resume)."""
+def _kill_after_checkpoint(run_dir, data_dir, stage, step, log, sig=signal.SIGKILL):
+    """Start the deterministic run, send it `sig` once `stage` saved checkpoint `step`; the stage must
+    not have finished by then (else the kill came too late to test a resume). SIGTERM must end it
+    with status 143 and a checkpoint of the step in flight (off the checkpoint_every cadence, unless
+    the signal came just as a step was due to be saved anyway)."""
     ckpt_dir = run_dir / stage / "checkpoints"
     with open(log, "w") as out:
         proc = _deterministic_run(run_dir, data_dir, stdout=out, stderr=subprocess.STDOUT)
@@ -248,9 +312,12 @@ def _kill_after_checkpoint(run_dir, data_dir, stage, step, log):
                 time.sleep(0.05)
             else:
                 pytest.fail(f"no {stage} checkpoint {step} within the time limit: {Path(log).read_text()[-2000:]}")
-            os.kill(proc.pid, signal.SIGKILL)
+            os.kill(proc.pid, sig)
         finally:
-            proc.wait()
+            status = proc.wait()
+    if sig == signal.SIGTERM:
+        assert status == 143, Path(log).read_text()[-3000:]
+        assert f"stopped: stage '{stage}' stopped by SIGTERM" in Path(log).read_text()
     stages = json.loads((run_dir / "stages.json").read_text()) if (run_dir / "stages.json").exists() else {}
     assert stage not in stages, f"{stage} finished before the kill"
 
@@ -264,13 +331,14 @@ def _final_weights(run_dir, stage):
 
 
 def test_a_run_killed_twice_and_resumed_ends_bit_identical_to_one_never_stopped(prepared_shapes, tmp_path):
-    """Input pipeline positions are in the checkpoints: killed in DAMSM and again in the GAN stage,
-    resumed each time, the run ends with exactly the weights of an uninterrupted one."""
+    """Input pipeline positions are in the checkpoints: stopped by SIGTERM in DAMSM (which saves the
+    step in flight) and killed by SIGKILL in the GAN stage, resumed each time, the run ends with
+    exactly the weights of an uninterrupted one."""
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     with open(tmp_path / "straight.log", "w") as out:
         assert _deterministic_run(straight, prepared_shapes, stdout=out, stderr=subprocess.STDOUT).wait() == 0, \
             (tmp_path / "straight.log").read_text()[-3000:]
-    _kill_after_checkpoint(killed, prepared_shapes, "damsm", 4, tmp_path / "kill1.log")
+    _kill_after_checkpoint(killed, prepared_shapes, "damsm", 4, tmp_path / "kill1.log", signal.SIGTERM)
     _kill_after_checkpoint(killed, prepared_shapes, "gan", 4, tmp_path / "kill2.log")
     assert "damsm: resumed from" in (tmp_path / "kill2.log").read_text()
     with open(tmp_path / "last.log", "w") as out:

@@ -18,8 +18,9 @@ import tensorflow as tf
 
 from mirrorgan_tf import data, distribute
 from mirrorgan_tf.models.backbones import RANDOM, require_pretrained_backbone
-from mirrorgan_tf.runs import (DAMAGED, DamagedCheckpointError, RunDir, checkpoint_candidates, checkpoint_dir, restore_newest_intact,
-                              set_aside_damaged)
+from mirrorgan_tf.runs import (DAMAGED, DamagedCheckpointError, RunDir, checkpoint_candidates, checkpoint_dir,
+                               restore_newest_intact, set_aside_damaged)
+from mirrorgan_tf.training import stop
 
 
 INPUT_PIPELINE = "input_pipeline"  # the checkpoint's name for the input pipeline's position
@@ -208,6 +209,9 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
     is saved, and so do non-finite `state.trained_variables` at a checkpoint (NonFiniteLoss), so
     the last checkpoint always is a good one. The chief records the stage's metrics.json and marks
     it done in stages.json.
+    A stop requested by a signal (`stop.stop_on_signals`, checked after every step) saves the step
+    just done (unless it was saved already) and raises stop.TrainingStopped; the stage is not marked
+    done, and the next run resumes from that checkpoint.
     """
     checkpoint, step_var, total_steps = state.checkpoint, state.step, cadence.total_steps
     folder = checkpoint_dir(run, stage, strategy)
@@ -282,6 +286,19 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
     losses: dict = {}
     step = start
     guard = NonFiniteGuard()
+
+    def save_now(at: int):
+        """The checkpoint of step `at` (the step just done), for a stop on preemption."""
+        writer.flush()
+        guard.check(stage, manager.latest_checkpoint)
+        if manager.latest_checkpoint and manager.latest_checkpoint.endswith(f"-{at}"):
+            return stage, at, manager.latest_checkpoint
+        broken = _first_non_finite(state.trained_variables)
+        if broken:
+            raise NonFiniteLoss(f"stage '{stage}', step {at}: weight '{broken}' is not finite; stopped without "
+                                f"saving. The latest checkpoint is still {manager.latest_checkpoint or '(none yet)'}")
+        return stage, at, manager.save(checkpoint_number=at)
+
     with writer.as_default():
         while step < total_steps:
             batch = next(iterator)
@@ -294,7 +311,10 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
             final = step == total_steps
             log = step % cadence.log_every == 0 or final
             sample = bool(on_sample and cadence.sample_every and (step % cadence.sample_every == 0 or final))
-            save = step % cadence.checkpoint_every == 0 or final
+            # A signal asked to stop (checked here, between steps: the handler only set a flag).
+            # The final step goes on to be recorded as done; any other saves now.
+            signum = None if final else stop.requested()
+            save = step % cadence.checkpoint_every == 0 or final or signum is not None
             if log or sample or save:
                 guard.check(stage, manager.latest_checkpoint)
             if log:
@@ -313,6 +333,10 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
                         f"stage '{stage}', step {step}: weight '{broken}' is not finite; stopped without "
                         f"saving. The latest checkpoint is still {manager.latest_checkpoint or '(none yet)'}")
                 manager.save(checkpoint_number=step)
+            if signum is not None:
+                writer.flush()
+                raise stop.TrainingStopped(signum, stage, step, manager.latest_checkpoint)
+            stop.checkpoint_if_preempted(lambda: save_now(step))  # multi-worker: all workers save together
         writer.flush()
     seconds = time.time() - t0
     done = step - start
