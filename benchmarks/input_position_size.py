@@ -1,0 +1,113 @@
+"""How many bytes the saved input position adds to every checkpoint, on COCO-shaped records.
+
+    python benchmarks/input_position_size.py [--config configs/coco.yaml] [--records 2600]
+                                             [--jpeg-kb 160] [--steps 20] [--out DIR]
+
+Writes a COCO-shaped dataset in the project's record format (random-content JPEGs of about
+--jpeg-kb KB, COCO train2014's mean; five captions each) into --out (a temporary folder by
+default), builds the training input as the GAN stage does (`data.DistributedInput` under the
+default strategy, the config's shuffle buffer, batch and prefetch), takes --steps batches, then
+saves one tf.train.Checkpoint with the input and one without, and prints the difference of their
+.data files: what `input_pipeline` costs per checkpoint (the run keeps three).
+
+--records should exceed data.shuffle_buffer, so the buffer is full as it is in a real run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from mirrorgan_tf import data, records
+from mirrorgan_tf.config import load_config
+from pipelines.writer import FORMAT
+
+
+def _jpeg(rng: np.random.Generator, target: int) -> tuple[bytes, int, int]:
+    """A 640x480 JPEG of smoothed noise whose size is near `target` bytes (quality searched)."""
+    h, w = 480, 640
+    coarse = rng.integers(0, 256, (h // 4, w // 4, 3), dtype=np.uint8)
+    image = tf.image.resize(coarse, [h, w], method="bilinear")
+    image = tf.cast(tf.clip_by_value(image + rng.normal(0, 16, (h, w, 3)), 0, 255), tf.uint8)
+    best = None
+    for quality in range(40, 100, 5):
+        encoded = tf.io.encode_jpeg(image, quality=quality).numpy()
+        if best is None or abs(len(encoded) - target) < abs(len(best) - target):
+            best = encoded
+    return best, h, w
+
+
+def write_coco_shaped(out: str, count: int, jpeg_bytes: int, distinct: int = 16) -> float:
+    """`count` records into `out` (one train shard plus manifest); returns the mean record bytes."""
+    rng = np.random.default_rng(0)
+    images = [_jpeg(rng, jpeg_bytes) for _ in range(distinct)]
+    os.makedirs(out, exist_ok=True)
+    shard = "train-00000.tfrecord"
+    total = 0
+    with tf.io.TFRecordWriter(os.path.join(out, shard)) as writer:
+        for i in range(count):
+            encoded, h, w = images[i % distinct]
+            captions = [f"a photo number {i} of some thing {k} on a table" for k in range(5)]
+            ids = [[1 + (i + k + j) % 50 for j in range(10)] for k in range(5)]
+            record = records.encode_example(key=f"img{i:06d}", image=encoded, image_format="jpeg",
+                                            height=h, width=w, captions=captions, caption_ids=ids)
+            total += len(record)
+            writer.write(record)
+    manifest = {"format": FORMAT, "dataset": "coco-shaped",
+                "vocabulary": "vocab.txt", "vocab_size": 51, "captions_per_image": 5,
+                "splits": {"train": {"examples": count, "captions": 5 * count, "shards": [shard]}},
+                "attributes": {}}
+    with open(os.path.join(out, data.MANIFEST), "w") as f:
+        json.dump(manifest, f)
+    with open(os.path.join(out, "vocab.txt"), "w") as f:
+        f.write("\n".join(["<pad>"] + [f"w{i}" for i in range(50)]) + "\n")
+    return total / count
+
+
+def _data_bytes(prefix: str) -> int:
+    return sum(os.path.getsize(p) for p in glob.glob(prefix + ".data-*"))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="configs/coco.yaml")
+    p.add_argument("--records", type=int, default=2600)
+    p.add_argument("--jpeg-kb", type=float, default=160)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--out", help="folder for the dataset and checkpoints (default: a temporary one, removed)")
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    a = p.parse_args()
+    root = a.out or tempfile.mkdtemp(prefix="input_position_")
+    try:
+        folder = os.path.join(root, "coco_shaped")
+        if not os.path.exists(os.path.join(folder, data.MANIFEST)):
+            mean = write_coco_shaped(folder, a.records, int(a.jpeg_kb * 1000))
+            print(f"wrote {a.records} records, mean {mean / 1e3:.1f} KB each", flush=True)
+        cfg = load_config(a.config, a.overrides + [f"data.dir={folder}"])
+        print(f"{a.config}: shuffle_buffer={cfg.data.shuffle_buffer} batch_size={cfg.train.batch_size}", flush=True)
+        pipeline = data.DistributedInput(tf.distribute.get_strategy(), cfg)
+        for _ in range(a.steps):
+            next(pipeline.iterator)
+        step = tf.Variable(a.steps, dtype=tf.int64)
+        start = time.perf_counter()
+        with_input = tf.train.Checkpoint(step=step, input_pipeline=pipeline).write(os.path.join(root, "with", "ckpt"))
+        seconds = time.perf_counter() - start
+        without = tf.train.Checkpoint(step=step).write(os.path.join(root, "without", "ckpt"))
+        size = _data_bytes(with_input) - _data_bytes(without)
+        print(f"input_pipeline: {size / 1e6:.1f} MB per checkpoint ({3 * size / 1e9:.2f} GB for the three kept); "
+              f"saving it took {seconds:.1f} s")
+    finally:
+        if not a.out:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
