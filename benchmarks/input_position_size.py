@@ -76,6 +76,20 @@ def _data_bytes(prefix: str) -> int:
     return sum(os.path.getsize(p) for p in glob.glob(prefix + ".data-*"))
 
 
+def measure(cfg, steps: int, folder: str) -> tuple[int, float]:
+    """(bytes the GAN stage's input adds to a checkpoint after `steps` batches, seconds to save it
+    with the input). Checkpoints go under `folder`."""
+    pipeline = data.DistributedInput(tf.distribute.get_strategy(), cfg)
+    for _ in range(steps):
+        next(pipeline.iterator)
+    step = tf.Variable(steps, dtype=tf.int64)
+    start = time.perf_counter()
+    with_input = tf.train.Checkpoint(step=step, input_pipeline=pipeline).write(os.path.join(folder, "with", "ckpt"))
+    seconds = time.perf_counter() - start
+    without = tf.train.Checkpoint(step=step).write(os.path.join(folder, "without", "ckpt"))
+    return _data_bytes(with_input) - _data_bytes(without), seconds
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/coco.yaml")
@@ -93,15 +107,7 @@ def main() -> None:
             print(f"wrote {a.records} records, mean {mean / 1e3:.1f} KB each", flush=True)
         cfg = load_config(a.config, a.overrides + [f"data.dir={folder}"])
         print(f"{a.config}: shuffle_buffer={cfg.data.shuffle_buffer} batch_size={cfg.train.batch_size}", flush=True)
-        pipeline = data.DistributedInput(tf.distribute.get_strategy(), cfg)
-        for _ in range(a.steps):
-            next(pipeline.iterator)
-        step = tf.Variable(a.steps, dtype=tf.int64)
-        start = time.perf_counter()
-        with_input = tf.train.Checkpoint(step=step, input_pipeline=pipeline).write(os.path.join(root, "with", "ckpt"))
-        seconds = time.perf_counter() - start
-        without = tf.train.Checkpoint(step=step).write(os.path.join(root, "without", "ckpt"))
-        size = _data_bytes(with_input) - _data_bytes(without)
+        size, seconds = measure(cfg, a.steps, root)
         print(f"input_pipeline: {size / 1e6:.1f} MB per checkpoint ({3 * size / 1e9:.2f} GB for the three kept); "
               f"saving it took {seconds:.1f} s")
     finally:
