@@ -11,9 +11,10 @@ from mirrorgan_tf.metrics.base import Context, EvalError, Metric
 from mirrorgan_tf.metrics.diversity import Diversity
 from mirrorgan_tf.metrics.fid import FID
 from mirrorgan_tf.metrics.inception_score import InceptionScore
+from mirrorgan_tf.metrics.kid import KID
 from mirrorgan_tf.metrics.r_precision import RPrecision
 from mirrorgan_tf.metrics.spread import FactorSpread
 
-REGISTRY: dict[str, type[Metric]] = {m.name: m for m in (RPrecision, FID, InceptionScore, AttributeAccuracy, FactorSpread, Diversity)}
+REGISTRY: dict[str, type[Metric]] = {m.name: m for m in (RPrecision, FID, KID, InceptionScore, AttributeAccuracy, FactorSpread, Diversity)}
 
 __all__ = ["REGISTRY", "Context", "EvalError", "Metric"]
