@@ -167,6 +167,25 @@ class TrainConfig:
     sample_every: int = 2000
     log_every: int = 100
     keep_checkpoints: int = 3
+    # Quality while the GAN stage trains (training/quality.py, README "Quality while a run trains"):
+    # every eval_every steps (0 = never; off for the published configs, whose runs are long and
+    # whose metrics need files the user supplies), the metrics eval_metrics (names of the evaluate
+    # command's registry) on the first eval_captions test captions, each drawn
+    # eval_samples_per_caption times with noise seeded by train.seed, logged to TensorBoard (eval/...)
+    # and gan/metrics.json. An evaluation step is also a checkpoint step.
+    eval_every: int = 0
+    eval_metrics: List[str] = field(default_factory=lambda: ["r_precision"])
+    eval_captions: int = 1000
+    eval_samples_per_caption: int = 1
+    # fid / kid: the 2015 Inception graph (a path ending in .pb, the published features) or a
+    # keras.applications.InceptionV3 weights file, as evaluate's --inception-graph / --inception-weights.
+    eval_inception: str = ""
+    # Keep the checkpoint of the best evaluation so far in gan/best/ (never rotated by
+    # keep_checkpoints): a figure's name as TensorBoard shows it under eval/ without the prefix, e.g.
+    # "attributes/seen" (all four right, seen pairs), "kid", "r_precision"; "" = keep none.
+    best_metric: str = ""
+    # Which way is better: auto = min for fid and kid, max for every other metric.
+    best_direction: Literal["auto", "max", "min"] = "auto"
     # Synchronise BatchNorm statistics across replicas (only matters with several replicas): the
     # same statistics as one device on the global batch.
     sync_batch_norm: bool = True
@@ -449,6 +468,14 @@ def _check_fields(cfg: Config) -> None:
         (0.0 <= cfg.train.ema_decay < 1.0, "train.ema_decay must be in [0, 1)"),
         (cfg.train.mode_seeking_weight >= 0.0,
          f"train.mode_seeking_weight must be >= 0 (0 = off), got {cfg.train.mode_seeking_weight}"),
+        (cfg.train.eval_every >= 0, f"train.eval_every must be >= 0 (0 = off), got {cfg.train.eval_every}"),
+        (cfg.train.eval_captions >= 1, f"train.eval_captions must be >= 1, got {cfg.train.eval_captions}"),
+        (cfg.train.eval_samples_per_caption >= 1,
+         f"train.eval_samples_per_caption must be >= 1, got {cfg.train.eval_samples_per_caption}"),
+        (not cfg.train.eval_every or cfg.train.eval_metrics,
+         "train.eval_metrics is empty but train.eval_every is set: name at least one metric, or set eval_every 0"),
+        (not cfg.train.best_metric or cfg.train.eval_every > 0,
+         f"train.best_metric={cfg.train.best_metric!r} needs evaluations: set train.eval_every > 0"),
         (cfg.tune.max_trials >= 1, f"tune.max_trials must be >= 1, got {cfg.tune.max_trials}"),
         (cfg.tune.initial_points >= 0, f"tune.initial_points must be >= 0 (0: half of max_trials), "
                                        f"got {cfg.tune.initial_points}"),

@@ -1,11 +1,14 @@
-"""python -m mirrorgan_tf.evaluate --run-dir R [--metrics ...] [--num-images N] [--split test]
+"""python -m mirrorgan_tf.evaluate --run-dir R [--metrics ...] [--num-images N] [--split test] [--checkpoint best]
 
-Generates N images from the split's captions with the run's EMA generator and scores them; prints
+Generates N images from the split's captions with the run's EMA generator (its latest checkpoint,
+or with --checkpoint best the best one the run kept while training) and scores them; prints
 a table and merges the numbers, with the settings that produced each, into R/metrics.json.
 Metrics (default: every one whose inputs are there):
   r_precision  top-1 among 1 + 99 mismatched captions by DAMSM similarity (default: the run's
                DAMSM; --damsm-run R2 for an independently trained one)
   fid          --inception-graph classify_image_graph_def.pb (published) or --inception-weights F
+  kid          Kernel Inception Distance (unbiased MMD^2, cubic polynomial kernel, 100 subsets of up to
+               1,000 images: mean +- std), same Inception features and flags as fid
   is           --is-classifier F (Keras model, or the 2015 ImageNet graph .pb)
   attributes   shapes only: colour/shape/size/position accuracy, seen and unseen pairs
   spread       shapes only, --samples-per-caption K >= 2: within-caption spread of the five factors
@@ -35,7 +38,9 @@ def parse(argv=None):
     p = argparse.ArgumentParser(prog="python -m mirrorgan_tf.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", required=True)
-    p.add_argument("--metrics", help="comma-separated: r_precision,fid,is,attributes,spread,diversity")
+    p.add_argument("--metrics", help="comma-separated: r_precision,fid,kid,is,attributes,spread,diversity")
+    p.add_argument("--checkpoint", choices=("latest", "best"), default="latest",
+                   help="the run's latest gan checkpoint, or the best one it kept while training (train.best_metric)")
     p.add_argument("--num-images", type=int, help="captions to draw (default: every usable caption of the "
                    "split); each gives --samples-per-caption images")
     p.add_argument("--samples-per-caption", type=int, default=1,
@@ -62,12 +67,12 @@ def build_context(a):
     from mirrorgan_tf import data
     from mirrorgan_tf.evaluation.pairs import load_pairs
     from mirrorgan_tf.metrics import REGISTRY, Context, EvalError
-    from mirrorgan_tf.runs import find_checkpoint, load_run
+    from mirrorgan_tf.runs import find_checkpoint, gan_weights_path, load_run
 
     config_path = os.path.join(a.run_dir, "config.yaml")
     if not tf.io.gfile.exists(config_path):
         raise EvalError(f"--run-dir {a.run_dir}: not a run directory (no config.yaml)")
-    if find_checkpoint(os.path.join(a.run_dir, "gan"), "gan") is None:
+    if find_checkpoint(gan_weights_path(a.run_dir, a.checkpoint), "gan") is None:  # best: NoBestCheckpointError
         raise EvalError(f"{a.run_dir}: no gan checkpoint; train the gan stage first")
     run = load_run(a.run_dir)
     cfg = run.cfg
@@ -117,7 +122,7 @@ def evaluate(a) -> dict:
     from mirrorgan_tf.evaluation.generator import TrainedGenerator
 
     ctx, metrics = build_context(a)
-    generator = TrainedGenerator(a.run_dir)
+    generator = TrainedGenerator(a.run_dir, a.checkpoint)
     for m in metrics:
         m.prepare()
     pairs = ctx.all_pairs
@@ -132,7 +137,8 @@ def evaluate(a) -> dict:
     seconds = time.time() - start
     settings = {"run_dir": a.run_dir, "split": a.split, "images": n, "seed": a.seed,
                 "samples_per_caption": a.samples_per_caption,
-                "generator": "EMA GLAM, final stage", "generation_seconds": round(seconds, 1)}
+                "generator": "EMA GLAM, final stage", "generation_seconds": round(seconds, 1),
+                "checkpoint": generator.checkpoint_path}
     return {m.name: {**m.result(), "settings": settings} for m in metrics}
 
 

@@ -7,7 +7,10 @@ A run directory holds:
     data.json                   the fingerprint of the prepared data it trained on
     stages.json                 which stages are finished (steps, seconds)
     <stage>/checkpoints/        tf.train.CheckpointManager of that stage
-    <stage>/metrics.json        final losses, steps, time and throughput of the stage
+    <stage>/metrics.json        final losses, steps, time and throughput of the stage; for gan, the
+                                evaluations during training (`during_training`, training/quality.py)
+    gan/best/                   the checkpoint of the best evaluation so far (train.best_metric) and
+                                best.json saying which; never rotated by keep_checkpoints
     logs/<stage>/               TensorBoard events
     samples/                    image grids
     metrics.json                evaluation results
@@ -66,7 +69,8 @@ STEERING_KEYS = (
     "data.dir", "data.source",
     "damsm.epochs", "damsm.max_steps", "stream.epochs", "stream.max_steps", "train.epochs", "train.max_steps",
     "train.checkpoint_every", "train.sample_every", "train.log_every", "train.keep_checkpoints", "train.xla",
-    "train.deterministic",
+    "train.deterministic", "train.eval_every", "train.eval_metrics", "train.eval_captions",
+    "train.eval_samples_per_caption", "train.eval_inception", "train.best_metric", "train.best_direction",
 )
 
 
@@ -130,7 +134,10 @@ class RunDir:
         self.write_json("stages.json", stages)
 
     def write_metrics(self, stage: str, metrics: dict) -> None:
-        self.write_json(os.path.join(stage, "metrics.json"), metrics)
+        """Set the keys of `metrics` in <stage>/metrics.json; keys it does not name stay (the GAN
+        stage's `during_training` evaluations outlive the end-of-stage figures)."""
+        name = os.path.join(stage, "metrics.json")
+        self.write_json(name, {**self.read_json(name), **metrics})
 
 
 LOCK = "train.lock"
@@ -399,6 +406,72 @@ def set_aside_damaged(folder: str, damaged: list, used: str) -> list[str]:
         folder, os.path.basename(used), all_model_checkpoint_paths=[os.path.basename(p) for p in kept],
         all_model_checkpoint_timestamps=[stamps.get(p, time.time()) for p in kept])
     return moved
+
+
+BEST = "best"  # <run>/gan/best/: the best checkpoint by train.best_metric (training/quality.py)
+BEST_RECORD = "best.json"
+CHECKPOINT_CHOICES = ("latest", "best")  # what sample, evaluate and export take as --checkpoint
+
+
+class NoBestCheckpointError(RunIntegrityError):
+    """`--checkpoint best` on a run that kept no best checkpoint; names the run and the keys."""
+
+
+def best_dir(root: str, stage: str = "gan") -> str:
+    return os.path.join(root.rstrip("/"), stage, BEST)
+
+
+def read_best(root: str, stage: str = "gan") -> dict:
+    """The record of the run's best checkpoint (step, metric, value, direction, images, checkpoint
+    file name), {} when it has none."""
+    path = os.path.join(best_dir(root, stage), BEST_RECORD)
+    if not tf.io.gfile.exists(path):
+        return {}
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
+
+
+def keep_best(root: str, prefix: str, record: dict, stage: str = "gan") -> str:
+    """Make the checkpoint `prefix` (a regular one of <stage>/checkpoints/, just saved) the run's
+    best: its .index and .data files are copied into <stage>/best/ (each written then renamed), the
+    folder's `checkpoint` state file is pointed at it, `record` (plus `checkpoint`, the file name)
+    written to best.json, and only then the previous best's files deleted, so that an interruption
+    at any point leaves one whole best checkpoint that the state file names. The folder lies outside
+    <stage>/checkpoints/, so keep_checkpoints' rotation never sees it, and `find_checkpoint` of the
+    stage never returns it. Returns the new best's prefix."""
+    folder = best_dir(root, stage)
+    tf.io.gfile.makedirs(folder)
+    name = os.path.basename(prefix)
+    previous = read_best(root, stage).get("checkpoint")
+    for source in tf.io.gfile.glob(prefix + ".index") + tf.io.gfile.glob(prefix + ".data-*"):
+        target = os.path.join(folder, os.path.basename(source))
+        tf.io.gfile.copy(source, target + ".partial", overwrite=True)
+        tf.io.gfile.rename(target + ".partial", target, overwrite=True)
+    tf.compat.v1.train.update_checkpoint_state(folder, name, all_model_checkpoint_paths=[name])
+    images.atomic_write(os.path.join(folder, BEST_RECORD), json.dumps({**record, "checkpoint": name}, indent=2) + "\n")
+    if previous and previous != name:
+        for old in tf.io.gfile.glob(os.path.join(folder, previous) + ".index") + tf.io.gfile.glob(
+                os.path.join(folder, previous) + ".data-*"):
+            tf.io.gfile.remove(old)
+    return os.path.join(folder, name)
+
+
+def gan_weights_path(root: str, checkpoint: str = "latest") -> str:
+    """Where the generator of the run at `root` is read from: its gan stage (`latest`: the newest
+    intact regular checkpoint) or its best checkpoint (`best`, gan/best/). Raises
+    NoBestCheckpointError (exit status 2) naming the run when it has no best one, ValueError for
+    another `checkpoint`."""
+    if checkpoint == "latest":
+        return os.path.join(root.rstrip("/"), "gan")
+    if checkpoint != "best":
+        raise ValueError(f"checkpoint {checkpoint!r}: expected one of {', '.join(CHECKPOINT_CHOICES)}")
+    folder = best_dir(root)
+    if not checkpoint_candidates(folder, "gan"):
+        raise NoBestCheckpointError(
+            f"{root}: the run has no best checkpoint ({folder} holds none): one is kept only while the gan stage "
+            f"trains with train.best_metric set and train.eval_every > 0 (README, Quality while a run trains); "
+            f"use --checkpoint latest")
+    return folder
 
 
 def restore_weights(path: str, stage: str, **objects) -> str:
@@ -704,10 +777,12 @@ class Run:
     """A trained (or training) run directory, read only: its config, vocabulary and networks.
 
     Build with `load_run`. Attributes: `dir` (RunDir), `cfg` (the resolved Config),
-    `vocab_path` (str: the run's own vocab.txt), `vocab_size` (int, its number of words)."""
+    `vocab_path` (str: the run's own vocab.txt), `vocab_size` (int, its number of words),
+    `restored_from` (the gan checkpoint prefix `generator` restored, None before)."""
 
     def __init__(self, run_dir: RunDir, cfg):
         self.dir, self.cfg = run_dir, cfg
+        self.restored_from: Optional[str] = None  # the gan checkpoint prefix `generator` last restored
         self.vocab_path = pinned_vocabulary(run_dir.root)
         self.vocab_size = len(_read_words(self.vocab_path))
         if cfg.data.vocab_size and cfg.data.vocab_size != self.vocab_size:
@@ -723,14 +798,17 @@ class Run:
         otherwise): for whatever reads captions from the data (evaluation)."""
         check_data(self.dir, self.cfg, training=False)
 
-    def gan_checkpoint(self) -> Optional[str]:
-        """The latest gan checkpoint prefix of the run, None before the first one."""
-        return find_checkpoint(self.dir.path("gan"), "gan")
+    def gan_checkpoint(self, checkpoint: str = "latest") -> Optional[str]:
+        """The latest (or, with checkpoint="best", the best) gan checkpoint prefix of the run,
+        None before the first one (NoBestCheckpointError when it has no best one)."""
+        return find_checkpoint(gan_weights_path(self.root, checkpoint), "gan")
 
-    def generator(self, finished: bool = True):
+    def generator(self, finished: bool = True, checkpoint: str = "latest"):
         """(STEM, EMA GLAM) restored: STEM from the run's DAMSM stage (or the configured
         damsm.checkpoint, whose run must share this run's vocabulary), GLAM from the EMA weights of
-        the newest intact gan checkpoint (a damaged newer one is named, `restore_newest_intact`).
+        the newest intact gan checkpoint (a damaged newer one is named, `restore_newest_intact`), or
+        with checkpoint="best" of the run's best checkpoint (gan/best/, `keep_best`;
+        NoBestCheckpointError naming the run when it has none).
         With finished=True the gan stage must be done (FileNotFoundError otherwise); finished=False
         also takes a run that is still training.
 
@@ -739,13 +817,14 @@ class Run:
         either case, so the trained generator's images are one answer per run, whether the export,
         sampling or evaluation builds it in the training process or in a later one."""
         cfg = self.cfg
+        source = gan_weights_path(self.root, checkpoint)  # before building anything: no best, no work
         with networks.dtype_policy(INFERENCE_POLICY):
             stem = networks.build_stem(cfg, self.vocab_size, batch=1)
             glam = networks.build_glam(cfg, batch=1)
         if finished and not self.dir.is_done("gan"):
             raise FileNotFoundError(f"{self.root}: the gan stage has not finished; nothing to export")
         restore_weights(self.damsm_checkpoint(), "damsm", stem=stem)
-        restore_weights(self.dir.path("gan"), "gan", glam_ema=glam)
+        self.restored_from = restore_weights(source, "gan", glam_ema=glam)
         return stem, glam
 
     def damsm_checkpoint(self) -> str:

@@ -1,7 +1,8 @@
 """python -m mirrorgan_tf.sample --run-dir R (--caption "..." ... | --captions-file F) [--num 8] [--seed S]
-       [--batch-size 8] [--columns 16] --out DIR
+       [--batch-size 8] [--columns 16] [--checkpoint latest|best] --out DIR
 
-Per caption, with the run's EMA generator:
+Per caption, with the run's EMA generator (its latest gan checkpoint, or with --checkpoint best the
+best one the run kept while training):
   NNN-<words>.png            when num <= columns: the `num` samples (columns) at every stage (rows,
                              upscaled to the last)
   NNN-<words>-PPP.png        when num > columns, instead: part PPP (000, 001, ...) holds samples
@@ -127,11 +128,12 @@ def grid_parts(num: int, columns: int) -> list[tuple[str, int, int]]:
 
 
 def sample(run_dir: str, captions: list[str], out: str, num: int = 8, seed: int = 0,
-           batch_size: int = BATCH_SIZE, columns: int = COLUMNS) -> list[str]:
+           batch_size: int = BATCH_SIZE, columns: int = COLUMNS, checkpoint: str = "latest") -> list[str]:
     """Writes the pictures the module docstring lists into `out` and returns their paths, in
     order (per caption: its grid files, then its attention picture). Sample k of caption i draws
     its noise from (seed, i * num + k) (evaluation.generator.sample_noise), so the pixels do not
     depend on batch_size or columns. Holds at most batch_size + columns samples at once.
+    `checkpoint`: "latest" or "best" (runs.NoBestCheckpointError naming the run when it has none).
     Raises SampleError (num, batch_size or columns below 1, no captions, a caption with no known
     word) before anything is written."""
     from mirrorgan_tf.evaluation.generator import TrainedGenerator
@@ -142,7 +144,7 @@ def sample(run_dir: str, captions: list[str], out: str, num: int = 8, seed: int 
             raise SampleError(f"{flag} {value}: must be at least 1")
     if not captions:
         raise SampleError("give --caption or --captions-file")
-    generator = TrainedGenerator(run_dir)
+    generator = TrainedGenerator(run_dir, checkpoint)
     words_num = generator.cfg.data.words_num
     ids, lengths, words, ignored, cut = tokenize(captions, generator.vocab_path, words_num)
     for caption, unknown, beyond in zip(captions, ignored, cut):
@@ -197,12 +199,14 @@ def main(argv=None) -> int:
                    "with it, not with --num)")
     p.add_argument("--columns", type=int, default=COLUMNS, help="samples per picture; more samples go into "
                    "several pictures NNN-<words>-000.png, -001.png, ...")
+    p.add_argument("--checkpoint", choices=("latest", "best"), default="latest",
+                   help="the run's latest gan checkpoint, or the best one it kept while training (train.best_metric)")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
 
     def body() -> int:
         captions = read_captions(a.caption, a.captions_file)
-        for path in sample(a.run_dir, captions, a.out, a.num, a.seed, a.batch_size, a.columns):
+        for path in sample(a.run_dir, captions, a.out, a.num, a.seed, a.batch_size, a.columns, a.checkpoint):
             print(path)
         return 0
 

@@ -146,8 +146,12 @@ def _train_locked(cfg, run_dir, stage, export_dir, strategy, chief) -> dict:
             section, name = key.split(".")
             if getattr(getattr(cfg, section), name):
                 runs.check_other_run(vocab, getattr(getattr(cfg, section), name), key)
-    data.check_prepared(cfg, stages=todo)
+    manifest = data.check_prepared(cfg, stages=todo)
     loop.check_backbones(cfg, todo)
+    if "gan" in todo:  # train.eval_* / best_*: before DAMSM and STREAM train, not when the GAN stage starts
+        from mirrorgan_tf.training import quality
+
+        quality.check(cfg, manifest)
     if chief:
         if todo:
             runs.pin_data(run, cfg)

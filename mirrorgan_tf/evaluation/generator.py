@@ -29,11 +29,29 @@ def sample_noise(index, seed: int, dim: int, stream: int = Z_STREAM) -> tf.Tenso
 
 
 class TrainedGenerator:
-    def __init__(self, run_dir: str):
+    """A run's STEM and EMA GLAM as one callable (see __call__). `TrainedGenerator(run_dir,
+    checkpoint)` restores them from the run (`latest`, or `best`: runs.gan_weights_path, whose
+    NoBestCheckpointError names the run); `from_networks` wraps networks already in memory (the
+    evaluation during training), so both draw the same noise for the same (seed, sample index).
+    `checkpoint_path`: the gan checkpoint prefix restored (None for from_networks)."""
+
+    def __init__(self, run_dir: str, checkpoint: str = "latest"):
         run = runs.load_run(run_dir)
-        self.cfg, self.vocab_path = run.cfg, run.vocab_path
-        # The latest checkpoint, so that a run can be looked at while it trains.
-        self.stem, self.glam = run.generator(finished=False)
+        # The latest checkpoint by default, so that a run can be looked at while it trains.
+        stem, glam = run.generator(finished=False, checkpoint=checkpoint)
+        self._setup(run.cfg, stem, glam)
+        self.vocab_path, self.checkpoint_path = run.vocab_path, run.restored_from
+
+    @classmethod
+    def from_networks(cls, cfg, stem, glam) -> "TrainedGenerator":
+        """Wrap a STEM and a GLAM already built and trained (e.g. the GAN stage's EMA copy)."""
+        self = cls.__new__(cls)
+        self._setup(cfg, stem, glam)
+        self.vocab_path, self.checkpoint_path = None, None
+        return self
+
+    def _setup(self, cfg, stem, glam) -> None:
+        self.cfg, self.stem, self.glam = cfg, stem, glam
         self.z_dim = self.cfg.model.z_dim
         self.condition_dim = self.cfg.model.condition_dim
         self._forward = tf.function(self._forward_impl, reduce_retracing=True)

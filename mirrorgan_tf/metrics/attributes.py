@@ -202,6 +202,9 @@ class AttributeAccuracy(Metric):
     def prepare(self):
         steps = int(self.ctx.option("classifier_steps", TRAIN_STEPS))
         self.model, self.info, self.path = load_classifier(self.ctx.cfg, self.ctx.manifest, steps)
+        self.reset()
+
+    def reset(self):
         self.predicted = np.zeros((len(self.ctx.rows), len(self.info["attributes"])), np.int64)
 
     def update(self, images, samples):

@@ -44,6 +44,13 @@ class Metric:
     def prepare(self) -> None:
         """Load or build what the metric needs (may take a while)."""
 
+    def reset(self) -> None:
+        """Forget the images seen so far, to score the same captions again (the evaluation during
+        training calls it before each evaluation after the first). Metrics whose `prepare` loads a
+        network or reads real images override it to keep what they loaded; the default prepares
+        anew."""
+        self.prepare()
+
     def update(self, images: np.ndarray, samples: np.ndarray) -> None:
         """images: generated float32 [b, s, s, 3] in [-1, 1]; samples: their sample numbers (ctx.rows[samples]
         are their captions)."""

@@ -79,6 +79,9 @@ class FID(Metric):
         self.features = []
         self.reference = self._reference_statistics()
 
+    def reset(self):
+        self.features = []  # the extractor and the reference statistics stay
+
     def _cache_path(self):
         ctx = self.ctx
         source = os.path.abspath(self.graph or self.weights)

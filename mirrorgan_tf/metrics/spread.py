@@ -191,6 +191,10 @@ class FactorSpread(Metric):
     def prepare(self):
         ctx = self.ctx
         self.reference = real_reference(ctx.cfg, ctx.manifest, ctx.split)
+        self.reset()
+
+    def reset(self):
+        ctx = self.ctx
         self.factors = {f: np.zeros((len(ctx.rows),) + (3 if f in ("background", "colour") else 1,))
                         for f in FACTORS}
 

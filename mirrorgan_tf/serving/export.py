@@ -104,17 +104,20 @@ def next_version(export_dir: str) -> int:
     return max(versions, default=0) + 1
 
 
-def export(run_dir: str, export_dir: str = "saved_models/mirrorgan", version: int | None = None) -> str:
+def export(run_dir: str, export_dir: str = "saved_models/mirrorgan", version: int | None = None,
+           checkpoint: str = "latest") -> str:
     """Write the SavedModel atomically, built and traced under runs.INFERENCE_POLICY (float32)
-    and the process's policy put back afterwards; returns its version folder."""
+    and the process's policy put back afterwards; returns its version folder. `checkpoint`:
+    the run's latest gan checkpoint or its best one ("best": runs.NoBestCheckpointError naming the
+    run when it kept none)."""
     with networks.dtype_policy(runs.INFERENCE_POLICY):
-        return _export(run_dir, export_dir, version)
+        return _export(run_dir, export_dir, version, checkpoint)
 
 
-def _export(run_dir: str, export_dir: str, version: int | None) -> str:
+def _export(run_dir: str, export_dir: str, version: int | None, checkpoint: str = "latest") -> str:
     run = runs.load_run(run_dir)
     cfg = run.cfg
-    stem, glam = run.generator(finished=True)
+    stem, glam = run.generator(finished=True, checkpoint=checkpoint)
     version = version or next_version(export_dir)
     target = os.path.join(export_dir, str(version))
     if tf.io.gfile.exists(target):

@@ -37,6 +37,7 @@ from mirrorgan_tf.models.networks import (Networks, build_damsm_image_encoder, b
 from mirrorgan_tf.config import ConfigError, needs_loss_scaling
 from mirrorgan_tf.runs import RunDir, for_restore, resolve_stage_checkpoint, restore_weights
 from mirrorgan_tf.training import loop, steps
+from mirrorgan_tf.training.quality import QualityDuringTraining
 from mirrorgan_tf.training.sampler import Sampler
 
 
@@ -252,9 +253,13 @@ def train(cfg, run: RunDir, strategy: tf.distribute.Strategy) -> loop.LoopResult
     state = GanTrainState(cfg, strategy, data.vocab_size(cfg))
     restore_pretrained(cfg, run, state)
     train_step = make_train_step(cfg, strategy, state)
-    sampler = Sampler(cfg, run, state.nets.stem, state.glam_ema) if distribute.is_chief(strategy) else None
+    chief = distribute.is_chief(strategy)
+    sampler = Sampler(cfg, run, state.nets.stem, state.glam_ema) if chief else None
+    # train.eval_every: the metrics on the chief (training/quality.py); every worker saves at those steps.
+    evaluator = QualityDuringTraining(cfg, run, state.nets.stem, state.glam_ema) if chief and t.eval_every else None
     return loop.run_loop(
         "gan", run, strategy, state, train_step,
         data.DistributedInput(strategy, cfg, "train", batch_size=t.batch_size),
-        loop.Cadence.for_stage(cfg, total, sample_every=t.sample_every), t.batch_size,
-        learning_rates=lambda _: {"g": t.g_learning_rate, "d": t.d_learning_rate}, on_sample=sampler)
+        loop.Cadence.for_stage(cfg, total, sample_every=t.sample_every, eval_every=t.eval_every), t.batch_size,
+        learning_rates=lambda _: {"g": t.g_learning_rate, "d": t.d_learning_rate}, on_sample=sampler,
+        on_evaluate=evaluator)

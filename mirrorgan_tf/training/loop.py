@@ -53,13 +53,14 @@ class Cadence:
     keep_checkpoints: int
     log_every: int
     sample_every: int = 0  # 0: never
+    eval_every: int = 0  # 0: never; an evaluation step is also a checkpoint step
 
     @classmethod
-    def for_stage(cls, cfg, total_steps: int, sample_every: int = 0) -> "Cadence":
+    def for_stage(cls, cfg, total_steps: int, sample_every: int = 0, eval_every: int = 0) -> "Cadence":
         """The config's cadence (train.checkpoint_every, train.keep_checkpoints, train.log_every)
         for a stage of `total_steps` steps."""
         t = cfg.train
-        return cls(total_steps, t.checkpoint_every, t.keep_checkpoints, t.log_every, sample_every)
+        return cls(total_steps, t.checkpoint_every, t.keep_checkpoints, t.log_every, sample_every, eval_every)
 
 
 def check_backbones(cfg, stages) -> None:
@@ -191,7 +192,8 @@ def _first_non_finite(variables) -> Optional[str]:
 def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: TrainState,
              step_fn: Callable[[dict], dict], iterator: Iterator, cadence: Cadence, global_batch: int,
              learning_rates: Optional[Callable[[int], dict]] = None,
-             on_sample: Optional[Callable[[int, tf.summary.SummaryWriter], None]] = None) -> LoopResult:
+             on_sample: Optional[Callable[[int, tf.summary.SummaryWriter], None]] = None,
+             on_evaluate: Optional[Callable[[int, tf.summary.SummaryWriter, str], object]] = None) -> LoopResult:
     """Run `step_fn` until `cadence.total_steps`, resuming from the latest checkpoint of `stage`.
 
     `step_fn(batch)` returns a dict of scalar losses (already reduced across replicas). When
@@ -205,7 +207,10 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
     (`fallbacks`). DamagedCheckpointError when none reads, and when a worker of a multi_worker run
     would fall back alone (its steps would part from the others').
     `learning_rates(step)` gives {name: rate} for TensorBoard; `on_sample(step, writer)` runs every
-    `cadence.sample_every` steps and at the end. A non-finite loss stops the run before anything
+    `cadence.sample_every` steps and at the end; `on_evaluate(step, writer, checkpoint prefix)`
+    every `cadence.eval_every` steps and at the end, after that step's checkpoint was saved (an
+    evaluation step is a checkpoint step on every worker, whether or not it evaluates: saves are
+    collective), not when a signal stops the run there. A non-finite loss stops the run before anything
     is saved, and so do non-finite `state.trained_variables` at a checkpoint (NonFiniteLoss), so
     the last checkpoint always is a good one. The chief records the stage's metrics.json and marks
     it done in stages.json.
@@ -314,7 +319,8 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
             # A signal asked to stop (checked here, between steps: the handler only set a flag).
             # The final step goes on to be recorded as done; any other saves now.
             signum = None if final else stop.requested()
-            save = step % cadence.checkpoint_every == 0 or final or signum is not None
+            evaluate = bool(cadence.eval_every and signum is None and (step % cadence.eval_every == 0 or final))
+            save = step % cadence.checkpoint_every == 0 or final or signum is not None or evaluate
             if log or sample or save:
                 guard.check(stage, manager.latest_checkpoint)
             if log:
@@ -333,6 +339,8 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
                         f"stage '{stage}', step {step}: weight '{broken}' is not finite; stopped without "
                         f"saving. The latest checkpoint is still {manager.latest_checkpoint or '(none yet)'}")
                 manager.save(checkpoint_number=step)
+            if evaluate and on_evaluate:
+                on_evaluate(step, writer, manager.latest_checkpoint)
             if signum is not None:
                 writer.flush()
                 raise stop.TrainingStopped(signum, stage, step, manager.latest_checkpoint)

@@ -69,8 +69,10 @@ def trial_config(cfg: Config, values: dict, *, steps: int, seed: int, pretrained
                  source: str) -> Config:
     """The config one training of a trial runs: `cfg` with the trial's `values`, the GAN stage's
     step budget (`train.max_steps`), its seed (`train.seed`), and the shared pretrained modules
-    ({"damsm": path, "stream": path} -> damsm.checkpoint, stream.checkpoint). Raises ConfigError
-    naming `source` when the combination breaks a cross-field rule."""
-    fixed = {"train.max_steps": int(steps), "train.seed": int(seed),
+    ({"damsm": path, "stream": path} -> damsm.checkpoint, stream.checkpoint). A trial does not
+    evaluate while it trains (train.eval_every 0, no best checkpoint): the objective scores it at
+    its end, and evaluations on the way would only cost its time. Raises ConfigError naming
+    `source` when the combination breaks a cross-field rule."""
+    fixed = {"train.max_steps": int(steps), "train.seed": int(seed), "train.eval_every": 0, "train.best_metric": "",
              **{f"{stage}.checkpoint": path for stage, path in pretrained.items()}}
     return with_values(cfg, {**searched_values(cfg, values), **fixed}, source)
