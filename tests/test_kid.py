@@ -80,3 +80,45 @@ def test_kid_refuses_too_few_images_and_mismatched_features():
         kernel_inception_distance(np.zeros((1, 3)), np.zeros((5, 3)))
     with pytest.raises(EvalError, match="feature sizes differ"):
         kernel_inception_distance(np.zeros((4, 3)), np.zeros((5, 2)))
+
+
+def _small_graph(path):
+    """A graph with the 2015 Inception graph's interface (ExpandDims in, pool_3 out, the softmax
+    weights) whose pool_3 is a fixed projection of each image's mean colour: cheap, deterministic."""
+    import tensorflow as tf
+
+    g = tf.Graph()
+    with g.as_default():
+        x = tf.compat.v1.placeholder(tf.float32, [1, None, None, 3], name="ExpandDims")
+        pooled = tf.reduce_mean(x, axis=[1, 2], keepdims=True)
+        proj = np.random.default_rng(0).normal(size=(3, 2048)).astype(np.float32) / 100
+        tf.reshape(tf.matmul(tf.reshape(pooled, [-1, 3]), tf.constant(proj)), [-1, 1, 1, 2048], name="pool_3")
+        tf.constant(np.zeros((2048, 1008), np.float32), name="softmax/weights")
+        tf.constant(np.zeros(1008, np.float32), name="softmax/biases")
+    path.write_bytes(g.as_graph_def().SerializeToString())
+    return path
+
+
+def test_evaluate_kid_scores_the_generated_features_against_the_cached_real_ones(trained_run, tmp_path):
+    from mirrorgan_tf.evaluate import evaluate, parse, table
+    from mirrorgan_tf.evaluation.generator import TrainedGenerator
+    from mirrorgan_tf.evaluation.pairs import load_pairs
+    from mirrorgan_tf.metrics.inception import InceptionGraph2015
+
+    run_dir = str(trained_run[0])
+    graph = str(_small_graph(tmp_path / "graph.pb"))
+    r = evaluate(parse(["--run-dir", run_dir, "--metrics", "kid", "--inception-graph", graph, "--num-images", "24",
+                        "--batch-size", "12"]))["kid"]
+    assert (r["images"], r["reference_images"], r["subsets"], r["subset_size"]) == (24, 48, 100, 24)
+    with np.load(r["reference_cache"]) as f:
+        real = f["features"]
+    assert real.shape == (48, 2048)
+    # The same 24 images drawn again (same seed and sample numbers), through the same features.
+    generator = TrainedGenerator(run_dir)
+    pairs = load_pairs(generator.cfg, "test")
+    rows = pairs.first(24)
+    images = generator(pairs.ids[rows], pairs.lengths[rows], np.arange(24), seed=0)["images"][-1].numpy()
+    generated = InceptionGraph2015(graph)(images)[0]
+    expected, spread, _ = kernel_inception_distance(generated, real, subsets=100, subset_size=1000, seed=0)
+    assert r["value"] == pytest.approx(expected, rel=1e-4, abs=1e-9) and r["std"] == pytest.approx(spread, rel=1e-3)
+    assert table({"kid": r}).startswith(f"kid: {r['value']:.5f} +- {r['std']:.5f} (x 1,000: ")

@@ -37,11 +37,7 @@ def evaluated_run(trained_run, prepared_shapes, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("quality") / "run"
     shutil.copytree(trained_run[0], run_dir)
     cfg = load_config(CONFIGS / "shapes_smoke.yaml", [f"data.dir={prepared_shapes}", *EVAL])
-    import time
-
-    start = time.time()
     train(cfg, str(run_dir), "gan")
-    print(f"QUALITY FIXTURE {time.time() - start:.1f} s")
     return run_dir, cfg
 
 
@@ -131,6 +127,11 @@ def test_evaluate_with_checkpoint_best_gives_the_best_steps_recorded_figures(eva
     recorded = {r["metric"]: r["value"] for r in records if r["step"] == best["step"]}
     figures = scalars(results)
     assert set(figures) == set(recorded)
+    # attributes_x_spread is the figure `tune` maximises, computed the same way.
+    from mirrorgan_tf.tuning import objective
+
+    product = objective.value(objective.Objective("attributes_x_spread", "max"), results)
+    assert figures["attributes_x_spread"][0] == pytest.approx(product, rel=1e-12)
     for name, (value, _) in figures.items():
         assert value == pytest.approx(recorded[name], rel=1e-4, abs=1e-6), name
 
