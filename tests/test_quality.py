@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from tests.conftest import CONFIGS
 
-EVAL = ["train.max_steps=6", "train.eval_every=1", "train.eval_metrics=[attributes,spread]",
+EVAL = ["train.max_steps=6", "train.eval_every=1", "train.eval_metrics=[attributes,spread,r_precision]",
         "train.eval_samples_per_caption=2", "train.best_metric=attributes_x_spread", "train.keep_checkpoints=1"]
 
 
@@ -110,21 +110,26 @@ def test_keep_best_survives_the_rotation_and_restores_that_steps_weights(tmp_pat
     assert runs.read_best(str(root))["step"] == 3
 
 
-def test_evaluate_with_checkpoint_best_gives_the_best_steps_recorded_figures(evaluated_run, capsys):
+@pytest.mark.parametrize("checkpoint", ["best", "latest"])
+def test_evaluate_gives_the_figures_recorded_at_the_checkpoints_step(evaluated_run, checkpoint):
     """The in-training evaluation is evaluate's: the same captions and seed on the best checkpoint
-    give the figures recorded at its step (so --checkpoint best loaded that step's weights)."""
+    give the figures recorded at its step (so --checkpoint best loaded that step's weights), and on
+    the latest (step 6) those of step 6, scored after the metrics' reset()."""
     from mirrorgan_tf import runs
     from mirrorgan_tf.evaluate import evaluate, parse
     from mirrorgan_tf.training.quality import scalars
 
     run_dir, cfg = evaluated_run
-    best = runs.read_best(str(run_dir))
-    results = evaluate(parse(["--run-dir", str(run_dir), "--checkpoint", "best", "--metrics", "attributes,spread",
-                              "--num-images", "24", "--samples-per-caption", "2", "--seed", str(cfg.train.seed),
+    step = runs.read_best(str(run_dir))["step"] if checkpoint == "best" else 6
+    results = evaluate(parse(["--run-dir", str(run_dir), "--checkpoint", checkpoint, "--metrics",
+                              "attributes,spread,r_precision", "--num-images", "24", "--samples-per-caption", "2",
+                              "--seed", str(cfg.train.seed), "--folds", "10",
                               "--classifier-steps", str(cfg.tune.classifier_steps)]))
-    assert results["attributes"]["settings"]["checkpoint"].endswith(f"best/ckpt-{best['step']}")
+    folder = "best" if checkpoint == "best" else "checkpoints"
+    assert results["attributes"]["settings"]["checkpoint"].endswith(f"{folder}/ckpt-{step}")
     records = json.loads((run_dir / "gan" / "metrics.json").read_text())["during_training"]["records"]
-    recorded = {r["metric"]: r["value"] for r in records if r["step"] == best["step"]}
+    recorded = {r["metric"]: r["value"] for r in records if r["step"] == step}
+    assert "r_precision" in recorded and "r_precision/std" in recorded
     figures = scalars(results)
     assert set(figures) == set(recorded)
     # attributes_x_spread is the figure `tune` maximises, computed the same way.

@@ -95,7 +95,10 @@ class RPrecision(Metric):
         rng = np.random.default_rng(ctx.seed)
         a = ctx.all_pairs
         self.mismatches = draw_mismatches(a.image_index, a.attributes, ctx.rows, a.image_index, a.attributes, rng)
-        self.codes = np.zeros((len(ctx.rows), self.sentences.shape[1]), np.float32)
+        self.reset()
+
+    def reset(self):
+        self.codes = np.zeros((len(self.ctx.rows), self.sentences.shape[1]), np.float32)  # the DAMSM stays
 
     def _sentence_codes(self, pairs, batch=512):
         out = []
