@@ -6,7 +6,9 @@ Metrics (default: every one whose inputs are there):
   r_precision  top-1 among 1 + 99 mismatched captions by DAMSM similarity (default: the run's
                DAMSM; --damsm-run R2 for an independently trained one)
   fid          --inception-graph classify_image_graph_def.pb (published) or --inception-weights F
-  is           --is-classifier F (Keras model, or the 2015 ImageNet graph .pb)
+  is           --is-classifier P (StackGAN's fine-tuned Inception checkpoint for CUB / flowers, e.g.
+               inception_finetuned_models/birds_valid299/model.ckpt or its directory; the 2015
+               ImageNet graph .pb for COCO; or a Keras model)
   attributes   shapes only: colour/shape/size/position accuracy, seen and unseen pairs
   spread       shapes only, --samples-per-caption K >= 2: within-caption spread of the five factors
                the data varies inside a class (background, colour, size, centre x / y), read from
@@ -46,7 +48,8 @@ def parse(argv=None):
     p.add_argument("--damsm-run", help="run directory of an independently trained DAMSM")
     p.add_argument("--inception-graph", help="classify_image_graph_def.pb (2015-12-05)")
     p.add_argument("--inception-weights", help="keras.applications.InceptionV3 weights file")
-    p.add_argument("--is-classifier", help="classifier for the Inception Score (.keras/.h5, or the .pb graph)")
+    p.add_argument("--is-classifier", help="classifier for the Inception Score: StackGAN's fine-tuned Inception TF1 checkpoint "
+                   "(model.ckpt prefix or its directory), the 2015 .pb graph, or a Keras model (.keras/.h5)")
     p.add_argument("--classifier-steps", type=int, default=500, help="training steps of the shapes attribute "
                    "classifier (trained once per dataset and cached)")
     p.add_argument("--batch-size", type=int, default=64)
