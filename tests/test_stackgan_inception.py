@@ -80,6 +80,9 @@ def test_released_layout_matches_the_tf1_graph(released):
     assert np.allclose(ours.sum(axis=1), 1.0)
     # Our preprocessing of [-1, 1] images is StackGAN's of the 8-bit pictures, exactly.
     assert np.array_equal(classifier.preprocess(released["images"]), released["x299"])
+    # StackGAN's script shuffles the images before cutting the splits; the metric does, by --seed (0).
+    order = released["metric"]._order(np.arange(20.0)[:, None])[:, 0]
+    assert np.array_equal(order, np.random.default_rng(0).permutation(20)) and (order != np.arange(20)).any()
 
 
 def _probabilities(model, x299):
@@ -122,8 +125,8 @@ def test_a_wrong_mapping_is_caught(released):
 
 
 def test_checkpoints_of_another_layout_are_refused_naming_file_and_variables(released, tmp_path):
-    prefix, num_logits = stackgan_inception.check_checkpoint(released["prefix"])  # the prefix itself, too
-    assert (prefix, num_logits) == (released["prefix"], CLASSES + 1)
+    for named in (released["prefix"], released["prefix"] + ".index"):  # the prefix, or one of its files
+        assert stackgan_inception.check_checkpoint(named) == (released["prefix"], CLASSES + 1)
 
     # A single-file (pre-0.12, V1) checkpoint with a wrongly shaped, an unknown and missing variables.
     ema = stackgan_inception.EMA

@@ -214,10 +214,21 @@ class StackGANInceptionV3(keras.Model):
 
 # --- the checkpoint -------------------------------------------------------------------------
 
+def _prefix_of(path: str) -> str:
+    """A checkpoint's own files named instead of its prefix: `model.ckpt.index`,
+    `model.ckpt.data-00000-of-00001`, `model.ckpt.meta` -> `model.ckpt`."""
+    for suffix in (".index", ".meta"):
+        if path.endswith(suffix):
+            return path[:-len(suffix)]
+    head, sep, tail = path.rpartition(".data-")
+    return head if sep and "-of-" in tail else path
+
+
 def resolve_checkpoint(path: str) -> str | None:
     """The checkpoint a path names, or None if it names none: a prefix (`model.ckpt`, its
-    `.index` beside it: TF >= 0.12 format), a single-file TF1 checkpoint, or a directory (its
-    `checkpoint` file's latest, else its one `model.ckpt*` prefix)."""
+    `.index` beside it: TF >= 0.12 format) or one of its files, a single-file TF1 checkpoint, or a
+    directory (its `checkpoint` file's latest, else its last `model.ckpt*` by name)."""
+    path = _prefix_of(path)
     if tf.io.gfile.isdir(path):
         latest = tf.train.latest_checkpoint(path)
         if latest:
@@ -234,6 +245,7 @@ def looks_like_checkpoint(path: str) -> bool:
     """Whether `--is-classifier PATH` names a TF checkpoint (cheap: file names only)."""
     if tf.io.gfile.isdir(path):
         return resolve_checkpoint(path) is not None
+    path = _prefix_of(path)
     return tf.io.gfile.exists(path + ".index") or os.path.basename(path).startswith("model.ckpt")
 
 
