@@ -25,8 +25,8 @@ class _Builder:
     """Creates the variables while building; `stats="batch"` normalises with each batch's own
     moments (recorded in `moments`, for calibration), `stats="moving"` with the stored ones."""
 
-    def __init__(self, stats: str, epsilon: float):
-        self.stats, self.epsilon, self.moments = stats, epsilon, {}
+    def __init__(self, stats: str):
+        self.stats, self.moments = stats, {}
 
     def conv(self, x, filters, kernel, stride=1, padding="SAME", scope=None):
         kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
@@ -43,7 +43,7 @@ class _Builder:
                 if self.stats == "batch":
                     mean, var = tf.nn.moments(y, [0, 1, 2])
                     self.moments[v1.get_variable_scope().name] = (mean, var)
-                y = tf.nn.batch_normalization(y, mean, var, beta, None, self.epsilon)
+                y = tf.nn.batch_normalization(y, mean, var, beta, None, EPSILON)
             return tf.nn.relu(y)
 
     def fc(self, x, units, scope=None):
@@ -61,9 +61,9 @@ def _max(x):
     return tf.nn.max_pool2d(x, 3, 2, "VALID")
 
 
-def build(images, num_logits: int, stats: str = "moving", epsilon: float = EPSILON):
+def build(images, num_logits: int, stats: str = "moving"):
     """images float32 [N, 299, 299, 3] in [-1, 1] -> (logits [N, num_logits], the _Builder)."""
-    b = _Builder(stats, epsilon)
+    b = _Builder(stats)
     c = b.conv
     x = c(images, 32, 3, 2, "VALID", "conv0")
     x = c(x, 32, 3, 1, "VALID", "conv1")
@@ -151,26 +151,29 @@ def _random(shape, fan_in, rng):
     return (rng.standard_normal(shape) * np.sqrt(2.0 / fan_in)).astype(np.float32)
 
 
-def write_checkpoint(prefix: str, num_logits: int, calibration: np.ndarray, seed: int = 0,
-                     v1_format: bool = False) -> str:
+def write_checkpoint(prefix: str, num_logits: int, calibration: np.ndarray, seed: int = 0) -> str:
     """Random He-normal weights and betas in [-0.3, 0.3]; each BatchNorm's statistics set to the
     moments its input really has on `calibration` (float32 [N, 299, 299, 3] in [-1, 1]) with the
     layers before it, then perturbed (mean by up to 0.1 std, variance x 0.7 to 1.4), so activations
     stay of order one and an eps or statistics mistake shows. These become the averaged
     (`/ExponentialMovingAverage`) values; the raw variables get other values (half). Saved with
-    tf.compat.v1.train.Saver (V2 format, or the single-file V1 one). Returns the prefix."""
+    tf.compat.v1.train.Saver (V2 format). Returns the prefix."""
     rng = np.random.default_rng(seed)
     graph = tf.Graph()
     with graph.as_default():
         images = v1.placeholder(tf.float32, [None, 299, 299, 3])
         _, builder = build(images, num_logits, stats="batch")
         model_vars = v1.global_variables()
+        # The averages' variables, named as tf.train.ExponentialMovingAverage names them (what
+        # `probabilities` restores through that class checks the names); its update ops, which
+        # only training needs, are left out.
         averages = v1.train.ExponentialMovingAverage(0.9999)
-        averages.apply(v1.trainable_variables() + v1.moving_average_variables())
-        step = v1.train.get_or_create_global_step()
-        slot = v1.get_variable("logits/logits/weights/RMSProp", [2048, num_logits], tf.float32)
-        # Values go in through placeholders (a resource variable's load() would add a constant
-        # to the graph each time, and every later run would copy the grown graph).
+        shadow = {v.op.name: v1.get_variable(averages.average_name(v), v.shape, tf.float32, trainable=False).op.name
+                  for v in model_vars}
+        v1.train.get_or_create_global_step()
+        v1.get_variable("logits/logits/weights/RMSProp", [2048, num_logits], tf.float32)  # an optimizer slot
+        # Every value goes in through a placeholder (a resource variable's load() would add a
+        # constant to the graph each time); nothing runs the initializers: all is assigned.
         feeds = {}
         for v in v1.global_variables():
             ph = v1.placeholder(v.dtype.base_dtype, v.shape)
@@ -180,7 +183,6 @@ def write_checkpoint(prefix: str, num_logits: int, calibration: np.ndarray, seed
             sess.run([feeds[n][1] for n in values], {feeds[n][0]: a for n, a in values.items()})
 
         with v1.Session() as sess:
-            sess.run(v1.global_variables_initializer())
             value = {}
             for v in model_vars:
                 name = v.op.name
@@ -196,27 +198,24 @@ def write_checkpoint(prefix: str, num_logits: int, calibration: np.ndarray, seed
                 n = mean.shape[0]
                 value[f"{scope}/moving_mean"] = (mean + 0.1 * np.sqrt(var) * (2 * rng.random(n) - 1)).astype(np.float32)
                 value[f"{scope}/moving_variance"] = (var * (0.7 + 0.7 * rng.random(n))).astype(np.float32)
-            stored = {}
+            stored = {"global_step": np.int64(5000),
+                      "logits/logits/weights/RMSProp": rng.random([2048, num_logits]).astype(np.float32)}
             for v in model_vars:
                 name = v.op.name
-                stored[averages.average(v).op.name] = value[name]
+                stored[shadow[name]] = value[name]
                 stored[name] = 0.5 * value[name]  # other values, of the same signs
-            stored[slot.op.name] = rng.random(slot.shape.as_list()).astype(np.float32)
-            stored[step.op.name] = np.int64(5000)
             load(sess, stored)
-            version = v1.train.SaverDef.V1 if v1_format else v1.train.SaverDef.V2
-            return v1.train.Saver(v1.global_variables(), write_version=version).save(
-                sess, prefix, write_meta_graph=False)
+            return v1.train.Saver(v1.global_variables()).save(sess, prefix, write_meta_graph=False)
 
 
-def probabilities(prefix: str, num_logits: int, images: np.ndarray, epsilon: float = EPSILON) -> np.ndarray:
+def probabilities(prefix: str, num_logits: int, images: np.ndarray) -> np.ndarray:
     """StackGAN's scoring path on preprocessed images (float32 [N, 299, 299, 3] in [-1, 1]):
     restore every variable from its moving average, softmax over logits 1.. (logit 0 is the
     background class). Returns float32 [N, num_logits - 1]."""
     graph = tf.Graph()
     with graph.as_default():
         x = v1.placeholder(tf.float32, [None, 299, 299, 3])
-        logits, _ = build(x, num_logits, epsilon=epsilon)
+        logits, _ = build(x, num_logits)
         probs = tf.nn.softmax(logits[:, 1:])
         restore = v1.train.ExponentialMovingAverage(0.9999).variables_to_restore()
         with v1.Session() as sess:
