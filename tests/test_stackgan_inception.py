@@ -153,6 +153,8 @@ def test_checkpoints_of_another_layout_are_refused_naming_file_and_variables(rel
     with pytest.raises(EvalError, match="no such file"):
         inception_score.check_classifier(str(tmp_path / "nothing" / "model.ckpt"))
     (tmp_path / "other").mkdir()
+    with pytest.raises(EvalError, match="other: a directory without a TensorFlow checkpoint"):
+        inception_score.check_classifier(str(tmp_path / "other"))
     (tmp_path / "other" / "model.ckpt-5000").write_bytes(b"not a checkpoint")
     with pytest.raises(EvalError, match=r"model.ckpt-5000: not a readable TensorFlow checkpoint"):
         inception_score.load_classifier(str(tmp_path / "other"))

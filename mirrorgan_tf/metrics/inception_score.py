@@ -59,6 +59,8 @@ def check_classifier(path: str) -> None:
         raise EvalError(f"--is-classifier {path}: no such file")
     if not path.endswith(".pb") and stackgan_inception.looks_like_checkpoint(path):
         stackgan_inception.check_checkpoint(path)
+    elif tf.io.gfile.isdir(path):  # Keras models are files
+        raise EvalError(f"--is-classifier {path}: a directory without a TensorFlow checkpoint (model.ckpt*)")
 
 
 def load_classifier(path: str):
