@@ -2,13 +2,19 @@
 
     python benchmarks/input_position_size.py [--config configs/coco.yaml] [--records 2600]
                                              [--jpeg-kb 160] [--steps 20] [--out DIR]
+                                             [--set data.input_position=iterator|index ...]
 
 Writes a COCO-shaped dataset in the project's record format (random-content JPEGs of about
 --jpeg-kb KB, COCO train2014's mean; five captions each) into --out (a temporary folder by
 default), builds the training input as the GAN stage does (`data.DistributedInput` under the
-default strategy, the config's shuffle buffer, batch and prefetch), takes --steps batches, then
-saves one tf.train.Checkpoint with the input and one without, and prints the difference of their
-.data files: what `input_pipeline` costs per checkpoint (the run keeps three).
+default strategy, the config's data.input_position, shuffle buffer, batch and prefetch), takes
+--steps batches, then saves one tf.train.Checkpoint with the input and one without, and prints the
+difference of their .data files: what `input_pipeline` costs per checkpoint (the run keeps three).
+
+With data.input_position=index it also prints what a resume costs there: building the record
+table (one header read per record), and the seconds to the first batch of a pipeline started at
+batch 0 and of one restored at a position --resume-epochs epochs on (which reads no skipped record,
+so the two should match).
 
 --records should exceed data.shuffle_buffer, so the buffer is full as it is in a real run.
 """
@@ -81,13 +87,34 @@ def measure(cfg, steps: int, folder: str) -> tuple[int, float]:
     with the input). Checkpoints go under `folder`."""
     pipeline = data.DistributedInput(tf.distribute.get_strategy(), cfg)
     for _ in range(steps):
-        next(pipeline.iterator)
+        next(pipeline)
     step = tf.Variable(steps, dtype=tf.int64)
     start = time.perf_counter()
     with_input = tf.train.Checkpoint(step=step, input_pipeline=pipeline).write(os.path.join(folder, "with", "ckpt"))
     seconds = time.perf_counter() - start
     without = tf.train.Checkpoint(step=step).write(os.path.join(folder, "without", "ckpt"))
     return _data_bytes(with_input) - _data_bytes(without), seconds
+
+
+def resume_costs(cfg, epochs: float) -> dict:
+    """data.input_position=index: seconds to build the record table of the train split (from the
+    shards' headers, cache cleared first), and to the first batch of a pipeline at batch 0 and of
+    one whose checkpoint says `epochs` epochs were taken (restored the way run_loop restores)."""
+    strategy = tf.distribute.get_strategy()
+    files = data.shard_files(cfg, "train")
+    data._TABLES.clear()
+    start = time.perf_counter()
+    records = len(data.RecordTable.of(files))
+    table = time.perf_counter() - start
+    out = {"records": records, "table_seconds": table}
+    for name, batches in (("first_batch_at_start", 0), ("first_batch_resumed", int(epochs * records / cfg.train.batch_size))):
+        pipeline = data.DistributedInput(strategy, cfg)
+        pipeline.batches_taken.assign(batches)  # what a restored checkpoint leaves there
+        start = time.perf_counter()
+        next(pipeline)
+        out[name] = time.perf_counter() - start
+        out[name + "_batch"] = batches
+    return out
 
 
 def main() -> None:
@@ -97,6 +124,7 @@ def main() -> None:
     p.add_argument("--jpeg-kb", type=float, default=160)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--out", help="folder for the dataset and checkpoints (default: a temporary one, removed)")
+    p.add_argument("--resume-epochs", type=float, default=50.5, help="index mode: where the timed resume starts")
     p.add_argument("--set", dest="overrides", action="append", default=[])
     a = p.parse_args()
     root = a.out or tempfile.mkdtemp(prefix="input_position_")
@@ -106,10 +134,20 @@ def main() -> None:
             mean = write_coco_shaped(folder, a.records, int(a.jpeg_kb * 1000))
             print(f"wrote {a.records} records, mean {mean / 1e3:.1f} KB each", flush=True)
         cfg = load_config(a.config, a.overrides + [f"data.dir={folder}"])
-        print(f"{a.config}: shuffle_buffer={cfg.data.shuffle_buffer} batch_size={cfg.train.batch_size}", flush=True)
+        index = cfg.data.input_position == "index"
+        print(f"{a.config}: input_position={cfg.data.input_position} "
+              + ("" if index else f"shuffle_buffer={cfg.data.shuffle_buffer} ")
+              + f"batch_size={cfg.train.batch_size}", flush=True)
         size, seconds = measure(cfg, a.steps, root)
         print(f"input_pipeline: {size / 1e6:.1f} MB per checkpoint ({3 * size / 1e9:.2f} GB for the three kept); "
-              f"saving it took {seconds:.1f} s")
+              f"saving it took {seconds:.1f} s" if size >= 1e5 else
+              f"input_pipeline: {size} bytes per checkpoint; saving it took {seconds:.2f} s")
+        if index:
+            c = resume_costs(cfg, a.resume_epochs)
+            print(f"record table: {c['records']} records in {c['table_seconds']:.3f} s "
+                  f"({1e6 * c['table_seconds'] / c['records']:.1f} us a record); first batch at batch 0: "
+                  f"{c['first_batch_at_start']:.2f} s, resumed at batch {c['first_batch_resumed_batch']} "
+                  f"({a.resume_epochs} epochs on): {c['first_batch_resumed']:.2f} s")
     finally:
         if not a.out:
             shutil.rmtree(root, ignore_errors=True)
