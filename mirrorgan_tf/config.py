@@ -61,9 +61,10 @@ class DataConfig:
     # the data"). "iterator": the tf.data iterator itself (its shuffle buffer of stored records and its
     # prefetched batches; 400 MB per COCO-shaped checkpoint); "index": the order of each epoch is a
     # seeded permutation of the whole split and a checkpoint holds five integers (the batches taken),
-    # read back without reading the skipped records. The default, iterator, is what runs saved before
-    # the switch hold; cub.yaml (and coco.yaml through it) chooses index.
-    input_position: Literal["iterator", "index"] = "iterator"
+    # read back without reading the skipped records. Default index (cub.yaml, coco.yaml); shapes.yaml
+    # keeps iterator. A checkpoint saved with the other mode (or before the switch: iterator) resumes
+    # with the input from its start, and says so.
+    input_position: Literal["iterator", "index"] = "index"
 
 
 @dataclass
