@@ -643,9 +643,10 @@ class DistributedInput(tf.Module):
 
     `distributed_dataset`'s iterator cannot be checkpointed in TensorFlow 2.21 (its
     DistributedIterator and the multi-device iterator under it are not trackable), so this class
-    keeps what can: each worker's input pipeline (worker i reads shard i, seed data.seed + 1000 i,
-    as `distribute_datasets_from_function` would give it) yields the worker's whole batch (global
-    batch / workers), and its position is saved in one of two ways (`data.input_position`):
+    keeps what can: each worker's input pipeline (with "iterator", worker i reads shard i, seed
+    data.seed + 1000 i, as `distribute_datasets_from_function` would give it; with "index", slots
+    i, i + W, ... of each epoch's permutation) yields the worker's whole batch (global batch /
+    workers), and its position is saved in one of two ways (`data.input_position`):
 
     - "iterator": the pipeline's tf.data iterator is a tracked attribute (`iterator`), and the
       checkpoint holds its state: the shuffle buffer's serialized records, the read offsets of the
