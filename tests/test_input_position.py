@@ -155,3 +155,21 @@ def test_index_position_continues_bit_identical_on_another_replica_count(prepare
     assert out["notes"] == [None, None]
     keys = sum(out["keys"], [])
     assert len(set(keys[:96])) == 96 and keys[96:] != keys[:len(keys) - 96]  # a new epoch, a new order
+
+
+def test_an_index_position_for_another_seed_or_split_size_is_named_unfit(prepared_shapes, tmp_path):
+    """The saved batch count names examples only in its own permutation: a run with another
+    data.seed, or a split of another size, is told so by resume_note (and run_loop starts the
+    input over); the same settings fit."""
+    strategy = tf.distribute.get_strategy()
+    saved = data.DistributedInput(strategy, _index_cfg(prepared_shapes), "train", 4)
+    saved.batches_taken.assign(7)
+    path = tf.train.Checkpoint(input_pipeline=saved).write(str(tmp_path / "ckpt"))
+    assert data.DistributedInput(strategy, _index_cfg(prepared_shapes), "train", 4).resume_note(path) is None
+    reseeded = data.DistributedInput(strategy, _index_cfg(prepared_shapes, "data.seed=3"), "train", 4)
+    assert reseeded.resume_note(path) == ("it counts batches of 96 training examples in data.seed=0's order, this "
+                                          "run has 96 in data.seed=3's")
+    saved.examples.assign(120)  # as if written for a larger split
+    path = tf.train.Checkpoint(input_pipeline=saved).write(str(tmp_path / "larger"))
+    assert "batches of 120 training examples in data.seed=0's order, this run has 96" in \
+        data.DistributedInput(strategy, _index_cfg(prepared_shapes), "train", 4).resume_note(path)
