@@ -184,7 +184,7 @@ def test_a_killed_protocol_run_continues_from_its_complete_shards(protocol_run):
     os.remove(store.path(2))
     (out / ".incomplete-0badc0de-images-00002.npz").write_bytes(before[2][: len(before[2]) // 2])
     (out / os.path.basename(store.path(3))).write_bytes(before[3][: len(before[3]) // 2])
-    code, stdout, stderr = _main(args)
+    code, stdout, stderr = _main([*args, "--metrics", "is"])  # one metric suffices to read the shards back
     assert code == 0, stderr[-3000:]
     again = json.loads((out / "results.json").read_text())
     assert (again["generation"]["generated"], again["generation"]["reused"]) == (20, 20)
@@ -194,8 +194,8 @@ def test_a_killed_protocol_run_continues_from_its_complete_shards(protocol_run):
         with np.load(io.BytesIO(before[k])) as f:
             np.testing.assert_array_equal(store.read(k)[0], f["images"])
     assert not [n for n in os.listdir(out) if n.startswith(".incomplete-")]
-    for name in ("is", "fid", "r_precision"):
-        assert again["metrics"][name]["value"] == pytest.approx(first["metrics"][name]["value"], rel=1e-5), name
+    assert set(again["metrics"]) == {"is"}
+    assert again["metrics"]["is"]["value"] == pytest.approx(first["metrics"]["is"]["value"], rel=1e-5)
 
 
 def test_a_protocol_folder_refuses_images_of_other_settings(protocol_run):
