@@ -70,7 +70,8 @@ class InceptionScore(Metric):
 
     def prepare(self):
         if self.path.endswith(".pb"):
-            self.classifier = inception.InceptionGraph2015(self.path)
+            # The protocol's COCO score drops the softmax bias, as its original code (inception.py).
+            self.classifier = inception.InceptionGraph2015(self.path, bool(self.ctx.option("is_softmax_bias", True)))
             self.classifier.path = self.path
         else:
             self.classifier = _KerasClassifier(self.path)
