@@ -63,16 +63,17 @@ def check_classifier(path: str) -> None:
         raise EvalError(f"--is-classifier {path}: a directory without a TensorFlow checkpoint (model.ckpt*)")
 
 
-def load_classifier(path: str):
+def load_classifier(path: str, softmax_bias: bool = True):
     """`--is-classifier PATH` -> a classifier: called with images float [N, H, W, 3] in [-1, 1]
     (the generator's range, any size) it returns (features or None, class probabilities float
     [N, C]); its `source` names the kind and `path` the file. By the path: `*.pb` the 2015-12-05
     ImageNet graph (C = 1008); a TF checkpoint (a `model.ckpt` prefix or file, or its directory)
     StackGAN's fine-tuned Inception (C = its logits - 1: 50 for CUB, 20 for flowers); anything
-    else a Keras model file. Raises EvalError naming the file when it is none of these."""
+    else a Keras model file. `softmax_bias` is the 2015 graph's (see InceptionGraph2015). Raises
+    EvalError naming the file when it is none of these."""
     check_classifier(path)
     if path.endswith(".pb"):
-        classifier = inception.InceptionGraph2015(path)
+        classifier = inception.InceptionGraph2015(path, softmax_bias)
         classifier.path = path
         return classifier
     if stackgan_inception.looks_like_checkpoint(path):
@@ -98,7 +99,8 @@ class InceptionScore(Metric):
                             f"({self.splits} splits)")
 
     def prepare(self):
-        self.classifier = load_classifier(self.path)
+        # The protocol's COCO score drops the softmax bias, as its original code (inception.py).
+        self.classifier = load_classifier(self.path, softmax_bias=bool(self.ctx.option("is_softmax_bias", True)))
         self.probabilities = []
 
     def _order(self, probabilities):
