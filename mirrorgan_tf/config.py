@@ -54,8 +54,17 @@ class DataConfig:
     # The original's augmentation: resize by 76/64, random crop, horizontal flip.
     random_crop: bool = True
     random_flip: bool = True
+    # Training pipelines shuffle through a buffer of this many records (data.input_position=iterator only).
     shuffle_buffer: int = 2048
     seed: int = 0
+    # How the training input's position is kept in checkpoints (README, Training, "Resuming continues
+    # the data"). "iterator": the tf.data iterator itself (its shuffle buffer of stored records and its
+    # prefetched batches; 400 MB per COCO-shaped checkpoint); "index": the order of each epoch is a
+    # seeded permutation of the whole split and a checkpoint holds five integers (the batches taken),
+    # read back without reading the skipped records. Default index (cub.yaml, coco.yaml); shapes.yaml
+    # keeps iterator. A checkpoint saved with the other mode (or before the switch: iterator) resumes
+    # with the input from its start, and says so.
+    input_position: Literal["iterator", "index"] = "index"
 
 
 @dataclass

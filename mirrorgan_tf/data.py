@@ -27,7 +27,12 @@ import hashlib
 import json
 import os
 import re
+import struct
+import threading
+import weakref
 from typing import Optional
+
+import numpy as np
 
 import tensorflow as tf
 
@@ -395,12 +400,162 @@ class _Example:
         return out
 
 
+# TFRecord framing (tensorflow/core/lib/io/record_writer.cc): per record a little-endian uint64
+# length, a 4-byte masked CRC of the length, the data, a 4-byte masked CRC of the data.
+_LENGTH, _CRC = 8, 4
+_TABLES: dict = {}  # (path, size, mtime) of every shard -> its record table, built once per process
+
+
+class RecordTable:
+    """Where every record of a split lies in its shards, for reading records in any order
+    (data.input_position=index): `shard` int32 [N] (index into `files`), `offset` int64 [N] (byte
+    of the record's data in its shard), `length` int64 [N] (its bytes), N = the split's records in
+    manifest order (shards in manifest order, records in file order).
+
+    Built by reading each record's 12-byte header and seeking past its data, so its cost grows with
+    the number of records, not their bytes (measured in benchmarks/input_position_size.py), and it
+    is cached per process. Raises DataError naming the shard and the byte where a record runs past
+    the end of its shard (a truncated copy). Records' CRCs are not checked here nor when read:
+    `python -m pipelines.check` reads them all."""
+
+    def __init__(self, files: list[str]):
+        self.files = list(files)
+        shards, offsets, lengths = [], [], []
+        for i, path in enumerate(self.files):
+            found = _scan_shard(path)
+            shards += [i] * len(found)
+            offsets += [o for o, _ in found]
+            lengths += [n for _, n in found]
+        self.shard = np.asarray(shards, np.int32)
+        self.offset = np.asarray(offsets, np.int64)
+        self.length = np.asarray(lengths, np.int64)
+        self._fds: dict[int, int] = {}
+        self._lock = threading.Lock()
+        weakref.finalize(self, _close_all, self._fds)
+
+    def __len__(self) -> int:
+        return len(self.offset)
+
+    @classmethod
+    def of(cls, files: list[str]) -> "RecordTable":
+        """The table of `files`, scanned once per process while the files stay as they are."""
+        key = tuple((f, *_identity(f)) for f in files)
+        if key not in _TABLES:
+            _TABLES[key] = cls(files)
+        return _TABLES[key]
+
+    def read(self, shard, offset, length) -> bytes:
+        """The data of one record (numpy scalars as tf.numpy_function passes them): os.pread on a
+        local file (no shared file position, so parallel reads need no lock), a GFile seek and read
+        on other file systems (gs://, ...)."""
+        shard, offset, length = int(shard), int(offset), int(length)
+        path = self.files[shard]
+        if "://" in path:
+            with tf.io.gfile.GFile(path, "rb") as f:
+                f.seek(offset)
+                raw = f.read(length)
+        else:
+            fd = self._fds.get(shard)
+            if fd is None:
+                with self._lock:
+                    fd = self._fds.get(shard)
+                    if fd is None:
+                        fd = self._fds[shard] = os.open(path, os.O_RDONLY)
+            raw = os.pread(fd, length, offset)
+        if len(raw) != length:
+            raise DataError(f"{path}: record at byte {offset} ends after {len(raw)} of its {length} bytes: "
+                            f"the shard changed since the run started; {SHARD_FIX}")
+        return raw
+
+
+def _identity(path: str) -> tuple:
+    stat = tf.io.gfile.stat(path)
+    return stat.length, stat.mtime_nsec
+
+
+def _close_all(fds: dict) -> None:
+    for fd in fds.values():
+        os.close(fd)
+
+
+def _scan_shard(path: str) -> list[tuple[int, int]]:
+    """(data offset, data length) of every record of one TFRecord shard, from the headers alone."""
+    size = tf.io.gfile.stat(path).length
+    found, position = [], 0
+    with (open(path, "rb") if "://" not in path else tf.io.gfile.GFile(path, "rb")) as f:
+        while position < size:
+            f.seek(position)
+            head = f.read(_LENGTH)
+            (length,) = struct.unpack("<Q", head) if len(head) == _LENGTH else (size,)
+            end = position + _LENGTH + _CRC + length + _CRC
+            if end > size:
+                raise DataError(f"{path}: truncated record at byte {position} (a record runs past the shard's "
+                                f"{size} bytes): the shard is damaged; {SHARD_FIX}")
+            found.append((position + _LENGTH + _CRC, length))
+            position = end
+    return found
+
+
+# Salts of data.input_position=index's stateless draws, so that the epoch's order and the examples'
+# augmentation seeds are independent streams of data.seed.
+_ORDER_SALT, _EXAMPLE_SALT = 0x5EED_0001, 0x5EED_0002
+
+
+def _indexed_records(cfg: Config, files: list[str], input_context: Optional[tf.distribute.InputContext],
+                     start: int, repeat: bool) -> tf.data.Dataset:
+    """(serialized record, int64 [2] seed) in data.input_position=index's order, from the worker's
+    `start`-th example on (0-based, counted over epochs).
+
+    Epoch e's order is a permutation of the split's N records, `tf.random.experimental.index_shuffle`
+    keyed by (data.seed, e): every record exactly once per epoch, in any order. With W input
+    pipelines (workers), worker w takes the epoch's slots w, w + W, w + 2W, ... (N // W of them; the
+    N mod W records at the epoch's tail wait for the next epoch's draw), so the workers read disjoint
+    records. Its k-th example is the one at epoch k // (N // W), slot (k mod (N // W)) W + w: a pure
+    function of k, so a pipeline built at `start` yields what an unbroken one yields from there, and
+    reads none of the records before it. Each example's random draws (caption, crop, flip, noise)
+    are seeded by (data.seed, e N + slot)."""
+    table = RecordTable.of(files)
+    n = len(table)
+    workers, worker = ((input_context.num_input_pipelines, input_context.input_pipeline_id)
+                       if input_context is not None else (1, 0))
+    per_worker = n // workers
+    if per_worker == 0:
+        raise DataError(f"{os.path.join(cfg.data.dir, MANIFEST)}: {n} training records cannot be shared among "
+                        f"{workers} workers")
+    shard, offset, length = (tf.constant(table.shard), tf.constant(table.offset), tf.constant(table.length))
+    order_key = tf.constant([cfg.data.seed, _ORDER_SALT], tf.int64)
+    example_key = tf.constant([cfg.data.seed, _EXAMPLE_SALT], tf.int64)
+
+    def locate(k):
+        epoch, slot = k // per_worker, (k % per_worker) * workers + worker
+        record = tf.random.experimental.index_shuffle(
+            slot, tf.random.experimental.stateless_fold_in(order_key, epoch), tf.constant(n - 1, tf.int64))
+        return shard[record], offset[record], length[record], \
+            tf.random.experimental.stateless_fold_in(example_key, epoch * n + slot)
+
+    def read(i, at, size, seed):
+        # Not stateful: the same (shard, offset, length) always reads the same bytes, and tf.data may
+        # then run the reads in parallel (and keeps their order: deterministic map).
+        raw = tf.numpy_function(table.read, [i, at, size], tf.string, stateful=False)
+        return tf.ensure_shape(raw, []), seed
+
+    end = np.iinfo(np.int64).max if repeat else per_worker
+    return (tf.data.Dataset.range(start, end).map(locate)
+            .map(read, num_parallel_calls=AUTOTUNE, deterministic=True))
+
+
 def make_dataset(cfg: Config, split: str = "train", *, training: Optional[bool] = None,
                  batch_size: Optional[int] = None, repeat: Optional[bool] = None,
-                 input_context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
+                 input_context: Optional[tf.distribute.InputContext] = None, start: int = 0) -> tf.data.Dataset:
     """Batches from `cfg.data.dir`. `batch_size` is the global batch (default `train.batch_size`);
     under a strategy pass the `input_context` and each pipeline yields per-replica batches.
-    Training pipelines shuffle, augment and repeat by default; others do none of that."""
+    Training pipelines shuffle, augment and repeat by default; others do none of that.
+
+    How training pipelines shuffle is `data.input_position`: "iterator" reads the shards in a
+    shuffled interleave through a buffer of `data.shuffle_buffer` records; "index" reads the records
+    in a seeded permutation of the whole split per epoch (`_indexed_records`), and then `start` (the
+    number of this pipeline's examples already taken, a multiple of its batch) starts it further on
+    without reading what it skips. Raises ValueError for a `start` other than 0 elsewhere."""
     training = split == "train" if training is None else training
     repeat = training if repeat is None else repeat
     manifest = load_manifest(cfg.data.dir)
@@ -412,23 +567,32 @@ def make_dataset(cfg: Config, split: str = "train", *, training: Optional[bool] 
         batch = input_context.get_per_replica_batch_size(batch)
         seed += 1000 * input_context.input_pipeline_id
 
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    by_file = input_context is not None and len(files) >= input_context.num_input_pipelines
-    if by_file:
-        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    if training:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
-    # Training mixes shards; evaluation reads them in order, so batches follow the manifest.
-    ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8) if training else 1,
-                       num_parallel_calls=AUTOTUNE, deterministic=True)
-    if input_context is not None and not by_file:
-        ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
-    if training:
-        ds = ds.shuffle(cfg.data.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    seeds = tf.data.Dataset.random(seed=seed).batch(2)
-    ds = tf.data.Dataset.zip((ds, seeds)).map(_Example(cfg, training), num_parallel_calls=AUTOTUNE)
+    indexed = training and cfg.data.input_position == "index"
+    if start and not indexed:
+        raise ValueError(f"make_dataset: start={start} needs a training pipeline with data.input_position=index")
+    if indexed:
+        if start % batch:
+            raise ValueError(f"make_dataset: start={start} is not a multiple of the pipeline's batch {batch}")
+        ds = _indexed_records(cfg, files, input_context, start, repeat)
+    else:
+        ds = tf.data.Dataset.from_tensor_slices(files)
+        by_file = input_context is not None and len(files) >= input_context.num_input_pipelines
+        if by_file:
+            ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        if training:
+            ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+        # Training mixes shards; evaluation reads them in order, so batches follow the manifest.
+        ds = ds.interleave(tf.data.TFRecordDataset, cycle_length=min(len(files), 8) if training else 1,
+                           num_parallel_calls=AUTOTUNE, deterministic=True)
+        if input_context is not None and not by_file:
+            ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
+        if training:
+            ds = ds.shuffle(cfg.data.shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+        if repeat:
+            ds = ds.repeat()
+        seeds = tf.data.Dataset.random(seed=seed).batch(2)
+        ds = tf.data.Dataset.zip((ds, seeds))
+    ds = ds.map(_Example(cfg, training), num_parallel_calls=AUTOTUNE)
     ds = ds.batch(batch, drop_remainder=True)
 
     def fix_shapes(x):
@@ -462,18 +626,38 @@ def _worker(strategy: tf.distribute.Strategy) -> tuple[int, int]:
             multi_worker_util.id_in_cluster(spec, resolver.task_type, resolver.task_id))
 
 
+class _Unsaved:
+    """Holds what a tf.Module must not track (and so save): index mode's iterator."""
+
+    iterator = None
+    taken = -1  # the batch number `iterator` yields next
+
+
+# The checkpoint keys (under `input_pipeline`) that tell the two kinds of saved position apart.
+_ITERATOR_KEY = "iterator/.ATTRIBUTES/ITERATOR_STATE"
+_INDEX_KEY = "batches_taken/.ATTRIBUTES/VARIABLE_VALUE"
+
+
 class DistributedInput(tf.Module):
     """The training input of a strategy whose position is saved with the checkpoint.
 
     `distributed_dataset`'s iterator cannot be checkpointed in TensorFlow 2.21 (its
     DistributedIterator and the multi-device iterator under it are not trackable), so this class
-    keeps what can: each worker's input pipeline (worker i reads shard i, seed data.seed + 1000 i,
-    as `distribute_datasets_from_function` would give it) as a plain tf.data iterator of the
-    worker's whole batch (global batch / workers), a tracked attribute (`iterator`). Put this object
-    into a tf.train.Checkpoint and the checkpoint holds the pipeline's position: a stage resumed at
-    step k gets the batches of steps k + 1, k + 2, ... (what the saved state holds: the shuffle
-    buffer's serialized records, the read offsets of the shards, the random seeds' state, and the
-    decoded batches already prefetched).
+    keeps what can: each worker's input pipeline (with "iterator", worker i reads shard i, seed
+    data.seed + 1000 i, as `distribute_datasets_from_function` would give it; with "index", slots
+    i, i + W, ... of each epoch's permutation) yields the worker's whole batch (global batch /
+    workers), and its position is saved in one of two ways (`data.input_position`):
+
+    - "iterator": the pipeline's tf.data iterator is a tracked attribute (`iterator`), and the
+      checkpoint holds its state: the shuffle buffer's serialized records, the read offsets of the
+      shards, the random seeds' state, and the decoded batches already prefetched (hundreds of MB
+      at COCO scale; benchmarks/input_position_size.py).
+    - "index": the pipeline's order is a pure function of the example's number
+      (`_indexed_records`), so the checkpoint holds the number of batches the worker has taken
+      (`batches_taken`), the split's size (`examples`) and `data.seed` (`seed`), int64 scalars; the
+      iterator is not saved, and is built again at the restored position on the next `next()`.
+
+    Either way a stage resumed at step k gets the batches of steps k + 1, k + 2, ...
 
     The worker's batch is split among its local replicas only after it leaves the iterator, so the
     saved position does not depend on how many replicas a worker has: a run saved on 8 GPUs goes on
@@ -500,15 +684,28 @@ class DistributedInput(tf.Module):
         self._strategy = strategy
         self._local = replicas // workers
         self._first = worker * self._local
+        self.mode = cfg.data.input_position
+        self._make = lambda start=0: iter(make_dataset(cfg, split, batch_size=batch, input_context=context,
+                                                       start=start, **kwargs))
         self.pipelines = tf.Variable(workers, dtype=tf.int64, trainable=False, name="pipelines")
         self.pipeline_batch = tf.Variable(batch // workers, dtype=tf.int64, trainable=False, name="pipeline_batch")
-        self.iterator = iter(make_dataset(cfg, split, batch_size=batch, input_context=context, **kwargs))
+        if self.mode == "index":
+            self._unsaved = _Unsaved()
+            examples = len(RecordTable.of(_shards(cfg.data.dir, load_manifest(cfg.data.dir), split)))
+            with tf.device("/cpu:0"):  # read every step: keep it beside the host's pipeline
+                self.batches_taken = tf.Variable(0, dtype=tf.int64, trainable=False, name="batches_taken")
+            self.examples = tf.Variable(examples, dtype=tf.int64, trainable=False, name="examples")
+            self.seed = tf.Variable(cfg.data.seed, dtype=tf.int64, trainable=False, name="seed")
+        else:
+            self.iterator = self._make()
 
     def resume_note(self, prefix: str) -> Optional[str]:
         """None when the input position saved in checkpoint `prefix` (under `input_pipeline`) can
         continue in this input; else why not, in words: it was saved by another number of workers
-        or another global batch (each worker's pipeline reads other shards then), or before the
-        checkpoint recorded its layout (its batches may be per-replica ones)."""
+        or another global batch (each worker's pipeline reads other shards then), before the
+        checkpoint recorded its layout (its batches may be per-replica ones), with the other
+        `data.input_position`, or (index) for another split size or data.seed (its numbers would
+        name other examples)."""
         saved = {name for name, _ in tf.train.list_variables(prefix)}
         keys = {k: f"{self.name}/{k}/.ATTRIBUTES/VARIABLE_VALUE" for k in ("pipelines", "pipeline_batch")}
         if not all(key in saved for key in keys.values()):
@@ -518,13 +715,45 @@ class DistributedInput(tf.Module):
         if then != now:
             return (f"it was saved by {then['pipelines']} worker(s) reading {then['pipeline_batch']} examples a "
                     f"step each, this run has {now['pipelines']} reading {now['pipeline_batch']}")
+        was = "index" if f"{self.name}/{_INDEX_KEY}" in saved else "iterator"
+        if was != self.mode:
+            return (f"it was saved with data.input_position={was}, this run has {self.mode}; set it back to {was} "
+                    "to continue the data")
+        if self.mode == "index":
+            then = [int(tf.train.load_variable(prefix, f"{self.name}/{k}/.ATTRIBUTES/VARIABLE_VALUE"))
+                    for k in ("examples", "seed")]
+            now = [int(self.examples.numpy()), int(self.seed.numpy())]
+            if then != now:
+                return (f"it counts batches of {then[0]} training examples in data.seed={then[1]}'s order, this run "
+                        f"has {now[0]} in data.seed={now[1]}'s")
         return None
+
+    def start_over(self) -> None:
+        """Back to the input's first batch (a position that `resume_note` found unfit may have been
+        read in part, e.g. from a damaged newer checkpoint)."""
+        if self.mode == "index":
+            self.batches_taken.assign(0)
+            self._unsaved.iterator = None
+        else:
+            self.iterator = self._make()
+
+    def _next_batch(self):
+        if self.mode != "index":
+            return next(self.iterator)
+        held = self._unsaved
+        taken = int(self.batches_taken.numpy())
+        if held.iterator is None or held.taken != taken:  # first batch, or a position restored since
+            held.iterator = self._make(taken * int(self.pipeline_batch.numpy()))
+        batch = next(held.iterator)
+        held.taken = taken + 1
+        self.batches_taken.assign(held.taken)
+        return batch
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        batch = next(self.iterator)
+        batch = self._next_batch()
         if self._local == 1 and isinstance(self._strategy, tf.distribute.OneDeviceStrategy):
             return batch
         parts = [tf.split(t, self._local, axis=0) for t in tf.nest.flatten(batch)]

@@ -9,7 +9,9 @@ Metrics (default: every one whose inputs are there):
   fid          --inception-graph classify_image_graph_def.pb (published) or --inception-weights F
   kid          Kernel Inception Distance (unbiased MMD^2, cubic polynomial kernel, 100 subsets of up to
                1,000 images: mean +- std), same Inception features and flags as fid
-  is           --is-classifier F (Keras model, or the 2015 ImageNet graph .pb)
+  is           --is-classifier P (StackGAN's fine-tuned Inception checkpoint for CUB / flowers, e.g.
+               inception_finetuned_models/birds_valid299/model.ckpt or its directory; the 2015
+               ImageNet graph .pb for COCO; or a Keras model)
   attributes   shapes only: colour/shape/size/position accuracy, seen and unseen pairs
   spread       shapes only, --samples-per-caption K >= 2: within-caption spread of the five factors
                the data varies inside a class (background, colour, size, centre x / y), read from
@@ -18,6 +20,11 @@ Metrics (default: every one whose inputs are there):
                (k = 5, Naeem et al. 2020; P / R also at k = 3, Kynkaanniemi et al. 2019) against
                the real images, and within-caption pairwise distance / real within-class distance
                (0 = one picture per caption); Inception features as for fid, else the DAMSM code
+--protocol cub|coco runs the published AttnGAN / MirrorGAN evaluation in one command: IS, FID and
+R-precision on 30,000 images (--protocol-images N for fewer), generated in shards under --out
+(default R/protocol-NAME) so that a re-run continues; prints the papers' table and writes it to
+OUT/results.json (not metrics.json). CUB needs --is-classifier (StackGAN's fine-tuned Inception)
+and --inception-graph; COCO --inception-graph (it scores IS too).
 Every metric is also given on real test images where that means something. Every figure is
 printed with the image count it comes from; IS, FID and R-precision add a note below the 30,000
 images of the published protocol (their figures depend on the count: compare equal counts only),
@@ -51,12 +58,26 @@ def parse(argv=None):
     p.add_argument("--damsm-run", help="run directory of an independently trained DAMSM")
     p.add_argument("--inception-graph", help="classify_image_graph_def.pb (2015-12-05)")
     p.add_argument("--inception-weights", help="keras.applications.InceptionV3 weights file")
-    p.add_argument("--is-classifier", help="classifier for the Inception Score (.keras/.h5, or the .pb graph)")
+    p.add_argument("--is-classifier", help="classifier for the Inception Score: StackGAN's fine-tuned Inception TF1 checkpoint "
+                   "(model.ckpt prefix or its directory), the 2015 .pb graph, or a Keras model (.keras/.h5)")
     p.add_argument("--classifier-steps", type=int, default=500, help="training steps of the shapes attribute "
                    "classifier (trained once per dataset and cached)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    p.add_argument("--seed", type=int, help="noise seed (default 0; 100 under --protocol, as the original)")
+    g = p.add_argument_group("published protocol")
+    g.add_argument("--protocol", choices=("cub", "coco"), help="the AttnGAN / MirrorGAN evaluation: 30,000 images, "
+                   "IS, FID, R-precision as published (README: The published protocol)")
+    g.add_argument("--protocol-images", type=int, help="image count instead of the published 30,000 (figures "
+                   "then carry a note: not comparable)")
+    g.add_argument("--out", help="folder of the protocol's image shards and results.json (default RUN/protocol-NAME); "
+                   "a re-run with the same folder continues")
+    g.add_argument("--shard-size", type=int, default=500, help="images per shard (the unit a re-run resumes from)")
+    a = p.parse_args(argv)
+    if a.seed is None:
+        a.seed = 100 if a.protocol else 0
+    if a.protocol and not a.out:
+        a.out = os.path.join(a.run_dir, f"protocol-{a.protocol}")
+    return a
 
 
 def build_context(a):
@@ -86,6 +107,8 @@ def build_context(a):
                              + "\n  - ".join(problems))
     if note:
         print(f"note: {note}", flush=True)
+    if getattr(a, "protocol", None):
+        return _protocol_context(a, cfg, manifest)
     if a.metrics:
         names = [n.strip() for n in a.metrics.split(",") if n.strip()]
         unknown = [n for n in names if n not in REGISTRY]
@@ -116,12 +139,37 @@ def build_context(a):
     return ctx, metrics
 
 
+def _protocol_context(a, cfg, manifest):
+    """build_context under --protocol: the protocol's captions, sample plan and metric settings;
+    every input it needs is checked here, before any generation."""
+    from mirrorgan_tf.config import with_values
+    from mirrorgan_tf.evaluation import protocol as published
+    from mirrorgan_tf.evaluation.pairs import load_pairs
+    from mirrorgan_tf.metrics import REGISTRY, Context, EvalError
+
+    spec = published.check(a)
+    options = published.options(a, spec)
+    names = options.pop("names")
+    cfg = with_values(cfg, {"data.words_num": spec.words_num}, f"--protocol {spec.name}")
+    all_pairs = load_pairs(cfg, a.split)
+    if not len(all_pairs):
+        raise EvalError(f"split {a.split!r} of {cfg.data.dir} has no usable caption")
+    rows = published.plan(all_pairs.image_index, a.protocol_images or spec.images, a.seed)
+    ctx = Context(cfg=cfg, run_dir=a.run_dir, split=a.split, all_pairs=all_pairs, rows=rows, manifest=manifest,
+                  batch_size=a.batch_size, seed=a.seed, options=options)
+    return ctx, [REGISTRY[n](ctx) for n in names]  # each checks its inputs now
+
+
 def evaluate(a) -> dict:
     import numpy as np
 
     from mirrorgan_tf.evaluation.generator import TrainedGenerator
 
     ctx, metrics = build_context(a)
+    if getattr(a, "protocol", None):
+        from mirrorgan_tf.evaluation import protocol as published
+
+        return published.run(a, ctx, metrics)
     generator = TrainedGenerator(a.run_dir, a.checkpoint)
     for m in metrics:
         m.prepare()
@@ -176,6 +224,12 @@ def main(argv=None) -> int:
             if damaged is None:
                 raise
             raise damaged from None
+        if a.protocol:
+            from mirrorgan_tf.evaluation import protocol as published
+
+            print(published.table(results))
+            print(f"written to {os.path.join(a.out, published.RESULTS)}")
+            return 0
         print(table(results))
         print(f"written to {save(a.run_dir, a.split, results)}")
         return 0

@@ -27,7 +27,6 @@ SLOWEST_FIRST = [
     "tests/test_distributed.py::test_every_stage_resumes_on_another_replica_count_both_ways",  # 346-474 (loaded machine)
     "tests/test_run_integrity.py",  # 400 in all, most in its module fixture's training
     "tests/test_evaluate.py",  # 400 in all, most in its module fixture's evaluation
-    "tests/test_summary.py::test_coco_networks_are_the_wider_attngan_coco_ones",  # 377
     "tests/test_tune.py::test_a_search_records_a_diverging_trial_as_failed_and_its_best_config_trains",  # 373
     "tests/test_tune.py::test_a_killed_search_continues_without_repeating_finished_trials_and_no_policy_leaks",  # 295
     "tests/test_training.py::test_mixed_precision_and_xla_on_one_device",  # 287

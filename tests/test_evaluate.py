@@ -324,6 +324,8 @@ def test_evaluate_is_reproducible_for_a_seed(evaluated):
     (["--metrics", "fid"], "needs Inception weights"),
     (["--metrics", "fid", "--inception-weights", "/nonexistent/w.h5"], "/nonexistent/w.h5: no such file"),
     (["--metrics", "is"], "--is-classifier"),
+    (["--metrics", "is", "--is-classifier", "/nonexistent/birds_valid299/model.ckpt"],
+     "--is-classifier /nonexistent/birds_valid299/model.ckpt: no such file"),
     (["--metrics", "r_precision", "--num-images", "3", "--folds", "10"], "at least one image per fold"),
     (["--metrics", "bleu"], "unknown bleu"),
     (["--metrics", "r_precision", "--batch-size", "0"], "--batch-size 0: must be at least 1"),

@@ -145,3 +145,52 @@ def test_a_saved_input_position_that_cannot_fit_restarts_the_input_and_says_so(p
     # The restarted pipeline is what the next checkpoints hold: resumed again, it goes on.
     assert session(4, 8) == (first_keys(4, 4)[2:], 9.0)
     assert "cannot continue" not in capsys.readouterr().out
+
+
+def test_a_position_saved_in_one_input_position_mode_restarts_the_input_in_the_other(prepared_shapes, tmp_path,
+                                                                                       capsys):
+    """run_loop with the real input: a checkpoint whose input position was saved with
+    data.input_position=iterator, resumed with index (and back), restores weights and step and
+    restarts the input from its first batch, printing why, instead of failing; resumed in the same
+    mode, index goes on with its next batches."""
+    from mirrorgan_tf import data
+
+    strategy = build_strategy("one_device")
+    run = RunDir(str(tmp_path / "run"))
+
+    def cfg(mode):
+        return load_config(CONFIGS / "shapes_smoke.yaml", [f"data.dir={prepared_shapes}", f"data.input_position={mode}",
+                                                           "model.stages=1", "model.base_size=16"])
+
+    def session(mode, total):
+        weight = tf.Variable(1.0, name="w")
+        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+        state = loop.TrainState(tf.train.Checkpoint(w=weight, step=step_var), step_var, [weight])
+        seen = []
+
+        def step_fn(batch):
+            seen.append([k.decode() for k in batch["key"].numpy()])
+            weight.assign_add(1.0)
+            return {"loss": tf.constant(1.0)}
+
+        loop.run_loop("toy", run, strategy, state, step_fn, data.DistributedInput(strategy, cfg(mode), "train", 4),
+                      loop.Cadence(total, 2, 5, 10), 4)
+        return seen, float(weight.numpy())
+
+    def first_keys(mode, n):
+        it = data.DistributedInput(strategy, cfg(mode), "train", 4)
+        return [[k.decode() for k in next(it)["key"].numpy()] for _ in range(n)]
+
+    index, iterator = first_keys("index", 4), first_keys("iterator", 2)
+    assert index[:2] != iterator  # the two modes' orders differ, so the restart below is visible
+    assert session("iterator", 2) == (iterator, 3.0)
+    capsys.readouterr()
+    assert session("index", 4) == (index[:2], 5.0)  # weights and step restored, the input from its start
+    out = capsys.readouterr().out
+    assert ("toy: the input position in " in out and "cannot continue here (it was saved with "
+            "data.input_position=iterator, this run has index; set it back to iterator to continue the data): "
+            "the input starts from its beginning") in out and "at step 2" in out
+    assert session("index", 6) == (index[2:4], 7.0)  # the same mode: the next batches
+    assert "cannot continue" not in capsys.readouterr().out
+    assert session("iterator", 8) == (iterator, 9.0)
+    assert "saved with data.input_position=index, this run has iterator" in capsys.readouterr().out

@@ -18,11 +18,16 @@ SIZE = 299
 class InceptionGraph2015:
     """pool_3 (2048) and the softmax (1008 classes) of the 2015-12-05 graph. The graph's input
     (`ExpandDims:0`, float 0..255) is replaced by a batch of images resized to 299; the softmax
-    is applied to pool_3 with the graph's own weights, because its reshape is fixed to batch 1."""
+    is applied to pool_3 with the graph's own weights, because its reshape is fixed to batch 1.
+
+    softmax_bias=False leaves out the softmax layer's bias, as the Inception Score code of the
+    published protocol does (improved-GAN's `inception_score.py`, reused for COCO by AttnGAN,
+    MirrorGAN and DM-GAN: softmax(pool_3 @ W), W taken from `softmax/logits/MatMul`); the
+    default keeps the graph's own classifier, softmax(pool_3 @ W + b)."""
 
     source = "tensorflow inception graph 2015-12-05"
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, softmax_bias: bool = True):
         graph_def = tf.compat.v1.GraphDef()
         try:
             with tf.io.gfile.GFile(path, "rb") as f:
@@ -39,10 +44,12 @@ class InceptionGraph2015:
                 graph_def, input_map={"ExpandDims:0": images},
                 return_elements=["pool_3:0", "softmax/weights:0", "softmax/biases:0"], name="inception")
             pool = tf.reshape(pool, [-1, w.shape[0]])
-            return pool, tf.nn.softmax(tf.matmul(pool, w) + b)
+            logits = tf.matmul(pool, w)
+            return pool, tf.nn.softmax(logits + b if softmax_bias else logits)
 
         self._fn = tf.compat.v1.wrap_function(forward, [tf.TensorSpec([None, SIZE, SIZE, 3], tf.float32)])
         self.path = path
+        self.softmax_bias = softmax_bias
 
     def __call__(self, images):
         """images float [-1, 1] [N, H, W, 3] -> (features [N, 2048], probabilities [N, 1008])."""

@@ -199,8 +199,8 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
     `step_fn(batch)` returns a dict of scalar losses (already reduced across replicas). When
     `iterator` is a tf.Module (data.DistributedInput) its position is saved in every checkpoint
     (as `input_pipeline`) and restored on resume, on any number of replicas; a checkpoint saved
-    without it, or by another number of workers (`DistributedInput.resume_note`), resumes with the
-    input from its start, and says so.
+    without it, by another number of workers or with the other data.input_position
+    (`DistributedInput.resume_note`), resumes with the input from its start, and says so.
     The resume restores the newest checkpoint that reads (`runs.restore_newest_intact`); damaged
     newer ones are named, moved into <checkpoints>/damaged/ (never deleted, and outside
     keep_checkpoints' rotation) and recorded with the step restarted from in stages.json
@@ -263,6 +263,7 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
                 f"from the same step: set the damaged files aside on every worker (the same step) and start again")
         print(f"{stage}: resumed from {latest} at step {int(step_var.numpy())}", flush=True)
         if input_note:
+            iterator.start_over()  # in case a damaged newer checkpoint was read into it before this one
             print(f"{stage}: the input position in {latest} cannot continue here ({input_note}): the input starts "
                   f"from its beginning, with the batches of the run's first steps in data.seed's order", flush=True)
         for name, value in extras.items():
