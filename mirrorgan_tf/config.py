@@ -167,6 +167,12 @@ class TrainConfig:
     # (2i, 2i + 1) and the generator draws both with example 2i's caption. 0 (default): the
     # published loss, every example drawn with its own caption.
     mode_seeking_weight: float = 0.0
+    # Which noise mode seeking asks the generator to use (ours): "both" (default, as Mao et al.,
+    # whose latent is all the noise there is): the two samples of a pair have their own z and
+    # conditioning-augmentation epsilon, and the latent distance spans both; "z": the pair shares
+    # the first one's epsilon and the distance is over z alone, so the term rewards variety drawn
+    # from z and never amplifies the noise on the text condition c.
+    mode_seeking_noise: Literal["both", "z"] = "both"
     ema_decay: float = 0.999
     # Warm the EMA up as tf.train.ExponentialMovingAverage does with num_updates: decay
     # min(ema_decay, (1 + step) / (10 + step)). The original has none, and over 1,000 steps a
