@@ -280,45 +280,46 @@ def test_stage_noise_and_minibatch_std_switched_off_are_the_published_networks(c
     there the switched-on networks compute exactly what the published ones do."""
     from dataclasses import replace
 
-    from mirrorgan_tf.models.networks import build_discriminators, build_glam, build_stem
+    from mirrorgan_tf.models.discriminators import Discriminator
+    from mirrorgan_tf.models.networks import build_glam, build_stem
 
     assert not cfg.model.stage_noise and cfg.model.minibatch_std == 0
     for published in ("cub.yaml", "coco.yaml"):
         m = load_config(CONFIGS / published).model
         assert m.stage_noise is False and m.minibatch_std == 0
     cfg = replace(cfg, model=replace(cfg.model, stages=2))  # two stages show it (and build in half the time)
-    on = replace(cfg, model=replace(cfg.model, stage_noise=True, minibatch_std=2))
+    on = replace(cfg, model=replace(cfg.model, stage_noise=True))
+    m = cfg.model
     keras.utils.set_random_seed(0)
-    glam_off, ds_off = build_glam(cfg, batch=B), build_discriminators(cfg, batch=B)
-    glam_on, ds_on = build_glam(on, batch=B), build_discriminators(on, batch=B)
-    # GLAM: only each later stage's joint 1x1 conv grows, by z_dim input channels (z comes last).
-    assert _widen(glam_off, glam_on) == cfg.model.stages - 1
-    # D: the heads' first layers take one more channel, the std map, after the encoder's
-    # features (and, in the conditional head, before the sentence).
-    for d_off, d_on in zip(ds_off, ds_on):
-        assert _widen(d_off, d_on, at=d_off.encoder.output_shape[-1]) == 2  # uncond out, cond joint
+    glam_off, glam_on = build_glam(cfg, batch=B), build_glam(on, batch=B)
+    # GLAM: only the later stage's joint 1x1 conv grows, by z_dim input channels (z comes last).
+    assert _widen(glam_off, glam_on) == 1
     ids, lengths = _captions()
     words, sentence, mask = build_stem(cfg, VOCAB, batch=B)(ids, lengths)
-    z = np.random.default_rng(1).normal(size=(B, cfg.model.z_dim)).astype("float32")
-    eps = np.random.default_rng(2).normal(size=(B, cfg.model.condition_dim)).astype("float32")
+    z = np.random.default_rng(1).normal(size=(B, m.z_dim)).astype("float32")
+    eps = np.random.default_rng(2).normal(size=(B, m.condition_dim)).astype("float32")
     a = glam_off(z, sentence, words, mask, eps=eps)["images"]
-    b = glam_on(z, sentence, words, mask, eps=eps)["images"]
-    for x, y in zip(a, b):
+    for x, y in zip(a, glam_on(z, sentence, words, mask, eps=eps)["images"]):
         np.testing.assert_allclose(x, y, atol=1e-6)
-    for d_off, d_on, image in zip(ds_off, ds_on, a):
-        for x, y in zip(d_off(image, sentence), d_on(image, sentence)):
-            np.testing.assert_allclose(x, y, atol=1e-5)
+    # D (the first stage's, the same code as the others'): the heads' first layers take one more
+    # channel, the std map, after the encoder's features (in the conditional head, before the
+    # sentence).
+    d_off = Discriminator(0, m.df_dim, m.base_size, m.text_norm)
+    d_on = Discriminator(0, m.df_dim, m.base_size, m.text_norm, minibatch_std=2)
+    d_off(a[0], sentence), d_on(a[0], sentence)
+    width = d_off.encoder.output_shape[-1]
+    assert _widen(d_off, d_on, at=width) == 2  # uncond out conv, cond joint conv
+    for x, y in zip(d_off(a[0], sentence), d_on(a[0], sentence)):
+        np.testing.assert_allclose(x, y, atol=1e-5)
     # And the switches are live: weights on z's rows of stage 2's joint conv change stage 2 (not
-    # stage 1), and weights on the std map change D's logits.
+    # stage 1), and a weight on the std map changes D's logits.
     kernel = np.asarray(glam_on.next_stage1.joint.kernel)
-    kernel[..., -cfg.model.z_dim:, :] = 0.5
+    kernel[..., -m.z_dim:, :] = 0.5
     glam_on.next_stage1.joint.kernel.assign(kernel)
     c = glam_on(z, sentence, words, mask, eps=eps)["images"]
     np.testing.assert_allclose(a[0], c[0], atol=1e-6)
     assert np.abs(np.asarray(a[1]) - np.asarray(c[1])).max() > 1e-3
-    out = ds_on[0].uncond.out.kernel
-    width = ds_off[0].encoder.output_shape[-1]
-    grown = np.asarray(out)
+    grown = np.asarray(d_on.uncond.out.kernel)
     grown[..., width, :] = 100.0
-    out.assign(grown)
-    assert np.abs(np.asarray(ds_on[0](a[0], sentence)[0]) - np.asarray(ds_off[0](a[0], sentence)[0])).max() > 1e-3
+    d_on.uncond.out.kernel.assign(grown)
+    assert np.abs(np.asarray(d_on(a[0], sentence)[0]) - np.asarray(d_off(a[0], sentence)[0])).max() > 1e-3
