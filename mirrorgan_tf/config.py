@@ -91,6 +91,15 @@ class ModelConfig:
     # take them in: "none" as the original, "rms" each vector at unit root mean square (ours; see
     # models/stem.py normalize_text: without it a short run's condition is mostly noise).
     text_norm: Literal["none", "rms"] = "none"
+    # Ours, for within-caption variety (README, One caption, many pictures). stage_noise: the
+    # noise z also enters every generator stage after the first (tiled beside the word and
+    # sentence contexts); the paper feeds it to the first stage only (false).
+    stage_noise: bool = False
+    # Minibatch standard deviation (Karras et al., ICLR 2018, "Progressive Growing of GANs", 3):
+    # each discriminator appends one feature map, the standard deviation across groups of this
+    # many images averaged over features and positions, so that it can see a batch that lacks
+    # variety. 0 (the published discriminators): off.
+    minibatch_std: int = 0
 
 
 @dataclass
@@ -167,6 +176,12 @@ class TrainConfig:
     # (2i, 2i + 1) and the generator draws both with example 2i's caption. 0 (default): the
     # published loss, every example drawn with its own caption.
     mode_seeking_weight: float = 0.0
+    # Which noise mode seeking asks the generator to use (ours): "both" (default, as Mao et al.,
+    # whose latent is all the noise there is): the two samples of a pair have their own z and
+    # conditioning-augmentation epsilon, and the latent distance spans both; "z": the pair shares
+    # the first one's epsilon and the distance is over z alone, so the term rewards variety drawn
+    # from z and never amplifies the noise on the text condition c.
+    mode_seeking_noise: Literal["both", "z"] = "both"
     ema_decay: float = 0.999
     # Warm the EMA up as tf.train.ExponentialMovingAverage does with num_updates: decay
     # min(ema_decay, (1 + step) / (10 + step)). The original has none, and over 1,000 steps a
@@ -465,6 +480,7 @@ def _check_fields(cfg: Config) -> None:
         (cfg.data.words_num > 0, "data.words_num must be positive"),
         (cfg.data.vocab_size >= 0, "data.vocab_size must be >= 0 (0 = from the manifest)"),
         (cfg.model.stages >= 1, "model.stages must be >= 1"),
+        (cfg.model.minibatch_std >= 0, f"model.minibatch_std must be >= 0 (0 = off), got {cfg.model.minibatch_std}"),
         (cfg.model.base_size >= 16 and cfg.model.base_size % 16 == 0,
          "model.base_size must be a multiple of 16 (the discriminators downsample by 16)"),
         (cfg.model.embedding_dim % 2 == 0, "model.embedding_dim must be even (bi-LSTM halves)"),

@@ -140,6 +140,22 @@ def mode_seeking_pairs(batch_size: int):
     return ops.repeat(ops.arange(0, batch_size, 2, dtype="int32"), 2)
 
 
+def mode_seeking_noises(noise, ca_noise, pair, which: str = "both"):
+    """What the generator draws a mode-seeking batch with, and the latent the term divides by.
+
+    noise float [B, z_dim], ca_noise float [B, condition_dim] (the batch's z and conditioning
+    epsilon), pair int32 [B] (`mode_seeking_pairs`), which `train.mode_seeking_noise`:
+    "both" (Mao et al.: all the noise is the latent) -> (ca_noise unchanged, [B, z_dim +
+    condition_dim] the two concatenated); "z" -> (ca_noise with each pair's first row for both,
+    so the pair shares its condition, and noise alone as the latent). Raises ValueError for any
+    other `which`."""
+    if which == "both":
+        return ca_noise, ops.concatenate([noise, ops.cast(ca_noise, noise.dtype)], axis=1)
+    if which == "z":
+        return ops.take(ca_noise, pair, axis=0), noise
+    raise ValueError(f"mode seeking noise must be 'both' or 'z', got {which!r}")
+
+
 def mode_seeking_loss(images, latents, eps: float = 1e-5):
     """The mode-seeking term of Mao et al. (CVPR 2019, "Mode Seeking GANs", eq. 3): for each pair of
     samples (rows 2i, 2i + 1) drawn from one caption with two latents, d_I / d_z = mean |x1 - x2| /

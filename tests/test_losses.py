@@ -211,3 +211,19 @@ def test_discriminator_scores_fakes_against_the_captions_they_were_drawn_from():
     _, plain = losses.discriminator_loss(StubD(), real, fake, sentence)
     for k in ("real", "cond_real", "fake", "cond_wrong"):  # only the fakes' condition changes
         assert float(terms[k]) == pytest.approx(float(plain[k]), rel=1e-6)
+
+
+def test_mode_seeking_noise_z_shares_each_pairs_condition_and_measures_z_alone():
+    z = rng.normal(size=(4, 3)).astype(np.float32)
+    eps = rng.normal(size=(4, 2)).astype(np.float32)
+    pair = losses.mode_seeking_pairs(4)
+    # "both" (Mao et al., the default): the noises as drawn, the latent all of them.
+    ca, latent = losses.mode_seeking_noises(z, eps, pair, "both")
+    np.testing.assert_array_equal(ca, eps)
+    np.testing.assert_array_equal(latent, np.concatenate([z, eps], axis=1))
+    # "z": examples 1 and 3 take the epsilon of 0 and 2; the latent is z alone.
+    ca, latent = losses.mode_seeking_noises(z, eps, pair, "z")
+    np.testing.assert_array_equal(ca, eps[[0, 0, 2, 2]])
+    np.testing.assert_array_equal(latent, z)
+    with pytest.raises(ValueError, match="'both' or 'z', got 'c'"):
+        losses.mode_seeking_noises(z, eps, pair, "c")

@@ -233,3 +233,93 @@ def test_text_norm_makes_the_generator_and_discriminators_blind_to_text_scale(cf
     (a, b), (la, lb) = outputs(build("none"))  # the original: the scale reaches the outputs
     assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-2
     assert np.abs(np.asarray(la) - np.asarray(lb)).max() > 1e-2
+
+
+def test_minibatch_std_appends_each_groups_std_in_karras_layout():
+    from mirrorgan_tf.models.discriminators import minibatch_std
+
+    # 8 images, groups of 4 -> M = 2 groups: images 0, 2, 4, 6 and 1, 3, 5, 7. One feature of
+    # 2 x 2 x 3 = 12 varies; the other 11 are equal within the group (std sqrt(1e-8) = 1e-4).
+    h = np.zeros((8, 2, 2, 3), "float32")
+    h[:, 0, 0, 0] = [0, 0, 2, 0, 4, 0, 6, 4]  # group 0: 0 2 4 6 (std sqrt 5); group 1: 0 0 0 4 (std sqrt 3)
+    out = minibatch_std(h, 4).numpy()
+    assert out.shape == (8, 2, 2, 4)
+    np.testing.assert_array_equal(out[..., :3], h)
+    expected = {0: (np.sqrt(5.0) + 11e-4) / 12, 1: (np.sqrt(3.0) + 11e-4) / 12}
+    for i in range(8):
+        np.testing.assert_allclose(out[i, ..., 3], expected[i % 2], rtol=1e-5)
+    # A batch that group size does not divide uses the largest common divisor: 6 images in 2
+    # groups of 2... here gcd(4, 6) = 2, so M = 3 groups: (0, 3), (1, 4), (2, 5).
+    h6 = np.zeros((6, 1, 1, 1), "float32")
+    h6[:, 0, 0, 0] = [0, 0, 0, 2, 0, 0]
+    np.testing.assert_allclose(minibatch_std(h6, 4).numpy()[:, 0, 0, 1],
+                               [1.0, 1e-4, 1e-4, 1.0, 1e-4, 1e-4], rtol=1e-5)
+
+
+def _widen(source, target, at=None):
+    """Copy `source`'s weights into `target`, whose kernels may take extra input channels (axis
+    -2, inserted at index `at`, None = at the end); those rows get zeros, so the extra input
+    does nothing. Returns the number of kernels widened."""
+    widened = 0
+    for t, s in zip(target.weights, source.weights):
+        s = np.asarray(s)
+        if tuple(t.shape) != s.shape:
+            extra = t.shape[-2] - s.shape[-2]
+            assert extra > 0 and tuple(t.shape[:-2]) == s.shape[:-2], (t.path, t.shape, s.shape)
+            k = s.shape[-2] if at is None else at
+            rows = np.zeros(s.shape[:-2] + (extra,) + s.shape[-1:], s.dtype)
+            s = np.concatenate([s[..., :k, :], rows, s[..., k:, :]], axis=-2)
+            widened += 1
+        t.assign(s)
+    return widened
+
+
+def test_stage_noise_and_minibatch_std_switched_off_are_the_published_networks(cfg):
+    """Off (the defaults), the networks have the published weights; on, each widens one input
+    (z beside the contexts; the std map beside D's features) and nothing else, so with zeros
+    there the switched-on networks compute exactly what the published ones do."""
+    from dataclasses import replace
+
+    from mirrorgan_tf.models.discriminators import Discriminator
+    from mirrorgan_tf.models.networks import build_glam, build_stem
+
+    assert not cfg.model.stage_noise and cfg.model.minibatch_std == 0
+    for published in ("cub.yaml", "coco.yaml"):
+        m = load_config(CONFIGS / published).model
+        assert m.stage_noise is False and m.minibatch_std == 0
+    cfg = replace(cfg, model=replace(cfg.model, stages=2))  # two stages show it (and build in half the time)
+    on = replace(cfg, model=replace(cfg.model, stage_noise=True))
+    m = cfg.model
+    keras.utils.set_random_seed(0)
+    glam_off, glam_on = build_glam(cfg, batch=B), build_glam(on, batch=B)
+    # GLAM: only the later stage's joint 1x1 conv grows, by z_dim input channels (z comes last).
+    assert _widen(glam_off, glam_on) == 1
+    ids, lengths = _captions()
+    words, sentence, mask = build_stem(cfg, VOCAB, batch=B)(ids, lengths)
+    z = np.random.default_rng(1).normal(size=(B, m.z_dim)).astype("float32")
+    eps = np.random.default_rng(2).normal(size=(B, m.condition_dim)).astype("float32")
+    a = glam_off(z, sentence, words, mask, eps=eps)["images"]
+    for x, y in zip(a, glam_on(z, sentence, words, mask, eps=eps)["images"]):
+        np.testing.assert_allclose(x, y, atol=1e-6)
+    # D (the first stage's, the same code as the others'): the heads' first layers take one more
+    # channel, the std map, after the encoder's features (in the conditional head, before the
+    # sentence).
+    d_off = Discriminator(0, m.df_dim, m.base_size, m.text_norm)
+    d_on = Discriminator(0, m.df_dim, m.base_size, m.text_norm, minibatch_std=2)
+    d_off(a[0], sentence), d_on(a[0], sentence)
+    width = d_off.encoder.output_shape[-1]
+    assert _widen(d_off, d_on, at=width) == 2  # uncond out conv, cond joint conv
+    for x, y in zip(d_off(a[0], sentence), d_on(a[0], sentence)):
+        np.testing.assert_allclose(x, y, atol=1e-5)
+    # And the switches are live: weights on z's rows of stage 2's joint conv change stage 2 (not
+    # stage 1), and a weight on the std map changes D's logits.
+    kernel = np.asarray(glam_on.next_stage1.joint.kernel)
+    kernel[..., -m.z_dim:, :] = 0.5
+    glam_on.next_stage1.joint.kernel.assign(kernel)
+    c = glam_on(z, sentence, words, mask, eps=eps)["images"]
+    np.testing.assert_allclose(a[0], c[0], atol=1e-6)
+    assert np.abs(np.asarray(a[1]) - np.asarray(c[1])).max() > 1e-3
+    grown = np.asarray(d_on.uncond.out.kernel)
+    grown[..., width, :] = 100.0
+    d_on.uncond.out.kernel.assign(grown)
+    assert np.abs(np.asarray(d_on(a[0], sentence)[0]) - np.asarray(d_off(a[0], sentence)[0])).max() > 1e-3

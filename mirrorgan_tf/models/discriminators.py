@@ -12,6 +12,8 @@ use the equivalent, numerically stable BCE on logits.
 
 from __future__ import annotations
 
+import math
+
 import keras
 from keras import layers, ops
 
@@ -29,6 +31,26 @@ def _encode_x16(df_dim: int, sync_batch_norm: bool = False) -> keras.Sequential:
         conv(df_dim * 4, 4, strides=2), bn(), layers.LeakyReLU(0.2),
         conv(df_dim * 8, 4, strides=2), bn(), layers.LeakyReLU(0.2),
     ], name="img_code_s16")
+
+
+def minibatch_std(h, group_size: int):
+    """Karras et al.'s minibatch standard deviation (ICLR 2018, "Progressive Growing of GANs",
+    section 3): h float [B, H, W, C] -> [B, H, W, C + 1], the extra map the standard deviation of
+    each feature over a group of images, averaged over features and positions (one scalar per
+    group, the same for each of its images and positions). Group g holds images g, g + M, g + 2M,
+    ... with M = B / G (Karras' layout), so adjacent images (mode seeking's pairs of one caption,
+    `losses.mode_seeking_pairs`) never share a group when M >= 2. G = gcd(group_size, B) for a
+    static B (a batch of 6 with group 4 uses groups of 2), group_size otherwise (B must divide)."""
+    b = h.shape[0]
+    g = math.gcd(group_size, b) if b is not None else group_size
+    x = ops.cast(h, "float32")
+    shape = ops.shape(x)
+    grouped = ops.reshape(x, (g, -1, shape[1], shape[2], shape[3]))  # [G, M, H, W, C]
+    std = ops.sqrt(ops.var(grouped, axis=0) + 1e-8)  # [M, H, W, C], population variance as Karras
+    per_group = ops.mean(std, axis=(1, 2, 3))  # [M]
+    feature = ops.tile(per_group, (g,))[:, None, None, None]  # image i belongs to group i mod M
+    feature = ops.broadcast_to(feature, (shape[0], shape[1], shape[2], 1))
+    return ops.concatenate([h, ops.cast(feature, h.dtype)], axis=-1)
 
 
 class Logits(layers.Layer):
@@ -54,11 +76,14 @@ class Discriminator(keras.Model):
     """call(images, sentence) -> (unconditional logits [B], conditional logits [B]).
 
     For the "wrong pair" term, encode once with `encode` and apply `cond_logits` with other
-    sentences."""
+    sentences. `minibatch_std` > 0 (ours, `model.minibatch_std`) appends Karras et al.'s
+    minibatch standard deviation over groups of that many images to the encoded map, before
+    both heads (`minibatch_std`); 0 is the published network."""
 
     def __init__(self, stage: int, df_dim: int = 64, base_size: int = 64, text_norm: str = "none", name=None,
-                 sync_batch_norm: bool = False, **kwargs):
+                 sync_batch_norm: bool = False, minibatch_std: int = 0, **kwargs):
         super().__init__(name=name or f"d{base_size * 2**stage}", **kwargs)
+        self.minibatch_std = minibatch_std
         sync = sync_batch_norm
         blocks = [_encode_x16(df_dim, sync)]
         blocks += [DownBlock(df_dim * 16 * 2**i, name=f"img_code_s{32 * 2**i}", sync_batch_norm=sync)
@@ -72,7 +97,8 @@ class Discriminator(keras.Model):
                            sync_batch_norm=sync)
 
     def encode(self, images, training=None):
-        return self.encoder(images, training=training)
+        h = self.encoder(images, training=training)
+        return minibatch_std(h, self.minibatch_std) if self.minibatch_std else h
 
     def uncond_logits(self, h, training=None):
         return self.uncond(h, training=training)

@@ -72,10 +72,16 @@ class NextStage(layers.Layer):
             ResBlock(gf_dim * 2, name=f"residual{i + 1}", sync_batch_norm=sync_batch_norm) for i in range(r_num)])
         self.up = UpBlock(gf_dim, name="upsample", sync_batch_norm=sync_batch_norm)
 
-    def call(self, h, sentence, words, mask, training=None):
+    def call(self, h, sentence, words, mask, z=None, training=None):
+        """z: None (the published stage), or the noise [B, z_dim] to tile over the map and feed
+        to the joint 1x1 conv beside h and the two contexts (`model.stage_noise`)."""
         word_context, word_attn = self.word_attention(h, words, mask)
         sentence_context, sentence_attn = self.sentence_attention(h, sentence)
-        x = self.joint(ops.concatenate([h, word_context, sentence_context], axis=-1))
+        parts = [h, word_context, sentence_context]
+        if z is not None:
+            z = ops.cast(z, h.dtype)[:, None, None, :]
+            parts.append(ops.broadcast_to(z, (ops.shape(h)[0], ops.shape(h)[1], ops.shape(h)[2], z.shape[-1])))
+        x = self.joint(ops.concatenate(parts, axis=-1))
         for block in self.residual:
             x = block(x, training=training)
         return self.up(x, training=training), word_attn, sentence_attn
@@ -101,6 +107,10 @@ class GLAM(keras.Model):
         sentence_attention  likewise, float32 [B, H, W, C]
         mu, logvar       float32 [B, condition_dim], for the KL term
 
+    `stage_noise` (ours, `model.stage_noise`; off in the paper): z also enters every stage after
+    the first, tiled over the map beside its word and sentence contexts, so that what a later
+    stage paints (an object's colour, through its word attention) can depend on the noise and
+    not only on h_{i-1}. Off, the network and its weights are the published ones.
     `seed` seeds the conditioning augmentation's own noise (drawn when no eps is given);
     `sync_batch_norm` all-reduces every BatchNorm's statistics across replicas. Build it from a
     config with `models.networks.build_glam`.
@@ -109,11 +119,12 @@ class GLAM(keras.Model):
     def __init__(self, stages: int = 3, base_size: int = 64, gf_dim: int = 32, z_dim: int = 100,
                  condition_dim: int = 100, r_num: int = 2, global_attention_softmax: str = "positions",
                  global_attention_input: str = "condition", text_norm: str = "none", seed=None,
-                 sync_batch_norm: bool = False, name: str = "glam", **kwargs):
+                 sync_batch_norm: bool = False, stage_noise: bool = False, name: str = "glam", **kwargs):
         super().__init__(name=name, **kwargs)
         if global_attention_input not in ("condition", "sentence"):
             raise ValueError(f"global_attention_input must be 'condition' or 'sentence', got {global_attention_input!r}")
         self.z_dim = z_dim
+        self.stage_noise = stage_noise
         self.global_attention_input = global_attention_input
         self.text_norm = check_text_norm(text_norm)
         self.ca = ConditioningAugmentation(condition_dim, seed=seed)
@@ -131,7 +142,8 @@ class GLAM(keras.Model):
         images = [self.heads[0](h)]
         word_maps, sentence_maps = [], []
         for stage, head in zip(self.next_stages, self.heads[1:]):
-            h, word_attn, sentence_attn = stage(h, attend_with, words, mask, training=training)
+            h, word_attn, sentence_attn = stage(h, attend_with, words, mask, z=z if self.stage_noise else None,
+                                                training=training)
             images.append(head(h))
             word_maps.append(word_attn)
             sentence_maps.append(sentence_attn)

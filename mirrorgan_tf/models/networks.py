@@ -78,7 +78,8 @@ def build_glam(cfg, seed=None, sync_batch_norm: bool = False, batch: int = 2) ->
     eps is given)."""
     m = cfg.model
     glam = GLAM(m.stages, m.base_size, m.gf_dim, m.z_dim, m.condition_dim, m.r_num, m.global_attention_softmax,
-                m.global_attention_input, m.text_norm, seed=seed, sync_batch_norm=sync_batch_norm)
+                m.global_attention_input, m.text_norm, seed=seed, sync_batch_norm=sync_batch_norm,
+                stage_noise=m.stage_noise)
     words, sentence, mask = _dummy_text(cfg, batch)
     glam(ops.zeros((batch, m.z_dim)), sentence, words, mask)
     return glam
@@ -90,7 +91,8 @@ def build_discriminators(cfg, sync_batch_norm: bool = False, batch: int = 2) -> 
     _, sentence, _ = _dummy_text(cfg, batch)
     out = []
     for i, size in enumerate(cfg.image_sizes):
-        d = Discriminator(i, m.df_dim, m.base_size, m.text_norm, sync_batch_norm=sync_batch_norm)
+        d = Discriminator(i, m.df_dim, m.base_size, m.text_norm, sync_batch_norm=sync_batch_norm,
+                          minibatch_std=m.minibatch_std)
         d(ops.zeros((batch, size, size, 3)), sentence)
         out.append(d)
     return out

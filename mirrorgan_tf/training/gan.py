@@ -17,7 +17,8 @@ Losses each step returns (global-batch means, summed over replicas):
     damsm       AttnGAN's DAMSM term (unweighted), only when train.damsm_weight > 0
     mode_seeking  the mode-seeking term (unweighted), only when train.mode_seeking_weight > 0: then
                 the examples are paired (2i, 2i + 1) and the generator draws both of a pair from
-                example 2i's caption with their own noises (`losses.mode_seeking_loss`); D scores
+                example 2i's caption with their own noises (`losses.mode_seeking_loss`; under
+                train.mode_seeking_noise=z with example 2i's conditioning noise too); D scores
                 the fakes against the captions they were drawn from, the real images against their own.
 
 Distribution: each replica works on its share of the global batch; losses are scaled so that the
@@ -190,13 +191,15 @@ def make_train_step(cfg, strategy: tf.distribute.Strategy, state: GanTrainState)
         # What the generator draws from: each example's own caption, or under mode seeking the
         # first caption of its pair (so each pair is one caption under two noises).
         g_ids, g_lengths, g_words, g_sentence, g_mask = ids, lengths, words, sentence, mask
+        ca_noise = batch["ca_noise"]
         if t.mode_seeking_weight > 0:
             pair = losses.mode_seeking_pairs(ids.shape[0])
             g_ids, g_lengths, g_words, g_sentence, g_mask = (
                 tf.gather(x, pair) for x in (ids, lengths, words, sentence, mask))
+            ca_noise, latents = losses.mode_seeking_noises(batch["noise"], ca_noise, pair, t.mode_seeking_noise)
         out_losses = {}
         with tf.GradientTape() as g_tape:
-            out = nets.glam(batch["noise"], g_sentence, g_words, g_mask, eps=batch["ca_noise"], training=True)
+            out = nets.glam(batch["noise"], g_sentence, g_words, g_mask, eps=ca_noise, training=True)
             fakes = out["images"]
             with g_tape.stop_recording():
                 d_total, d_losses = update_discriminators(
@@ -210,7 +213,6 @@ def make_train_step(cfg, strategy: tf.distribute.Strategy, state: GanTrainState)
             redescription = losses.stream_loss(nets.stream_encoder, nets.stream_decoder, fakes[-1], g_ids, g_lengths)
             g_loss = adversarial + t.kl_weight * kl + t.stream_weight * redescription
             if t.mode_seeking_weight > 0:
-                latents = tf.concat([batch["noise"], batch["ca_noise"]], axis=1)
                 seeking = losses.mode_seeking_loss(fakes[-1], latents)
                 g_loss += t.mode_seeking_weight * seeking
                 out_losses["mode_seeking"] = seeking * scale
