@@ -40,6 +40,11 @@ SLOWEST_FIRST = [
     "tests/test_summary.py::test_summary_cli_prints_json_and_a_table",  # 114
     "tests/test_import_mirrorgan.py::test_discriminators_match_d_nets",  # 110 + 18
     "tests/test_training.py::test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint",  # 102
+    # Added 2026-12-05, seconds measured by their authors at load average 15-23 (a few times the quiet ones):
+    "tests/test_stackgan_inception.py",  # 57 in all, most in its module fixture (a TF1 checkpoint written)
+    "tests/test_quality.py",  # 45 in its module fixture (a smoke GAN stage evaluated every step)
+    "tests/test_protocol.py",  # 53 in all (a smoke protocol run, then its resume)
+    "tests/test_input_position.py",  # 41 in all (a 2 -> 1 -> 2 replica subprocess)
     "tests/test_sample.py",  # 82 in all (load average 11), most in its two measured sample processes
     "tests/test_distributed.py::test_sigterm_to_one_worker_makes_both_save_the_same_step_and_stop",  # 66
 ]
