@@ -103,6 +103,23 @@ def test_loop_reads_the_last_losses_at_the_end(tmp_path):
     assert tf.train.latest_checkpoint(run.checkpoints("toy")).endswith("ckpt-3")
 
 
+def _toy_session(run, strategy, pipeline, total, batch_size):
+    """run_loop on a one-weight toy state for `total` steps (checkpoint every 2), each step adding
+    1 to the weight and recording its batch's keys: (keys per step taken, the weight at the end)."""
+    weight = tf.Variable(1.0, name="w")
+    step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    state = loop.TrainState(tf.train.Checkpoint(w=weight, step=step_var), step_var, [weight])
+    seen = []
+
+    def step_fn(batch):
+        seen.append([k.decode() for k in batch["key"].numpy()])
+        weight.assign_add(1.0)
+        return {"loss": tf.constant(1.0)}
+
+    loop.run_loop("toy", run, strategy, state, step_fn, pipeline, loop.Cadence(total, 2, 5, 10), batch_size)
+    return seen, float(weight.numpy())
+
+
 def test_a_saved_input_position_that_cannot_fit_restarts_the_input_and_says_so(prepared_shapes, tmp_path, capsys):
     """run_loop with a real input pipeline: resumed with the same layout it goes on with the next
     batches; resumed where the saved position cannot continue (another per-worker batch, here; another
@@ -115,19 +132,8 @@ def test_a_saved_input_position_that_cannot_fit_restarts_the_input_and_says_so(p
     run = RunDir(str(tmp_path / "run"))
 
     def session(batch_size, total):
-        weight = tf.Variable(1.0, name="w")
-        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        state = loop.TrainState(tf.train.Checkpoint(w=weight, step=step_var), step_var, [weight])
-        seen = []
-
-        def step_fn(batch):
-            seen.append([k.decode() for k in batch["key"].numpy()])
-            weight.assign_add(1.0)
-            return {"loss": tf.constant(1.0)}
-
-        pipeline = data.DistributedInput(strategy, cfg, "train", batch_size=batch_size)
-        loop.run_loop("toy", run, strategy, state, step_fn, pipeline, loop.Cadence(total, 2, 5, 10), batch_size)
-        return seen, float(weight.numpy())
+        return _toy_session(run, strategy, data.DistributedInput(strategy, cfg, "train", batch_size=batch_size),
+                            total, batch_size)
 
     def first_keys(batch_size, n):
         it = data.DistributedInput(strategy, cfg, "train", batch_size=batch_size)
@@ -163,19 +169,7 @@ def test_a_position_saved_in_one_input_position_mode_restarts_the_input_in_the_o
                                                            "model.stages=1", "model.base_size=16"])
 
     def session(mode, total):
-        weight = tf.Variable(1.0, name="w")
-        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-        state = loop.TrainState(tf.train.Checkpoint(w=weight, step=step_var), step_var, [weight])
-        seen = []
-
-        def step_fn(batch):
-            seen.append([k.decode() for k in batch["key"].numpy()])
-            weight.assign_add(1.0)
-            return {"loss": tf.constant(1.0)}
-
-        loop.run_loop("toy", run, strategy, state, step_fn, data.DistributedInput(strategy, cfg(mode), "train", 4),
-                      loop.Cadence(total, 2, 5, 10), 4)
-        return seen, float(weight.numpy())
+        return _toy_session(run, strategy, data.DistributedInput(strategy, cfg(mode), "train", 4), total, 4)
 
     def first_keys(mode, n):
         it = data.DistributedInput(strategy, cfg(mode), "train", 4)
