@@ -1,4 +1,3 @@
-import pytest
 """The saved input position: its size (benchmarks/input_position_size.py) in both
 data.input_position modes, and index mode's resume: the same batches as a pipeline never stopped,
 on another replica count too, with each epoch a permutation shared out among the workers."""
@@ -11,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from mirrorgan_tf import data
