@@ -15,10 +15,8 @@ MIN_IMAGES, and a note below the 30,000 generated images of the published protoc
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import os
 
 import numpy as np
 import tensorflow as tf
@@ -83,11 +81,7 @@ class FID(Metric):
         self.features = []  # the extractor and the reference statistics stay
 
     def _cache_path(self):
-        ctx = self.ctx
-        source = os.path.abspath(self.graph or self.weights)
-        key = hashlib.sha1(f"{self.extractor.source}|{source}|{os.path.getsize(source)}".encode()).hexdigest()[:12]
-        size = ctx.cfg.image_sizes[-1]
-        return os.path.join(ctx.cfg.data.dir, "eval_cache", f"fid-{ctx.split}-{size}px-{key}.npz")
+        return inception.reference_cache_path(self.ctx, self.extractor, self.graph, self.weights, "fid")
 
     def _reference_statistics(self):
         path = self._cache_path()

@@ -8,6 +8,9 @@ non-comparable numbers). Nothing is downloaded.
 
 from __future__ import annotations
 
+import hashlib
+import os
+
 import tensorflow as tf
 
 from mirrorgan_tf.metrics.base import EvalError
@@ -115,3 +118,13 @@ def check_paths(graph: str | None, weights: str | None, what: str) -> None:
     for flag, path in (("--inception-graph", graph), ("--inception-weights", weights)):
         if path and not tf.io.gfile.exists(path):
             raise EvalError(f"{flag} {path}: no such file")
+
+
+def reference_cache_path(ctx, extractor, graph: str | None, weights: str | None, kind: str) -> str:
+    """Where a metric caches what it computed on the real images of `ctx.split` with `extractor`:
+    <data.dir>/eval_cache/<kind>-<split>-<final size>px-<key>.npz, the key a hash of the extractor's
+    source and the weight file's absolute path and byte size (another file, another cache). FID
+    and KID share it, each with its own `kind`."""
+    source = os.path.abspath(graph or weights)
+    key = hashlib.sha1(f"{extractor.source}|{source}|{os.path.getsize(source)}".encode()).hexdigest()[:12]
+    return os.path.join(ctx.cfg.data.dir, "eval_cache", f"{kind}-{ctx.split}-{ctx.cfg.image_sizes[-1]}px-{key}.npz")

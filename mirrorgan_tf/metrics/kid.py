@@ -32,10 +32,8 @@ Real features are cached per dataset, split, image size and extractor, beside FI
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
-import os
 
 import numpy as np
 import tensorflow as tf
@@ -111,10 +109,7 @@ class KID(Metric):
         self.features = []
 
     def _cache_path(self):
-        ctx = self.ctx
-        source = os.path.abspath(self.graph or self.weights)
-        key = hashlib.sha1(f"{self.extractor.source}|{source}|{os.path.getsize(source)}".encode()).hexdigest()[:12]
-        return os.path.join(ctx.cfg.data.dir, "eval_cache", f"features-{ctx.split}-{ctx.cfg.image_sizes[-1]}px-{key}.npz")
+        return inception.reference_cache_path(self.ctx, self.extractor, self.graph, self.weights, "features")
 
     def _reference_features(self) -> np.ndarray:
         path = self._cache_path()
