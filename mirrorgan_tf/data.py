@@ -23,6 +23,8 @@ With `train.wrong_word_swaps` set, training batches also hold (`text.WordSwap`):
 
 from __future__ import annotations
 
+import atexit
+import gc
 import hashlib
 import json
 import os
@@ -631,6 +633,24 @@ class _Unsaved:
 
     iterator = None
     taken = -1  # the batch number `iterator` yields next
+
+    def __init__(self):
+        _LIVE_INDEX_INPUTS.add(self)
+
+
+# Index mode reads records with tf.numpy_function, which needs the GIL on tf.data's threads. An
+# iterator still alive when the interpreter finalizes is destroyed there, waiting for the reads in
+# flight, whose threads can no longer take the GIL: the process hangs after its last line, using
+# no CPU (seen about one exit in four right after a first batch). Dropping the iterators at exit,
+# before finalization, lets those reads finish while Python still runs them.
+_LIVE_INDEX_INPUTS: "weakref.WeakSet[_Unsaved]" = weakref.WeakSet()
+
+
+@atexit.register
+def _release_index_iterators() -> None:
+    for held in list(_LIVE_INDEX_INPUTS):
+        held.iterator = None
+    gc.collect()
 
 
 # The checkpoint keys (under `input_pipeline`) that tell the two kinds of saved position apart.

@@ -143,11 +143,6 @@ RESUMED_ON_OTHER_REPLICAS = textwrap.dedent("""
 """)
 
 
-# Known bug (2026-12-05): this subprocess passed several times while written, then hung (no CPU used,
-# killed at the timeout) twice on an idle machine, in the clean-clone CI run and alone. Marked as an
-# expected failure until the hang is found; issue 24 stays open for it.
-@pytest.mark.xfail(raises=subprocess.TimeoutExpired, strict=False,
-                   reason="index-mode pipelines on mirrored + one_device in one process sometimes hang")
 def test_index_position_continues_bit_identical_on_another_replica_count(prepared_shapes, tmp_path):
     """Index mode on two CPU replicas, then one device, then two again (op determinism on, as
     train.deterministic): the 14 steps' batches, every tensor, equal an unbroken pipeline's, across
