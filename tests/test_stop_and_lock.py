@@ -15,35 +15,31 @@ from mirrorgan_tf.runs import LOCK, RunLock, RunLockedError
 from mirrorgan_tf.training import stop
 
 
+def _to_main_thread(sig):
+    # Not os.kill: under xdist the process has other threads, a process-wide signal taken by one of
+    # them reaches Python's handler later, and two Ctrl-C sent in a row can merge into one call.
+    signal.pthread_kill(threading.main_thread().ident, sig)
+
+
 def test_a_signal_only_sets_the_flag_and_the_previous_handlers_come_back():
     before = {s: signal.getsignal(s) for s in stop.SIGNALS}
     with stop.stop_on_signals() as installed:
         assert installed and stop.requested() is None
-        os.kill(os.getpid(), signal.SIGINT)  # no KeyboardInterrupt: only the flag
+        _to_main_thread(signal.SIGINT)  # no KeyboardInterrupt: only the flag
         assert stop.requested() == signal.SIGINT
-        os.kill(os.getpid(), signal.SIGTERM)  # the first signal is the one reported
+        _to_main_thread(signal.SIGTERM)  # the first signal is the one reported
         assert stop.requested() == signal.SIGINT
     assert stop.requested() is None
     assert {s: signal.getsignal(s) for s in stop.SIGNALS} == before
 
 
-def _sigint_and_wait(seconds: float = 5.0):
-    # To the main thread itself (under xdist other threads exist, and a process-wide signal taken by
-    # one of them reaches Python later, where two Ctrl-C can merge into one handler call), then time
-    # for Python to run its handler.
-    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-    end = time.monotonic() + seconds
-    while stop.requested() is None and time.monotonic() < end:
-        time.sleep(0.01)
-
-
 def test_a_second_ctrl_c_is_not_swallowed():
     with stop.stop_on_signals():
-        _sigint_and_wait()
+        _to_main_thread(signal.SIGINT)
         assert stop.requested() == signal.SIGINT
         with pytest.raises(KeyboardInterrupt):
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-            time.sleep(5)  # the handler raises within this sleep; past it the test fails
+            _to_main_thread(signal.SIGINT)
+            time.sleep(5)  # the handler raises at once; reaching the end of this sleep fails the test
 
 
 def test_the_exit_status_is_128_plus_the_signal():
