@@ -182,6 +182,11 @@ class TrainConfig:
     # the first one's epsilon and the distance is over z alone, so the term rewards variety drawn
     # from z and never amplifies the noise on the text condition c.
     mode_seeking_noise: Literal["both", "z"] = "both"
+    # Which generated images the mode-seeking term reads (ours): "last" (default, as Mao et al., who
+    # have one output) the final stage's; "all" adds one term per stage, each with the full weight,
+    # so the first stage, where the object's size and place are decided, is asked for variety too
+    # instead of leaving the final stage to earn all the pixel distance by repainting colours.
+    mode_seeking_stages: Literal["last", "all"] = "last"
     ema_decay: float = 0.999
     # Warm the EMA up as tf.train.ExponentialMovingAverage does with num_updates: decay
     # min(ema_decay, (1 + step) / (10 + step)). The original has none, and over 1,000 steps a

@@ -188,3 +188,29 @@ def test_a_position_saved_in_one_input_position_mode_restarts_the_input_in_the_o
     assert "cannot continue" not in capsys.readouterr().out
     assert session("iterator", 8) == (iterator, 9.0)
     assert "saved with data.input_position=index, this run has iterator" in capsys.readouterr().out
+
+
+def test_mode_seeking_stages_all_adds_a_term_for_every_stage(prepared_shapes, monkeypatch):
+    """train.mode_seeking_stages: "last" reads the final image only (Mao et al.'s one output); "all"
+    one term per generated scale, each with the full weight. Same weights, batch and noise: the
+    final stage's term is common to both, so "all" is larger by the smaller stages' terms (each > 0)."""
+    from mirrorgan_tf import data, losses
+
+    calls = []  # the image widths the term is built on, recorded while the step is traced
+    original = losses.mode_seeking_loss
+    monkeypatch.setattr(losses, "mode_seeking_loss",
+                        lambda images, latents: (calls[-1].append(int(images.shape[2])), original(images, latents))[1])
+    out = {}
+    for stages in ("last", "all"):
+        cfg = load_config(CONFIGS / "shapes_smoke.yaml", [f"data.dir={prepared_shapes}", "train.mode_seeking_weight=1",
+                                                          f"train.mode_seeking_stages={stages}"])
+        strategy = build_strategy("one_device")
+        keras.utils.set_random_seed(0)
+        state = gan.GanTrainState(cfg, strategy, data.vocab_size(cfg))
+        batch = next(iter(data.make_dataset(cfg, "train", batch_size=cfg.train.batch_size)))
+        calls.append([])
+        out[stages] = float(gan.make_train_step(cfg, strategy, state)(batch)["mode_seeking"])
+    sizes = [cfg.model.base_size * 2 ** i for i in range(cfg.model.stages)]
+    assert len(sizes) >= 2 and calls == [sizes[-1:], sizes]
+    # 1 / (d_image / d_latent + 1e-5) for images in [-1, 1] and unit-normal latents is > 0.1 each.
+    assert out["all"] > out["last"] + 0.2 > 0.2
