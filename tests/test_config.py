@@ -248,6 +248,9 @@ def test_mode_seeking_needs_an_even_batch_per_replica_and_a_non_negative_weight(
     # The published configs keep the published loss.
     assert load_config(CONFIGS / "cub.yaml").train.mode_seeking_weight == 0.0
     assert load_config(CONFIGS / "coco.yaml").train.mode_seeking_weight == 0.0
+    assert load_config(CONFIGS / "cub.yaml").train.mode_seeking_stages == "last"
+    with pytest.raises(ConfigError, match=r"train.mode_seeking_stages.*first"):
+        load_config(CONFIGS / "shapes_smoke.yaml", ["train.mode_seeking_stages=first"])
 
 
 def test_mixed_precision_names_its_policy_and_loss_scaling():
