@@ -147,6 +147,27 @@ def _caption(scene: Scene, rng: np.random.Generator) -> str:
     return re.sub(r"\ba (?=[aeiou])", "an ", text)
 
 
+def caption_attributes(caption: str) -> dict[str, str]:
+    """The attributes a caption in this dataset's vocabulary names: {"colour", "shape", "size",
+    "position"} -> value names as in `COLOURS`, `SHAPES`, `SIZES`, `POSITIONS`, read by the word
+    tables the captions are written from (any template, synonyms included). For picking real images
+    of a caption's class; raises ValueError naming the caption when an attribute is named by no
+    word or by words of two values."""
+    words = re.findall(r"[a-z]+", caption.lower())
+    padded = " " + " ".join(words) + " "
+    found = {
+        "colour": [c for c in COLOURS if c in words],
+        "shape": [s for s, names in SHAPE_WORDS.items() if any(n in words for n in names)],
+        "size": [s for s, names in SIZE_WORDS.items() if any(n in words for n in names)],
+        "position": [p for p, phrases in POSITION_WORDS.items() if any(f" {ph} " in padded for ph in phrases)],
+    }
+    bad = {k: v for k, v in found.items() if len(v) != 1}
+    if bad:
+        raise ValueError(f"caption {caption!r} names " + ", ".join(
+            f"{'no ' + k if not v else k + ' ' + ' and '.join(v)}" for k, v in bad.items()))
+    return {k: v[0] for k, v in found.items()}
+
+
 def render(scene: Scene) -> np.ndarray:
     """Scene -> uint8 [128, 128, 3]: flat background, one filled anti-aliased object, pixel noise."""
     k = SUPERSAMPLE

@@ -43,6 +43,17 @@ def test_captions_name_all_four_attributes_in_varied_orders():
     assert len(templates) >= 8
 
 
+def test_caption_attributes_reads_back_what_every_caption_was_written_from():
+    for split in shapes.SPLITS:
+        for i in range(200):
+            scene, captions = shapes.sample_scene(split, i)
+            want = {"colour": scene.colour, "shape": scene.shape, "size": scene.size, "position": scene.position}
+            for c in captions:
+                assert shapes.caption_attributes(c) == want, c
+    with pytest.raises(ValueError, match=r"'a red blue disc on the left' names colour red and blue, no size"):
+        shapes.caption_attributes("a red blue disc on the left")
+
+
 def _object_mask(pixels, scene):
     diff = np.abs(pixels.astype(int) - np.array(scene.background)).sum(-1)
     return diff > 60
