@@ -9,6 +9,9 @@ marked "(unseen pair)". This is how the README's docs/variety_samples.png was dr
     python benchmarks/variety_samples.py --run-dir runs/shapes --out docs/variety_samples.png \\
         [--caption "a large red square on the left" ...] [--samples 8] [--seed 0] [--scale 2]
 
+With --samples-only the real rows are left out and each caption is quoted above its samples: the
+README's opening picture, docs/readme_captions.png (its three captions given with --caption).
+
 The default captions: two seen pairs, then the two held-out pairs. Images are shown at the final
 stage's size times --scale (nearest neighbour, so no resampling softens or sharpens them). The
 noise comes from numpy's default_rng(--seed): the same seed, the same picture.
@@ -56,6 +59,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--scale", type=int, default=2)
     p.add_argument("--checkpoint", choices=("latest", "best"), default="latest")
+    p.add_argument("--samples-only", action="store_true", help="no real images: the README's opening picture")
     a = p.parse_args()
     captions = a.caption or list(CAPTIONS)
     run = load_run(a.run_dir)
@@ -67,7 +71,7 @@ def main() -> None:
         named = caption_attributes(c)
         labels.append(tuple(values[n].index(named[n]) for n in names))
     unseen = unseen_mask(manifest, np.array(labels))
-    reals = real_by_class(cfg, names)
+    reals = {} if a.samples_only else real_by_class(cfg, names)
     stem, glam = run.generator(checkpoint=a.checkpoint)
     ids, lengths, *_ = tokenize(captions, run.vocab_path, cfg.data.words_num)
     k = a.samples
@@ -77,22 +81,28 @@ def main() -> None:
     images = to_uint8(generate(stem, glam, np.repeat(ids, k, 0), np.repeat(lengths, k, 0), z, eps)["images"][-1].numpy())
 
     size = images.shape[1] * a.scale
-    width = max(k, max(len(reals.get(lab, [])) for lab in labels)) * (size + GAP)
-    row_block = LABEL + 2 * (size + GAP) + 2 * GAP
+    rows = 1 if a.samples_only else 2
+    width = max(k, 0 if a.samples_only else max(len(reals.get(lab, [])) for lab in labels)) * (size + GAP)
+    row_block = LABEL + rows * (size + GAP) + 2 * GAP
     sheet = Image.new("RGB", (width, row_block * len(captions)), "white")
     draw = ImageDraw.Draw(sheet)
     font = ImageFont.load_default(size=14)  # Pillow's bundled TrueType face: no system font needed
     for i, (caption, label) in enumerate(zip(captions, labels)):
         real = reals.get(label, [])
         top = i * row_block
-        draw.text((GAP, top + 4), f"{caption}{' (unseen pair)' if unseen[i] else ''}: {k} samples, then "
-                                  f"{len(real)} real test images of the class", fill="black", font=font)
-        for row, pictures in enumerate((images[i * k:(i + 1) * k], real)):
+        if a.samples_only:
+            draw.text((GAP, top + 4), f"\u201c{caption}\u201d{'  (a colour-shape pair never seen in training)' if unseen[i] else ''}",
+                      fill="black", font=font)
+        else:
+            draw.text((GAP, top + 4), f"{caption}{' (unseen pair)' if unseen[i] else ''}: {k} samples, then "
+                                      f"{len(real)} real test images of the class", fill="black", font=font)
+        for row, pictures in enumerate((images[i * k:(i + 1) * k], real)[:rows]):
             for j, picture in enumerate(pictures):
                 tile = Image.fromarray(picture).resize((size, size), Image.NEAREST)
                 sheet.paste(tile, (j * (size + GAP), top + LABEL + row * (size + GAP)))
     sheet.save(a.out)
-    print(f"{a.out}: {len(captions)} captions x {k} samples beside the real test images of their classes")
+    print(f"{a.out}: {len(captions)} captions x {k} samples" + ("" if a.samples_only else
+                                                               " beside the real test images of their classes"))
 
 
 if __name__ == "__main__":
