@@ -298,7 +298,7 @@ SHAPE_SWAP = "train.wrong_word_swaps=[circle/disc square/block triangle]"
 
 
 def test_one_word_swaps_travel_with_training_batches_and_change_nothing_else(prepared_shapes):
-    plain = next(iter(data.make_dataset(_cfg(prepared_shapes), "train")))
+    plain = next(iter(data.make_dataset(_cfg(prepared_shapes, "shapes_smoke.yaml", "train.wrong_word_swaps=[]"), "train")))
     cfg = _cfg(prepared_shapes, "shapes_smoke.yaml", SHAPE_SWAP)
     batch = next(iter(data.make_dataset(cfg, "train")))
     assert "swapped_ids" not in plain

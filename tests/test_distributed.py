@@ -85,7 +85,7 @@ MIRRORED = textwrap.dedent("""
 # With one-word-swap wrong pairs of colours only some captions name (red, blue), the two replicas
 # hold 3 and 2 of the 5 swapped captions: their weights must still average over the global batch.
 # Mode seeking rides along (one subprocess less): its pairs (2i, 2i + 1) never straddle replicas.
-@pytest.mark.parametrize("overrides", [["train.mode_seeking_weight=0"],
+@pytest.mark.parametrize("overrides", [["train.mode_seeking_weight=0", "train.wrong_word_swaps=[]", "model.stage_noise=false"],
                                        ["train.wrong_word_swaps=[red blue]", "train.mode_seeking_weight=1"]],
                          ids=["published", "word_swaps_mode_seeking"])
 def test_mirrored_on_two_cpus_equals_one_device(prepared_shapes, overrides):
