@@ -297,8 +297,9 @@ def _state_paths(folder: str) -> list[str]:
         return []
     if state is None:
         return []
-    paths = list(state.all_model_checkpoint_paths) + [state.model_checkpoint_path]
-    return [p if os.path.isabs(p) or "://" in p else os.path.join(folder, p) for p in paths if p]
+    # get_checkpoint_state has already joined relative entries to `folder` (which may itself be
+    # relative, as `--run-dir runs/shapes` is): joining again would name `folder` twice.
+    return [p for p in list(state.all_model_checkpoint_paths) + [state.model_checkpoint_path] if p]
 
 
 def checkpoint_candidates(path: str, stage: str) -> list[str]:

@@ -4,6 +4,7 @@ sampling, export, evaluation, a resume (which also sets the damaged files aside,
 records the step it restarted from). With none intact, the command exits 2 naming each one tried."""
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -70,6 +71,16 @@ def test_the_newest_intact_checkpoint_is_restored_and_the_damaged_ones_named(thr
     assert f"gan checkpoint {folder}/ckpt-6 is damaged (Read less bytes than requested)" in err
     assert f"gan checkpoint {folder}/ckpt-4 is damaged" in err
     assert f"using the newest intact gan checkpoint instead: {folder}/ckpt-2 (step 2)" in err
+
+
+def test_a_run_given_by_a_relative_path_finds_its_checkpoints(three_checkpoints, monkeypatch):
+    """As `--run-dir runs/shapes` names it: the state file's entries are relative to its folder, and
+    the folder relative to the working directory (each joined once)."""
+    folder, v = three_checkpoints
+    monkeypatch.chdir(folder.parent.parent)
+    relative = os.path.join(folder.parent.name, folder.name)
+    assert runs.checkpoint_candidates(relative, "gan") == [os.path.join(relative, f"ckpt-{n}") for n in (6, 4, 2)]
+    assert runs.restore_newest_intact(relative, "gan", _restorer(v))[:2] == (os.path.join(relative, "ckpt-6"), 6.0)
 
 
 def test_a_lost_state_file_hides_no_checkpoint(three_checkpoints):
