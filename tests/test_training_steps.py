@@ -194,6 +194,8 @@ def test_mode_seeking_stages_all_adds_a_term_for_every_stage(prepared_shapes, mo
     """train.mode_seeking_stages: "last" reads the final image only (Mao et al.'s one output); "all"
     one term per generated scale, each with the full weight. Same weights, batch and noise: the
     final stage's term is common to both, so "all" is larger by the smaller stages' terms (each > 0)."""
+    from dataclasses import replace
+
     from mirrorgan_tf import data, losses
 
     calls = []  # the image widths the term is built on, recorded while the step is traced
@@ -201,13 +203,17 @@ def test_mode_seeking_stages_all_adds_a_term_for_every_stage(prepared_shapes, mo
     monkeypatch.setattr(losses, "mode_seeking_loss",
                         lambda images, latents: (calls[-1].append(int(images.shape[2])), original(images, latents))[1])
     out = {}
+    base = load_config(CONFIGS / "shapes_smoke.yaml", [f"data.dir={prepared_shapes}", "train.mode_seeking_weight=1"])
+    strategy = build_strategy("one_device")
+    keras.utils.set_random_seed(0)
+    state = gan.GanTrainState(base, strategy, data.vocab_size(base))  # one state: the switch is read by the step
+    glam = state.nets.glam
+    start = [v.numpy() for v in glam.weights]
+    batch = next(iter(data.make_dataset(base, "train", batch_size=base.train.batch_size)))
     for stages in ("last", "all"):
-        cfg = load_config(CONFIGS / "shapes_smoke.yaml", [f"data.dir={prepared_shapes}", "train.mode_seeking_weight=1",
-                                                          f"train.mode_seeking_stages={stages}"])
-        strategy = build_strategy("one_device")
-        keras.utils.set_random_seed(0)
-        state = gan.GanTrainState(cfg, strategy, data.vocab_size(cfg))
-        batch = next(iter(data.make_dataset(cfg, "train", batch_size=cfg.train.batch_size)))
+        cfg = replace(base, train=replace(base.train, mode_seeking_stages=stages))
+        for v, x in zip(glam.weights, start):  # the generator as it was before the other step
+            v.assign(x)
         calls.append([])
         out[stages] = float(gan.make_train_step(cfg, strategy, state)(batch)["mode_seeking"])
     sizes = [cfg.model.base_size * 2 ** i for i in range(cfg.model.stages)]
