@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from mirrorgan_tf import data
+from mirrorgan_tf.images import to_uint8
 from mirrorgan_tf.metrics.attributes import unseen_mask
 from mirrorgan_tf.models.networks import generate
 from mirrorgan_tf.runs import load_run
@@ -36,16 +37,11 @@ CAPTIONS = ("a large red square on the left", "a small blue triangle at the top"
 GAP, LABEL = 4, 22  # px between images / above each caption's rows for its text
 
 
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """float [-1, 1] -> uint8 [0, 255]."""
-    return np.clip(np.rint((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
-
-
-def real_by_class(cfg, names: list[str]) -> dict[tuple, list[np.ndarray]]:
+def real_by_class(cfg) -> dict[tuple, list[np.ndarray]]:
     """Every real test image (uint8, the final stage's size) by its attribute tuple."""
     out: dict[tuple, list] = {}
     for b in data.eval_images(cfg, "test", 256):
-        for image, attributes in zip(to_uint8(b["images"].numpy()), b["attributes"].numpy()):
+        for image, attributes in zip(to_uint8(b["images"]).numpy(), b["attributes"].numpy()):
             out.setdefault(tuple(int(x) for x in attributes), []).append(image)
     return out
 
@@ -71,14 +67,14 @@ def main() -> None:
         named = caption_attributes(c)
         labels.append(tuple(values[n].index(named[n]) for n in names))
     unseen = unseen_mask(manifest, np.array(labels))
-    reals = {} if a.samples_only else real_by_class(cfg, names)
+    reals = {} if a.samples_only else real_by_class(cfg)
     stem, glam = run.generator(checkpoint=a.checkpoint)
     ids, lengths, *_ = tokenize(captions, run.vocab_path, cfg.data.words_num)
     k = a.samples
     rng = np.random.default_rng(a.seed)
     z = rng.standard_normal((len(captions) * k, cfg.model.z_dim)).astype("float32")
     eps = rng.standard_normal((len(captions) * k, cfg.model.condition_dim)).astype("float32")
-    images = to_uint8(generate(stem, glam, np.repeat(ids, k, 0), np.repeat(lengths, k, 0), z, eps)["images"][-1].numpy())
+    images = to_uint8(generate(stem, glam, np.repeat(ids, k, 0), np.repeat(lengths, k, 0), z, eps)["images"][-1]).numpy()
 
     size = images.shape[1] * a.scale
     rows = 1 if a.samples_only else 2

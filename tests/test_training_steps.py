@@ -216,7 +216,7 @@ def test_mode_seeking_stages_all_adds_a_term_for_every_stage(prepared_shapes, mo
             v.assign(x)
         calls.append([])
         out[stages] = float(gan.make_train_step(cfg, strategy, state)(batch)["mode_seeking"])
-    sizes = [cfg.model.base_size * 2 ** i for i in range(cfg.model.stages)]
+    sizes = list(cfg.image_sizes)
     assert len(sizes) >= 2 and calls == [sizes[-1:], sizes]
     # 1 / (d_image / d_latent + 1e-5) for images in [-1, 1] and unit-normal latents is > 0.1 each.
     assert out["all"] > out["last"] + 0.2 > 0.2
