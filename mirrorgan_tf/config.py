@@ -187,6 +187,17 @@ class TrainConfig:
     # so the first stage, where the object's size and place are decided, is asked for variety too
     # instead of leaving the final stage to earn all the pixel distance by repainting colours.
     mode_seeking_stages: Literal["last", "all"] = "last"
+    # Which term raises each pair's d_image / d_latent (the pairing, noise and stages above are
+    # common to both): "msgan" (default) Mao et al.'s 1 / (ratio + 1e-5) (losses.mode_seeking_loss),
+    # whose push, 1 / ratio^2 per unit of ratio, is strongest on a collapsed generator and fades as
+    # the samples move apart, so it over-varies early and lets variety sink when another term pulls;
+    # "dsgan" Yang et al.'s (ICLR 2019) -min(ratio, tau) (losses.diversity_sensitive_loss): a
+    # constant push up to the bound mode_seeking_tau and none past it.
+    mode_seeking_form: Literal["msgan", "dsgan"] = "msgan"
+    # dsgan's bound on the ratio (mean |image difference| in [-1, 1] units over mean |latent
+    # difference|). 0.13: what pairs of real shapes test images of one class read (at 64 and 32 px,
+    # against unit-normal latents, d_latent about 1.13): asks for the data's variety, not more.
+    mode_seeking_tau: float = 0.13
     ema_decay: float = 0.999
     # Warm the EMA up as tf.train.ExponentialMovingAverage does with num_updates: decay
     # min(ema_decay, (1 + step) / (10 + step)). The original has none, and over 1,000 steps a
@@ -498,6 +509,8 @@ def _check_fields(cfg: Config) -> None:
         (0.0 <= cfg.train.ema_decay < 1.0, "train.ema_decay must be in [0, 1)"),
         (cfg.train.mode_seeking_weight >= 0.0,
          f"train.mode_seeking_weight must be >= 0 (0 = off), got {cfg.train.mode_seeking_weight}"),
+        (cfg.train.mode_seeking_tau > 0.0,
+         f"train.mode_seeking_tau must be > 0 (dsgan's bound on the ratio), got {cfg.train.mode_seeking_tau}"),
         (cfg.train.eval_every >= 0, f"train.eval_every must be >= 0 (0 = off), got {cfg.train.eval_every}"),
         (cfg.train.eval_captions >= 1, f"train.eval_captions must be >= 1, got {cfg.train.eval_captions}"),
         (cfg.train.eval_samples_per_caption >= 1,

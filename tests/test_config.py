@@ -245,6 +245,10 @@ def test_mode_seeking_needs_an_even_batch_per_replica_and_a_non_negative_weight(
                           2)  # off: odd is fine
     with pytest.raises(ConfigError, match=r"train.mode_seeking_weight must be >= 0 \(0 = off\), got -1"):
         load_config(CONFIGS / "shapes_smoke.yaml", ["train.mode_seeking_weight=-1"])
+    with pytest.raises(ConfigError, match=r"train.mode_seeking_tau must be > 0 \(dsgan's bound on the ratio\), got 0"):
+        load_config(CONFIGS / "shapes_smoke.yaml", ["train.mode_seeking_tau=0"])
+    with pytest.raises(ConfigError, match="mode_seeking_form"):
+        load_config(CONFIGS / "shapes_smoke.yaml", ["train.mode_seeking_form=dsgn"])
     # The published configs keep the published loss.
     assert load_config(CONFIGS / "cub.yaml").train.mode_seeking_weight == 0.0
     assert load_config(CONFIGS / "coco.yaml").train.mode_seeking_weight == 0.0

@@ -200,6 +200,33 @@ def test_mode_seeking_loss_by_hand():
     assert (grad[1] < 0).all() and (grad[0] > 0).all()  # image 1 above image 0: up, and 0 down
 
 
+def test_diversity_sensitive_loss_by_hand_and_no_push_past_its_bound():
+    # The pairs of test_mode_seeking_loss_by_hand: ratios 0.25 and 0.05.
+    images = np.zeros((4, 2, 2, 3), np.float32)
+    images[1] = 0.5
+    images[3, 0, 0, :] = 0.1
+    latents = np.zeros((4, 4), np.float32)
+    latents[1] = 2.0
+    latents[3, :2] = 1.0
+    np.testing.assert_allclose(losses.pair_distance_ratios(images, latents).numpy(), [0.25, 0.05], rtol=1e-6)
+    assert float(losses.diversity_sensitive_loss(images, latents, 1.0)) == pytest.approx(-(0.25 + 0.05) / 2)
+    assert float(losses.diversity_sensitive_loss(images, latents, 0.1)) == pytest.approx(-(0.1 + 0.05) / 2)
+    # One picture whatever the noise: 0, its largest value.
+    same = np.repeat(images[:1], 4, axis=0)
+    assert float(losses.diversity_sensitive_loss(same, latents, 0.1)) == 0.0
+    # Pair 0 (0.25) is past tau = 0.1: no gradient reaches it; pair 1 (0.05) is pushed apart, with
+    # the same strength at any ratio below tau (mode seeking's push would grow as the pair closes).
+    x = tf.Variable(images)
+    with tf.GradientTape() as tape:
+        loss = losses.diversity_sensitive_loss(x, latents, 0.1)
+    grad = tape.gradient(loss, x).numpy()
+    assert not grad[:2].any()
+    moved = grad[3, 0, 0]  # the pixel of image 3 that differs from image 2: pushed further up
+    assert (moved < 0).all() and (grad[2, 0, 0] > 0).all()
+    # d(-ratio / 2) / d pixel = -1 / (2 x pixels x d_latent) = -1 / (2 x 12 x 0.5)
+    np.testing.assert_allclose(moved, -1 / 12, rtol=1e-5)
+
+
 def test_discriminator_scores_fakes_against_the_captions_they_were_drawn_from():
     real = rng.normal(size=(4, 3)).astype(np.float32)
     fake = rng.normal(size=(4, 3)).astype(np.float32)

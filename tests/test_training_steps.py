@@ -193,7 +193,8 @@ def test_a_position_saved_in_one_input_position_mode_restarts_the_input_in_the_o
 def test_mode_seeking_stages_all_adds_a_term_for_every_stage(prepared_shapes, monkeypatch):
     """train.mode_seeking_stages: "last" reads the final image only (Mao et al.'s one output); "all"
     one term per generated scale, each with the full weight. Same weights, batch and noise: the
-    final stage's term is common to both, so "all" is larger by the smaller stages' terms (each > 0)."""
+    final stage's term is common to both, so "all" is larger by the smaller stages' terms (each > 0).
+    train.mode_seeking_form=dsgan swaps the term for the diversity-sensitive one."""
     from dataclasses import replace
 
     from mirrorgan_tf import data, losses
@@ -220,3 +221,12 @@ def test_mode_seeking_stages_all_adds_a_term_for_every_stage(prepared_shapes, mo
     assert len(sizes) >= 2 and calls == [sizes[-1:], sizes]
     # 1 / (d_image / d_latent + 1e-5) for images in [-1, 1] and unit-normal latents is > 0.1 each.
     assert out["all"] > out["last"] + 0.2 > 0.2
+    # train.mode_seeking_form=dsgan: the same pairs and stages, Yang et al.'s bounded term instead
+    # (mode_seeking_loss is not called): one term per stage, each in [-tau, 0), so their sum in
+    # [-2 tau, 0) (an untrained generator's pairs differ: not 0).
+    cfg = replace(base, train=replace(base.train, mode_seeking_stages="all", mode_seeking_form="dsgan"))
+    for v, x in zip(glam.weights, start):
+        v.assign(x)
+    calls.append([])
+    value = float(gan.make_train_step(cfg, strategy, state)(batch)["mode_seeking"])
+    assert calls[-1] == [] and -len(sizes) * cfg.train.mode_seeking_tau <= value < 0

@@ -17,7 +17,8 @@ Losses each step returns (global-batch means, summed over replicas):
     damsm       AttnGAN's DAMSM term (unweighted), only when train.damsm_weight > 0
     mode_seeking  the mode-seeking term (unweighted), only when train.mode_seeking_weight > 0: then
                 the examples are paired (2i, 2i + 1) and the generator draws both of a pair from
-                example 2i's caption with their own noises (`losses.mode_seeking_loss` on the
+                example 2i's caption with their own noises (`losses.mode_seeking_loss`, or under
+                train.mode_seeking_form=dsgan `losses.diversity_sensitive_loss`, on the
                 final image, or summed over every stage's under train.mode_seeking_stages=all;
                 under train.mode_seeking_noise=z with example 2i's conditioning noise too); D scores
                 the fakes against the captions they were drawn from, the real images against their own.
@@ -214,7 +215,9 @@ def make_train_step(cfg, strategy: tf.distribute.Strategy, state: GanTrainState)
             redescription = losses.stream_loss(nets.stream_encoder, nets.stream_decoder, fakes[-1], g_ids, g_lengths)
             g_loss = adversarial + t.kl_weight * kl + t.stream_weight * redescription
             if t.mode_seeking_weight > 0:
-                seeking = tf.add_n([losses.mode_seeking_loss(fake, latents) for fake in
+                term = (losses.mode_seeking_loss if t.mode_seeking_form == "msgan" else
+                        lambda images, noise: losses.diversity_sensitive_loss(images, noise, t.mode_seeking_tau))
+                seeking = tf.add_n([term(fake, latents) for fake in
                                     (fakes if t.mode_seeking_stages == "all" else fakes[-1:])])
                 g_loss += t.mode_seeking_weight * seeking
                 out_losses["mode_seeking"] = seeking * scale
