@@ -279,8 +279,9 @@ from mirrorgan_tf.config import load_config
 from mirrorgan_tf.training.stop import TrainingStopped
 config, run_dir, export_dir, *overrides = sys.argv[1:]
 cfg = load_config(config, overrides + ["train.deterministic=true"])
-try:
-    train.train(cfg, run_dir, "all", "one_device", export_dir)
+try:  # the stages that train, one after another in one process as "all" runs them; no export (not compared)
+    for stage in ("damsm", "stream", "gan"):
+        train.train(cfg, run_dir, stage, "one_device", export_dir)
 except TrainingStopped as e:  # as python -m mirrorgan_tf.train reports it
     print(f"stopped: {e}", file=sys.stderr)
     sys.exit(e.exit_code)
