@@ -1,7 +1,8 @@
-"""python -m mirrorgan_tf.evaluate --run-dir R [--metrics ...] [--num-images N] [--split test] [--checkpoint best]
+"""python -m mirrorgan_tf.evaluate --run-dir R [--metrics ...] [--num-images N] [--split test] [--checkpoint best] [--weights raw]
 
 Generates N images from the split's captions with the run's EMA generator (its latest checkpoint,
-or with --checkpoint best the best one the run kept while training) and scores them; prints
+or with --checkpoint best the best one the run kept while training; --weights raw: the generator's
+own weights, which the EMA averages, to see what the averaging changes) and scores them; prints
 a table and merges the numbers, with the settings that produced each, into R/metrics.json.
 Metrics (default: every one whose inputs are there):
   r_precision  top-1 among 1 + 99 mismatched captions by DAMSM similarity (default: the run's
@@ -48,6 +49,9 @@ def parse(argv=None):
     p.add_argument("--metrics", help="comma-separated: r_precision,fid,kid,is,attributes,spread,diversity")
     p.add_argument("--checkpoint", choices=("latest", "best"), default="latest",
                    help="the run's latest gan checkpoint, or the best one it kept while training (train.best_metric)")
+    p.add_argument("--weights", choices=("ema", "raw"), default="ema",
+                   help="the generator's exponential moving average (what sample, export and serving use), or its own "
+                        "weights, which the average smooths: to see what the averaging changes")
     p.add_argument("--num-images", type=int, help="captions to draw (default: every usable caption of the "
                    "split); each gives --samples-per-caption images")
     p.add_argument("--samples-per-caption", type=int, default=1,
@@ -93,6 +97,9 @@ def build_context(a):
     config_path = os.path.join(a.run_dir, "config.yaml")
     if not tf.io.gfile.exists(config_path):
         raise EvalError(f"--run-dir {a.run_dir}: not a run directory (no config.yaml)")
+    if getattr(a, "protocol", None) and getattr(a, "weights", "ema") != "ema":
+        raise EvalError("--weights raw: the published protocol (--protocol) scores the EMA generator, as every "
+                        "figure it is compared with; use --weights raw without --protocol")
     if find_checkpoint(gan_weights_path(a.run_dir, a.checkpoint), "gan") is None:  # best: NoBestCheckpointError
         raise EvalError(f"{a.run_dir}: no gan checkpoint; train the gan stage first")
     run = load_run(a.run_dir)
@@ -170,7 +177,8 @@ def evaluate(a) -> dict:
         from mirrorgan_tf.evaluation import protocol as published
 
         return published.run(a, ctx, metrics)
-    generator = TrainedGenerator(a.run_dir, a.checkpoint)
+    weights = getattr(a, "weights", "ema")
+    generator = TrainedGenerator(a.run_dir, a.checkpoint, weights)
     for m in metrics:
         m.prepare()
     pairs = ctx.all_pairs
@@ -185,7 +193,7 @@ def evaluate(a) -> dict:
     seconds = time.time() - start
     settings = {"run_dir": a.run_dir, "split": a.split, "images": n, "seed": a.seed,
                 "samples_per_caption": a.samples_per_caption,
-                "generator": "EMA GLAM, final stage", "generation_seconds": round(seconds, 1),
+                "generator": f"{'EMA' if weights == 'ema' else 'raw (not EMA)'} GLAM, final stage", "generation_seconds": round(seconds, 1),
                 "checkpoint": generator.checkpoint_path}
     return {m.name: {**m.result(), "settings": settings} for m in metrics}
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mirrorgan_tf import runs
@@ -164,6 +165,37 @@ def test_a_moved_run_loads_alone(run64, tmp_path):
     here = TrainedGenerator(str(run_dir))(ids, lengths, [0], seed=1)["images"][-1].numpy()
     there = TrainedGenerator(str(moved))(ids, lengths, [0], seed=1)["images"][-1].numpy()
     assert (here == there).all()
+
+
+def test_raw_generator_weights_are_the_checkpoints_own_and_draw_other_pictures(run64, capsys):
+    """weights="raw" restores the generator the EMA averages (evaluate --weights raw): its weights
+    are exactly the checkpoint's `glam` tensors, and over a short run they draw other pictures."""
+    import tensorflow as tf
+
+    from mirrorgan_tf.evaluation.generator import TrainedGenerator
+
+    run_dir, _, _ = run64
+    ids, lengths = [[3, 4, 5] + [0] * 13], [3]
+    ema, raw = TrainedGenerator(str(run_dir)), TrainedGenerator(str(run_dir), weights="raw")
+    # A GLAM restored as the training's checkpoint names it (`glam`, beside `glam_ema`).
+    from mirrorgan_tf.models.networks import build_glam
+
+    trained = build_glam(raw.cfg, batch=1)
+    tf.train.Checkpoint(glam=trained).restore(raw.checkpoint_path).expect_partial().assert_existing_objects_matched()
+    for w, t in zip(raw.glam.weights, trained.weights):
+        np.testing.assert_array_equal(w.numpy(), t.numpy(), err_msg=w.path)
+    assert any(not np.array_equal(w.numpy(), e.numpy()) for w, e in zip(raw.glam.trainable_weights,
+                                                                        ema.glam.trainable_weights))
+    a = ema(ids, lengths, [0], seed=1)["images"][-1].numpy()
+    b = raw(ids, lengths, [0], seed=1)["images"][-1].numpy()
+    assert np.abs(a - b).mean() > 1e-3
+    with pytest.raises(ValueError, match="'ema' or 'raw', got 'average'"):
+        runs.load_run(str(run_dir)).generator(finished=False, weights="average")
+    # The published protocol is compared with figures of EMA generators: refused before any work.
+    from mirrorgan_tf import evaluate
+
+    assert evaluate.main(["--run-dir", str(run_dir), "--protocol", "cub", "--weights", "raw"]) == 2
+    assert "--weights raw: the published protocol (--protocol) scores the EMA generator" in capsys.readouterr().err
 
 
 def test_frozen_imagenet_backbones_are_restored_without_their_weights_file(tmp_path):

@@ -31,14 +31,15 @@ def sample_noise(index, seed: int, dim: int, stream: int = Z_STREAM) -> tf.Tenso
 class TrainedGenerator:
     """A run's STEM and EMA GLAM as one callable (see __call__). `TrainedGenerator(run_dir,
     checkpoint)` restores them from the run (`latest`, or `best`: runs.gan_weights_path, whose
-    NoBestCheckpointError names the run); `from_networks` wraps networks already in memory (the
+    NoBestCheckpointError names the run), with weights="raw" the generator's own weights instead of
+    their EMA (runs.RunDir.generator); `from_networks` wraps networks already in memory (the
     evaluation during training), so both draw the same noise for the same (seed, sample index).
     `checkpoint_path`: the gan checkpoint prefix restored (None for from_networks)."""
 
-    def __init__(self, run_dir: str, checkpoint: str = "latest"):
+    def __init__(self, run_dir: str, checkpoint: str = "latest", weights: str = "ema"):
         run = runs.load_run(run_dir)
         # The latest checkpoint by default, so that a run can be looked at while it trains.
-        stem, glam = run.generator(finished=False, checkpoint=checkpoint)
+        stem, glam = run.generator(finished=False, checkpoint=checkpoint, weights=weights)
         self._setup(run.cfg, stem, glam)
         self.vocab_path, self.checkpoint_path = run.vocab_path, run.restored_from
 
