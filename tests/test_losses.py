@@ -174,15 +174,20 @@ def test_mode_seeking_pairs_adjacent_examples_and_refuses_an_odd_batch():
         losses.mode_seeking_pairs(5)
 
 
-def test_mode_seeking_loss_by_hand():
-    # Pair 0: images differ by 0.5 everywhere, latents by 2 -> ratio 0.25. Pair 1: images differ by
-    # 0.1 on a quarter of the pixels (mean 0.025), latents by 1 on half the dims (mean 0.5) -> 0.05.
+def _two_pairs():
+    """Pair 0: images differ by 0.5 everywhere, latents by 2 -> ratio 0.25. Pair 1: images differ by
+    0.1 on a quarter of the pixels (mean 0.025), latents by 1 on half the dims (mean 0.5) -> 0.05."""
     images = np.zeros((4, 2, 2, 3), np.float32)
     images[1] = 0.5
     images[3, 0, 0, :] = 0.1
     latents = np.zeros((4, 4), np.float32)
     latents[1] = 2.0
     latents[3, :2] = 1.0
+    return images, latents
+
+
+def test_mode_seeking_loss_by_hand():
+    images, latents = _two_pairs()
     eps = 1e-5
     want = (1 / (0.25 + eps) + 1 / (0.05 + eps)) / 2
     assert float(losses.mode_seeking_loss(images, latents)) == pytest.approx(want, rel=1e-5)
@@ -201,13 +206,7 @@ def test_mode_seeking_loss_by_hand():
 
 
 def test_diversity_sensitive_loss_by_hand_and_no_push_past_its_bound():
-    # The pairs of test_mode_seeking_loss_by_hand: ratios 0.25 and 0.05.
-    images = np.zeros((4, 2, 2, 3), np.float32)
-    images[1] = 0.5
-    images[3, 0, 0, :] = 0.1
-    latents = np.zeros((4, 4), np.float32)
-    latents[1] = 2.0
-    latents[3, :2] = 1.0
+    images, latents = _two_pairs()  # ratios 0.25 and 0.05
     np.testing.assert_allclose(losses.pair_distance_ratios(images, latents).numpy(), [0.25, 0.05], rtol=1e-6)
     assert float(losses.diversity_sensitive_loss(images, latents, 1.0)) == pytest.approx(-(0.25 + 0.05) / 2)
     assert float(losses.diversity_sensitive_loss(images, latents, 0.1)) == pytest.approx(-(0.1 + 0.05) / 2)
