@@ -97,7 +97,7 @@ def build_context(a):
     config_path = os.path.join(a.run_dir, "config.yaml")
     if not tf.io.gfile.exists(config_path):
         raise EvalError(f"--run-dir {a.run_dir}: not a run directory (no config.yaml)")
-    if getattr(a, "protocol", None) and getattr(a, "weights", "ema") != "ema":
+    if getattr(a, "protocol", None) and a.weights != "ema":
         raise EvalError("--weights raw: the published protocol (--protocol) scores the EMA generator, as every "
                         "figure it is compared with; use --weights raw without --protocol")
     if find_checkpoint(gan_weights_path(a.run_dir, a.checkpoint), "gan") is None:  # best: NoBestCheckpointError
@@ -177,8 +177,7 @@ def evaluate(a) -> dict:
         from mirrorgan_tf.evaluation import protocol as published
 
         return published.run(a, ctx, metrics)
-    weights = getattr(a, "weights", "ema")
-    generator = TrainedGenerator(a.run_dir, a.checkpoint, weights)
+    generator = TrainedGenerator(a.run_dir, a.checkpoint, a.weights)
     for m in metrics:
         m.prepare()
     pairs = ctx.all_pairs
@@ -193,7 +192,8 @@ def evaluate(a) -> dict:
     seconds = time.time() - start
     settings = {"run_dir": a.run_dir, "split": a.split, "images": n, "seed": a.seed,
                 "samples_per_caption": a.samples_per_caption,
-                "generator": f"{'EMA' if weights == 'ema' else 'raw (not EMA)'} GLAM, final stage", "generation_seconds": round(seconds, 1),
+                "generator": f"{'EMA' if a.weights == 'ema' else 'raw (not EMA)'} GLAM, final stage",
+                "generation_seconds": round(seconds, 1),
                 "checkpoint": generator.checkpoint_path}
     return {m.name: {**m.result(), "settings": settings} for m in metrics}
 

@@ -57,6 +57,8 @@ INFERENCE_POLICY = "float32"
 
 STAGES = ("damsm", "stream", "gan")
 CONFIG = "config.yaml"
+# Which GLAM of a gan checkpoint (training/gan.py names both) `Run.generator` restores, by `weights`.
+GENERATOR_WEIGHTS = {"ema": "glam_ema", "raw": "glam"}
 VOCAB = "vocab.txt"
 DATA_RECORD = "data.json"
 
@@ -808,7 +810,8 @@ class Run:
         """(STEM, EMA GLAM) restored: STEM from the run's DAMSM stage (or the configured
         damsm.checkpoint, whose run must share this run's vocabulary), GLAM from the EMA weights
         (with weights="raw": the generator's own weights, which the EMA averages; for diagnosis,
-        e.g. how much variety the averaging costs) of the newest intact gan checkpoint (a damaged newer one is named, `restore_newest_intact`), or
+        e.g. how much variety the averaging costs; ValueError for any other `weights`) of the
+        newest intact gan checkpoint (a damaged newer one is named, `restore_newest_intact`), or
         with checkpoint="best" of the run's best checkpoint (gan/best/, `keep_best`;
         NoBestCheckpointError naming the run when it has none).
         With finished=True the gan stage must be done (FileNotFoundError otherwise); finished=False
@@ -819,7 +822,7 @@ class Run:
         either case, so the trained generator's images are one answer per run, whether the export,
         sampling or evaluation builds it in the training process or in a later one."""
         cfg = self.cfg
-        if weights not in ("ema", "raw"):
+        if weights not in GENERATOR_WEIGHTS:
             raise ValueError(f"generator weights must be 'ema' or 'raw', got {weights!r}")
         source = gan_weights_path(self.root, checkpoint)  # before building anything: no best, no work
         with networks.dtype_policy(INFERENCE_POLICY):
@@ -828,7 +831,7 @@ class Run:
         if finished and not self.dir.is_done("gan"):
             raise FileNotFoundError(f"{self.root}: the gan stage has not finished; nothing to export")
         restore_weights(self.damsm_checkpoint(), "damsm", stem=stem)
-        self.restored_from = restore_weights(source, "gan", **{"glam_ema" if weights == "ema" else "glam": glam})
+        self.restored_from = restore_weights(source, "gan", **{GENERATOR_WEIGHTS[weights]: glam})
         return stem, glam
 
     def damsm_checkpoint(self) -> str:
