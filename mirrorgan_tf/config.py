@@ -162,6 +162,12 @@ class TrainConfig:
     beta_1: float = 0.5
     beta_2: float = 0.999
     stream_weight: float = 10.0  # lambda
+    # Where the redescription term stops pulling (ours): "none" (default, the published loss) asks
+    # every generated image for the lowest captioning loss STREAM can give, which the one most
+    # typical picture of a caption earns; "real" stops each generated image's pull at the loss
+    # STREAM gives the real image that caption came from, max(0, CE(fake) - CE(real))
+    # (losses.stream_loss): an image STREAM reads back as well as a real one is left alone.
+    stream_floor: Literal["none", "real"] = "none"
     kl_weight: float = 1.0
     damsm_weight: float = 0.0  # AttnGAN's DAMSM term in the G loss; not in MirrorGAN's
     # Wrong pairs that differ in one word (text.WordSwap): each a group of classes separated by

@@ -204,12 +204,29 @@ def kl_loss(mu, logvar):
     return -0.5 * ops.mean(1.0 + logvar - ops.square(mu) - ops.exp(logvar))
 
 
-def stream_loss(encoder, decoder, images, caption_ids, caption_len):
-    """The redescription loss: STREAM's captioning cross-entropy of the input caption given the
-    generated image (STREAM in inference mode: frozen, its BN statistics untouched)."""
+def stream_caption_losses(encoder, decoder, images, caption_ids, caption_len):
+    """STREAM's per-example captioning cross-entropy (mean over the caption's words and end token,
+    nats) of caption_ids given images, STREAM in inference mode (frozen, its BN statistics
+    untouched). images float [B, s, s, 3] in [-1, 1]; caption_ids int [B, T]; caption_len int [B].
+    Returns float32 [B] >= 0."""
     features = encoder(images, training=False)
     logits = decoder(features, caption_ids, training=False)
-    return ops.mean(stream.caption_loss(logits, caption_ids, caption_len))
+    return stream.caption_loss(logits, caption_ids, caption_len)
+
+
+def stream_loss(encoder, decoder, images, caption_ids, caption_len, floor=None):
+    """The redescription loss (MirrorGAN eq. 10's L_stream): the batch mean of STREAM's captioning
+    cross-entropy of the input caption given the generated image (`stream_caption_losses`).
+
+    floor None (the published loss) or float32 [B], each caption's bound (`train.stream_floor=real`:
+    the loss STREAM gives the real image of that caption, no gradient): each example then counts
+    max(0, CE - floor), so an image that STREAM reads back as well as the real one adds nothing
+    and is not pulled further toward the caption's most typical picture. Returns a float32 scalar
+    >= 0."""
+    per_example = stream_caption_losses(encoder, decoder, images, caption_ids, caption_len)
+    if floor is not None:
+        per_example = ops.relu(per_example - ops.stop_gradient(ops.cast(floor, "float32")))
+    return ops.mean(per_example)
 
 
 def damsm_loss(image_encoder, images, words, sentence, mask, class_ids, gammas):

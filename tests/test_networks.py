@@ -141,6 +141,44 @@ def test_stream_loss_trains_glam_and_leaves_stream_unchanged(cfg, nets):
     nets.stream_decoder.trainable = True
 
 
+def test_stream_floor_counts_only_what_is_above_each_examples_floor(cfg, nets):
+    """train.stream_floor=real: each example counts max(0, CE - floor); examples at or under their
+    floor add nothing and send no gradient to the generator, those above it the same gradient as
+    the published loss gives them (a quarter of it here, the mean being over all four)."""
+    ids, lengths = _captions()
+    words, sentence, mask = nets.stem(ids, lengths)
+    z = tf.random.normal((B, cfg.model.z_dim))
+    eps = tf.random.normal((B, cfg.model.condition_dim))  # fixed: GLAM draws its own on every call otherwise
+
+    def loss_and_grads(floor):
+        with tf.GradientTape() as tape:
+            image = nets.glam(z, sentence, words, mask, eps=eps)["images"][-1]
+            loss = losses.stream_loss(nets.stream_encoder, nets.stream_decoder, image, ids, lengths, floor=floor)
+        grads = tape.gradient(loss, nets.glam.trainable_weights)
+        return float(loss), [g for g in grads if g is not None]
+
+    image = nets.glam(z, sentence, words, mask, eps=eps)["images"][-1]
+    ce = losses.stream_caption_losses(nets.stream_encoder, nets.stream_decoder, image, ids, lengths).numpy()
+    assert ce.shape == (B,) and (ce > 0).all()
+    published, _ = loss_and_grads(None)
+    np.testing.assert_allclose(published, ce.mean(), rtol=1e-5)
+    np.testing.assert_allclose(loss_and_grads(np.zeros(B, "float32"))[0], published, rtol=1e-5)
+    at_floor, grads = loss_and_grads(ce + 0.5)  # every example under its floor
+    assert at_floor == 0.0 and all(float(tf.reduce_max(tf.abs(g))) == 0.0 for g in grads)
+    floor = np.array([ce[0] - 0.25, ce[1] + 1, ce[2] + 1, ce[3] + 1], "float32")  # the first example above
+    one, grads = loss_and_grads(floor)
+    np.testing.assert_allclose(one, 0.25 / B, rtol=1e-4)
+    with tf.GradientTape() as tape:  # the first example alone, unfloored, weighted as in the mean over B
+        image = nets.glam(z, sentence, words, mask, eps=eps)["images"][-1]
+        first = losses.stream_caption_losses(nets.stream_encoder, nets.stream_decoder, image, ids, lengths)[0] / B
+    expected = [g for g in tape.gradient(first, nets.glam.trainable_weights) if g is not None]
+    # Tiny elements differ in their last bits (a sum of four examples against one): compare each
+    # tensor's difference with its size.
+    assert len(grads) == len(expected)
+    for g, e in zip(grads, expected):
+        assert float(tf.norm(g - e)) <= 1e-3 * float(tf.norm(e)) + 1e-12
+
+
 def test_all_networks_run_under_mixed_float16(cfg):
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:

@@ -212,7 +212,14 @@ def make_train_step(cfg, strategy: tf.distribute.Strategy, state: GanTrainState)
             adversarial = tf.add_n([losses.generator_adversarial_loss(d, fake, g_sentence, training=True)
                                     for d, fake in zip(nets.discriminators, fakes)])
             kl = losses.kl_loss(out["mu"], out["logvar"])
-            redescription = losses.stream_loss(nets.stream_encoder, nets.stream_decoder, fakes[-1], g_ids, g_lengths)
+            floor = None
+            if t.stream_floor == "real":
+                with g_tape.stop_recording():
+                    # The real image each generated one's caption came from (its pair's first under mode seeking).
+                    real = batch["images"][-1] if g_ids is ids else tf.gather(batch["images"][-1], pair)
+                    floor = losses.stream_caption_losses(nets.stream_encoder, nets.stream_decoder, real, g_ids, g_lengths)
+            redescription = losses.stream_loss(nets.stream_encoder, nets.stream_decoder, fakes[-1], g_ids, g_lengths,
+                                               floor=floor)
             g_loss = adversarial + t.kl_weight * kl + t.stream_weight * redescription
             if t.mode_seeking_weight > 0:
                 term = (losses.mode_seeking_loss if t.mode_seeking_form == "msgan" else
