@@ -257,6 +257,14 @@ def test_mode_seeking_needs_an_even_batch_per_replica_and_a_non_negative_weight(
         load_config(CONFIGS / "shapes_smoke.yaml", ["train.mode_seeking_stages=first"])
 
 
+def test_stream_floor_is_none_or_real_and_the_published_configs_keep_none():
+    for name in ("cub.yaml", "coco.yaml"):
+        assert load_config(CONFIGS / name).train.stream_floor == "none"
+    assert load_config(CONFIGS / "shapes_smoke.yaml", ["train.stream_floor=real"]).train.stream_floor == "real"
+    with pytest.raises(ConfigError, match=r"train.stream_floor.*real"):
+        load_config(CONFIGS / "shapes_smoke.yaml", ["train.stream_floor=fake"])
+
+
 def test_mixed_precision_names_its_policy_and_loss_scaling():
     from mirrorgan_tf.config import needs_loss_scaling, precision_policy
 

@@ -194,7 +194,8 @@ def test_mode_seeking_stages_all_adds_a_term_for_every_stage(prepared_shapes, mo
     """train.mode_seeking_stages: "last" reads the final image only (Mao et al.'s one output); "all"
     one term per generated scale, each with the full weight. Same weights, batch and noise: the
     final stage's term is common to both, so "all" is larger by the smaller stages' terms (each > 0).
-    train.mode_seeking_form=dsgan swaps the term for the diversity-sensitive one."""
+    train.mode_seeking_form=dsgan swaps the term for the diversity-sensitive one; train.stream_floor=real
+    floors the STREAM term of each pair at its real image's loss."""
     from dataclasses import replace
 
     from mirrorgan_tf import data, losses
@@ -216,7 +217,8 @@ def test_mode_seeking_stages_all_adds_a_term_for_every_stage(prepared_shapes, mo
         for v, x in zip(glam.weights, start):  # the generator as it was before the other step
             v.assign(x)
         calls.append([])
-        out[stages] = float(gan.make_train_step(cfg, strategy, state)(batch)["mode_seeking"])
+        result = gan.make_train_step(cfg, strategy, state)(batch)
+        out[stages], stream_loss = float(result["mode_seeking"]), float(result["stream"])
     sizes = list(cfg.image_sizes)
     assert len(sizes) >= 2 and calls == [sizes[-1:], sizes]
     # 1 / (d_image / d_latent + 1e-5) for images in [-1, 1] and unit-normal latents is > 0.1 each.
@@ -230,3 +232,12 @@ def test_mode_seeking_stages_all_adds_a_term_for_every_stage(prepared_shapes, mo
     calls.append([])
     value = float(gan.make_train_step(cfg, strategy, state)(batch)["mode_seeking"])
     assert calls[-1] == [] and -len(sizes) * cfg.train.mode_seeking_tau <= value < 0
+    # train.stream_floor=real on the same start, batch and noise: each pair's images are floored at
+    # the loss of the real image their caption came from (> 0), so the term is smaller; not 0,
+    # as some of the images read back worse than their real one.
+    cfg = replace(base, train=replace(base.train, mode_seeking_stages="all", stream_floor="real"))
+    for v, x in zip(glam.weights, start):
+        v.assign(x)
+    calls.append([])
+    floored = float(gan.make_train_step(cfg, strategy, state)(batch)["stream"])
+    assert 0 < floored < stream_loss
