@@ -166,8 +166,10 @@ class TrainConfig:
     # every generated image for the lowest captioning loss STREAM can give, which the one most
     # typical picture of a caption earns; "real" stops each generated image's pull at the loss
     # STREAM gives the real image that caption came from, max(0, CE(fake) - CE(real))
-    # (losses.stream_loss): an image STREAM reads back as well as a real one is left alone.
-    stream_floor: Literal["none", "real"] = "none"
+    # (losses.stream_loss): an image STREAM reads back as well as a real one is left alone;
+    # "real_words" the same word by word, max(0, CE(fake word) - CE(real word)) averaged over the
+    # caption, so that no word (the shape's, say) may read back worse than from the real image.
+    stream_floor: Literal["none", "real", "real_words"] = "none"
     kl_weight: float = 1.0
     damsm_weight: float = 0.0  # AttnGAN's DAMSM term in the G loss; not in MirrorGAN's
     # Wrong pairs that differ in one word (text.WordSwap): each a group of classes separated by

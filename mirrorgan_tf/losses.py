@@ -204,13 +204,15 @@ def kl_loss(mu, logvar):
     return -0.5 * ops.mean(1.0 + logvar - ops.square(mu) - ops.exp(logvar))
 
 
-def stream_caption_losses(encoder, decoder, images, caption_ids, caption_len):
-    """STREAM's per-example captioning cross-entropy (mean over the caption's words and end token,
-    nats) of caption_ids given images, STREAM in inference mode (frozen, its BN statistics
-    untouched). images float [B, s, s, 3] in [-1, 1]; caption_ids int [B, T]; caption_len int [B].
-    Returns float32 [B] >= 0."""
+def stream_caption_losses(encoder, decoder, images, caption_ids, caption_len, per_word: bool = False):
+    """STREAM's captioning cross-entropy (nats) of caption_ids given images, STREAM in inference
+    mode (frozen, its BN statistics untouched). images float [B, s, s, 3] in [-1, 1]; caption_ids
+    int [B, T]; caption_len int [B]. Returns float32 [B] >= 0, each caption's mean over its words
+    and end token; per_word: float32 [B, T + 1], each word's and the end token's, 0 past the end."""
     features = encoder(images, training=False)
     logits = decoder(features, caption_ids, training=False)
+    if per_word:
+        return stream.caption_word_losses(logits, caption_ids, caption_len)[0]
     return stream.caption_loss(logits, caption_ids, caption_len)
 
 
@@ -218,14 +220,24 @@ def stream_loss(encoder, decoder, images, caption_ids, caption_len, floor=None):
     """The redescription loss (MirrorGAN eq. 10's L_stream): the batch mean of STREAM's captioning
     cross-entropy of the input caption given the generated image (`stream_caption_losses`).
 
-    floor None (the published loss) or float32 [B], each caption's bound (`train.stream_floor=real`:
-    the loss STREAM gives the real image of that caption, no gradient): each example then counts
-    max(0, CE - floor), so an image that STREAM reads back as well as the real one adds nothing
-    and is not pulled further toward the caption's most typical picture. Returns a float32 scalar
-    >= 0."""
-    per_example = stream_caption_losses(encoder, decoder, images, caption_ids, caption_len)
+    floor (no gradient; ours, `train.stream_floor`): None, the published loss; float32 [B], each
+    caption's bound (`real`: the loss STREAM gives the real image of that caption), and each
+    example counts max(0, CE - floor); float32 [B, T + 1], a bound per word (`real_words`: each
+    word's loss on the real image), and each example counts the mean over its words and end token
+    of max(0, CE_word - floor_word). An image (or word) that STREAM reads back as well as from the
+    real image adds nothing and is not pulled further toward the caption's most typical picture;
+    per word, no word may read back worse than from the real image however well the others do.
+    Returns a float32 scalar >= 0."""
+    features = encoder(images, training=False)
+    logits = decoder(features, caption_ids, training=False)
+    ce, valid = stream.caption_word_losses(logits, caption_ids, caption_len)
     if floor is not None:
-        per_example = ops.relu(per_example - ops.stop_gradient(ops.cast(floor, "float32")))
+        floor = ops.stop_gradient(ops.cast(floor, "float32"))
+        if len(floor.shape) == 2:
+            ce = ops.relu(ce - floor) * valid
+    per_example = ops.sum(ce, axis=1) / ops.sum(valid, axis=1)
+    if floor is not None and len(floor.shape) == 1:
+        per_example = ops.relu(per_example - floor)
     return ops.mean(per_example)
 
 

@@ -260,7 +260,8 @@ def test_mode_seeking_needs_an_even_batch_per_replica_and_a_non_negative_weight(
 def test_stream_floor_is_none_or_real_and_the_published_configs_keep_none():
     for name in ("cub.yaml", "coco.yaml"):
         assert load_config(CONFIGS / name).train.stream_floor == "none"
-    assert load_config(CONFIGS / "shapes_smoke.yaml", ["train.stream_floor=real"]).train.stream_floor == "real"
+    for value in ("real", "real_words"):
+        assert load_config(CONFIGS / "shapes_smoke.yaml", [f"train.stream_floor={value}"]).train.stream_floor == value
     with pytest.raises(ConfigError, match=r"train.stream_floor.*real"):
         load_config(CONFIGS / "shapes_smoke.yaml", ["train.stream_floor=fake"])
 

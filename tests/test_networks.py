@@ -144,7 +144,8 @@ def test_stream_loss_trains_glam_and_leaves_stream_unchanged(cfg, nets):
 def test_stream_floor_counts_only_what_is_above_each_examples_floor(cfg, nets):
     """train.stream_floor=real: each example counts max(0, CE - floor); examples at or under their
     floor add nothing and send no gradient to the generator, those above it the same gradient as
-    the published loss gives them (a quarter of it here, the mean being over all four)."""
+    the published loss gives them (a quarter of it here, the mean being over all four).
+    real_words: the same word by word."""
     ids, lengths = _captions()
     words, sentence, mask = nets.stem(ids, lengths)
     z = tf.random.normal((B, cfg.model.z_dim))
@@ -172,6 +173,16 @@ def test_stream_floor_counts_only_what_is_above_each_examples_floor(cfg, nets):
         image = nets.glam(z, sentence, words, mask, eps=eps)["images"][-1]
         first = losses.stream_caption_losses(nets.stream_encoder, nets.stream_decoder, image, ids, lengths)[0] / B
     expected = [g for g in tape.gradient(first, nets.glam.trainable_weights) if g is not None]
+    # real_words: a floor per word. At each word's own loss, nothing; one word of the first caption
+    # 0.25 above its floor: 0.25 over that caption's words and end token, over the batch.
+    words_ce = losses.stream_caption_losses(nets.stream_encoder, nets.stream_decoder, image, ids, lengths,
+                                            per_word=True).numpy()
+    assert words_ce.shape == (B, T + 1) and (words_ce[np.arange(T + 1)[None, :] > lengths[:, None]] == 0).all()
+    np.testing.assert_allclose(words_ce.sum(1) / (lengths + 1), ce, rtol=1e-5)
+    assert loss_and_grads(words_ce + 1e-3)[0] == 0.0
+    per_word = words_ce + 1e-3
+    per_word[0, 1] -= 0.25 + 1e-3
+    np.testing.assert_allclose(loss_and_grads(per_word)[0], 0.25 / (lengths[0] + 1) / B, rtol=1e-3)
     # Tiny elements differ in their last bits (a sum of four examples against one): compare each
     # tensor's difference with its size.
     assert len(grads) == len(expected)

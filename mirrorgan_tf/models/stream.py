@@ -112,12 +112,20 @@ class StreamDecoder(keras.Model):
         return ops.where(ended, 0, ids)
 
 
-def caption_loss(logits, caption_ids, caption_len):
-    """Per-example mean cross-entropy of the words and the end token. logits [B, T + 1, V],
-    caption_ids [B, T], caption_len [B] -> float32 [B]."""
+def caption_word_losses(logits, caption_ids, caption_len):
+    """Cross-entropy (nats) of each word and of the end token. logits [B, T + 1, V], caption_ids
+    int [B, T], caption_len int [B] -> (ce float32 [B, T + 1], 0 past the end token; valid
+    float32 [B, T + 1], 1 for the caption_len words and the end token, else 0)."""
     b = ops.shape(caption_ids)[0]
     targets = ops.concatenate([ops.cast(caption_ids, "int32"), ops.zeros((b, 1), "int32")], axis=1)
     steps = ops.shape(targets)[1]
     valid = ops.cast(ops.arange(steps)[None, :] <= ops.cast(caption_len, "int32")[:, None], "float32")
     ce = keras.losses.sparse_categorical_crossentropy(targets, ops.cast(logits, "float32"), from_logits=True)
-    return ops.sum(ce * valid, axis=1) / ops.sum(valid, axis=1)
+    return ce * valid, valid
+
+
+def caption_loss(logits, caption_ids, caption_len):
+    """Per-example mean cross-entropy of the words and the end token. logits [B, T + 1, V],
+    caption_ids [B, T], caption_len [B] -> float32 [B]."""
+    ce, valid = caption_word_losses(logits, caption_ids, caption_len)
+    return ops.sum(ce, axis=1) / ops.sum(valid, axis=1)
