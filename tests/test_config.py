@@ -257,7 +257,7 @@ def test_mode_seeking_needs_an_even_batch_per_replica_and_a_non_negative_weight(
         load_config(CONFIGS / "shapes_smoke.yaml", ["train.mode_seeking_stages=first"])
 
 
-def test_stream_floor_is_none_or_real_and_the_published_configs_keep_none():
+def test_stream_floor_is_none_real_or_real_words_and_the_published_configs_keep_none():
     for name in ("cub.yaml", "coco.yaml"):
         assert load_config(CONFIGS / name).train.stream_floor == "none"
     for value in ("real", "real_words"):
