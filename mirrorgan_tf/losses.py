@@ -217,7 +217,7 @@ def stream_caption_losses(encoder, decoder, images, caption_ids, caption_len, pe
 
 
 def stream_loss(encoder, decoder, images, caption_ids, caption_len, floor=None):
-    """The redescription loss (MirrorGAN eq. 10's L_stream): the batch mean of STREAM's captioning
+    """The redescription loss (MirrorGAN's L_stream, weighted by lambda in the generator loss): the batch mean of STREAM's captioning
     cross-entropy of the input caption given the generated image (`stream_caption_losses`).
 
     floor (no gradient; ours, `train.stream_floor`): None, the published loss; float32 [B], each
