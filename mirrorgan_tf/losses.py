@@ -217,8 +217,9 @@ def stream_caption_losses(encoder, decoder, images, caption_ids, caption_len, pe
 
 
 def stream_loss(encoder, decoder, images, caption_ids, caption_len, floor=None):
-    """The redescription loss (MirrorGAN's L_stream, weighted by lambda in the generator loss): the batch mean of STREAM's captioning
-    cross-entropy of the input caption given the generated image (`stream_caption_losses`).
+    """The redescription loss (MirrorGAN's L_stream, weighted by lambda in the generator loss): the
+    batch mean of STREAM's captioning cross-entropy of the input caption given the generated image
+    (`stream_caption_losses`).
 
     floor (no gradient; ours, `train.stream_floor`): None, the published loss; float32 [B], each
     caption's bound (`real`: the loss STREAM gives the real image of that caption), and each
