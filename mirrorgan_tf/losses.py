@@ -211,9 +211,8 @@ def stream_caption_losses(encoder, decoder, images, caption_ids, caption_len, pe
     and end token; per_word: float32 [B, T + 1], each word's and the end token's, 0 past the end."""
     features = encoder(images, training=False)
     logits = decoder(features, caption_ids, training=False)
-    if per_word:
-        return stream.caption_word_losses(logits, caption_ids, caption_len)[0]
-    return stream.caption_loss(logits, caption_ids, caption_len)
+    word_losses = stream.caption_word_losses(logits, caption_ids, caption_len)
+    return word_losses if per_word else stream.caption_mean(word_losses, caption_len)
 
 
 def stream_loss(encoder, decoder, images, caption_ids, caption_len, floor=None):
@@ -221,25 +220,22 @@ def stream_loss(encoder, decoder, images, caption_ids, caption_len, floor=None):
     batch mean of STREAM's captioning cross-entropy of the input caption given the generated image
     (`stream_caption_losses`).
 
-    floor (no gradient; ours, `train.stream_floor`): None, the published loss; float32 [B], each
-    caption's bound (`real`: the loss STREAM gives the real image of that caption), and each
-    example counts max(0, CE - floor); float32 [B, T + 1], a bound per word (`real_words`: each
-    word's loss on the real image), and each example counts the mean over its words and end token
-    of max(0, CE_word - floor_word). An image (or word) that STREAM reads back as well as from the
-    real image adds nothing and is not pulled further toward the caption's most typical picture;
-    per word, no word may read back worse than from the real image however well the others do.
-    Returns a float32 scalar >= 0."""
-    features = encoder(images, training=False)
-    logits = decoder(features, caption_ids, training=False)
-    ce, valid = stream.caption_word_losses(logits, caption_ids, caption_len)
+    floor (no gradient; ours, `train.stream_floor`): None, the published loss; float32 [B] >= 0,
+    each caption's bound (`real`: the loss STREAM gives the real image of that caption), and each
+    example counts max(0, CE - floor); float32 [B, T + 1] >= 0, a bound per word (`real_words`:
+    each word's loss on the real image, as `stream_caption_losses(per_word=True)` gives it), and
+    each example counts the mean over its words and end token of max(0, CE_word - floor_word)
+    (past the end both are 0 and add nothing). An image (or word) that STREAM reads back as well as
+    from the real image adds nothing and is not pulled further toward the caption's most typical
+    picture; per word, no word may read back worse than from the real image however well the others
+    do. Returns a float32 scalar >= 0."""
+    per_word = floor is not None and len(floor.shape) == 2
+    ce = stream_caption_losses(encoder, decoder, images, caption_ids, caption_len, per_word=per_word)
     if floor is not None:
-        floor = ops.stop_gradient(ops.cast(floor, "float32"))
-        if len(floor.shape) == 2:
-            ce = ops.relu(ce - floor) * valid
-    per_example = ops.sum(ce, axis=1) / ops.sum(valid, axis=1)
-    if floor is not None and len(floor.shape) == 1:
-        per_example = ops.relu(per_example - floor)
-    return ops.mean(per_example)
+        ce = ops.relu(ce - ops.stop_gradient(ops.cast(floor, "float32")))
+    if per_word:
+        ce = stream.caption_mean(ce, caption_len)
+    return ops.mean(ce)
 
 
 def damsm_loss(image_encoder, images, words, sentence, mask, class_ids, gammas):

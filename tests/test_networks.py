@@ -173,6 +173,11 @@ def test_stream_floor_counts_only_what_is_above_each_examples_floor(cfg, nets):
         image = nets.glam(z, sentence, words, mask, eps=eps)["images"][-1]
         first = losses.stream_caption_losses(nets.stream_encoder, nets.stream_decoder, image, ids, lengths)[0] / B
     expected = [g for g in tape.gradient(first, nets.glam.trainable_weights) if g is not None]
+    # Tiny elements differ in their last bits (a sum of four examples against one): compare each
+    # tensor's difference with its size.
+    assert len(grads) == len(expected)
+    for g, e in zip(grads, expected):
+        assert float(tf.norm(g - e)) <= 1e-3 * float(tf.norm(e)) + 1e-12
     # real_words: a floor per word. At each word's own loss, nothing; one word of the first caption
     # 0.25 above its floor: 0.25 over that caption's words and end token, over the batch.
     words_ce = losses.stream_caption_losses(nets.stream_encoder, nets.stream_decoder, image, ids, lengths,
@@ -183,11 +188,6 @@ def test_stream_floor_counts_only_what_is_above_each_examples_floor(cfg, nets):
     per_word = words_ce + 1e-3
     per_word[0, 1] -= 0.25 + 1e-3
     np.testing.assert_allclose(loss_and_grads(per_word)[0], 0.25 / (lengths[0] + 1) / B, rtol=1e-3)
-    # Tiny elements differ in their last bits (a sum of four examples against one): compare each
-    # tensor's difference with its size.
-    assert len(grads) == len(expected)
-    for g, e in zip(grads, expected):
-        assert float(tf.norm(g - e)) <= 1e-3 * float(tf.norm(e)) + 1e-12
 
 
 def test_all_networks_run_under_mixed_float16(cfg):

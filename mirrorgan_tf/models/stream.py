@@ -114,18 +114,22 @@ class StreamDecoder(keras.Model):
 
 def caption_word_losses(logits, caption_ids, caption_len):
     """Cross-entropy (nats) of each word and of the end token. logits [B, T + 1, V], caption_ids
-    int [B, T], caption_len int [B] -> (ce float32 [B, T + 1], 0 past the end token; valid
-    float32 [B, T + 1], 1 for the caption_len words and the end token, else 0)."""
+    int [B, T], caption_len int [B] (<= T) -> float32 [B, T + 1] >= 0, 0 past the end token."""
     b = ops.shape(caption_ids)[0]
     targets = ops.concatenate([ops.cast(caption_ids, "int32"), ops.zeros((b, 1), "int32")], axis=1)
     steps = ops.shape(targets)[1]
     valid = ops.cast(ops.arange(steps)[None, :] <= ops.cast(caption_len, "int32")[:, None], "float32")
     ce = keras.losses.sparse_categorical_crossentropy(targets, ops.cast(logits, "float32"), from_logits=True)
-    return ce * valid, valid
+    return ce * valid
+
+
+def caption_mean(word_losses, caption_len):
+    """Each caption's mean over its caption_len words and its end token: word_losses float32
+    [B, T + 1], 0 past the end token (`caption_word_losses`), caption_len int [B] -> float32 [B]."""
+    return ops.sum(word_losses, axis=1) / (ops.cast(caption_len, "float32") + 1.0)
 
 
 def caption_loss(logits, caption_ids, caption_len):
     """Per-example mean cross-entropy of the words and the end token. logits [B, T + 1, V],
     caption_ids [B, T], caption_len [B] -> float32 [B]."""
-    ce, valid = caption_word_losses(logits, caption_ids, caption_len)
-    return ops.sum(ce, axis=1) / ops.sum(valid, axis=1)
+    return caption_mean(caption_word_losses(logits, caption_ids, caption_len), caption_len)

@@ -216,7 +216,7 @@ def make_train_step(cfg, strategy: tf.distribute.Strategy, state: GanTrainState)
             if t.stream_floor != "none":
                 with g_tape.stop_recording():
                     # The real image each generated one's caption came from (its pair's first under mode seeking).
-                    real = batch["images"][-1] if g_ids is ids else tf.gather(batch["images"][-1], pair)
+                    real = tf.gather(batch["images"][-1], pair) if t.mode_seeking_weight > 0 else batch["images"][-1]
                     floor = losses.stream_caption_losses(nets.stream_encoder, nets.stream_decoder, real, g_ids, g_lengths,
                                                          per_word=t.stream_floor == "real_words")
             redescription = losses.stream_loss(nets.stream_encoder, nets.stream_decoder, fakes[-1], g_ids, g_lengths,
