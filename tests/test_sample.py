@@ -22,6 +22,16 @@ def _pictures(folder) -> dict:
     return {name: tf.io.decode_png((folder / name).read_bytes()).numpy() for name in sorted(os.listdir(folder))}
 
 
+def _same_attention(actual, desired, err_msg):
+    """Attention pictures from generator calls of different batch sizes: each word's map is nearly
+    flat and stretched to its own min..max, which magnifies the last bits CPU kernels round
+    differently at another batch size (seen in CI on an AVX2 machine: 2 of 239,616 values one level
+    apart). A mix-up of samples or words would move whole tiles, far more than this."""
+    assert actual.shape == desired.shape, err_msg
+    diff = np.abs(actual.astype(int) - desired.astype(int))
+    assert diff.max() <= 1 and np.mean(diff > 0) < 1e-3, (err_msg, diff.max(), np.mean(diff > 0))
+
+
 def test_same_seed_same_pixels_whatever_the_batch_size_and_columns(trained_run, tmp_path):
     from mirrorgan_tf.sample import main
 
@@ -35,15 +45,16 @@ def test_same_seed_same_pixels_whatever_the_batch_size_and_columns(trained_run, 
                            "001-a-huge-blue-block-at-the-top-attention.png", "001-a-huge-blue-block-at-the-top.png"]
     assert whole["000-a-small-red-circle-on-the-left.png"].shape == (STAGES * SIZE, 5 * SIZE, 3)
     assert list(ones) == list(whole)
-    for name in whole:  # one sample per generator call: the very same pixels
-        np.testing.assert_array_equal(ones[name], whole[name], err_msg=name)
+    for name in whole:  # one sample per generator call against five: the same pictures
+        (_same_attention if name.endswith("-attention.png") else np.testing.assert_array_equal)(
+            ones[name], whole[name], err_msg=name)
     # Five samples at two per picture: three pictures of 2, 2 and 1 samples, side by side the whole grid.
     for caption in ("000-a-small-red-circle-on-the-left", "001-a-huge-blue-block-at-the-top"):
         names = [f"{caption}-{p:03d}.png" for p in range(3)]
         assert [n for n in parts if n.startswith(caption) and not n.endswith("attention.png")] == names
         assert [parts[n].shape[1] for n in names] == [2 * SIZE, 2 * SIZE, SIZE]
         np.testing.assert_array_equal(np.concatenate([parts[n] for n in names], axis=1), whole[f"{caption}.png"])
-        np.testing.assert_array_equal(parts[f"{caption}-attention.png"], whole[f"{caption}-attention.png"])
+        _same_attention(parts[f"{caption}-attention.png"], whole[f"{caption}-attention.png"], err_msg=caption)
     assert not [n for n in os.listdir(tmp_path / "parts") if n.startswith(".")]  # no half-written file left
 
 
