@@ -150,6 +150,11 @@ class StreamConfig:
     learning_rate: float = 1e-3
     max_steps: int = 0  # 0 = run all epochs
     checkpoint: str = ""  # a STREAM checkpoint (run dir or checkpoint path) to reuse instead of training
+    # Pretraining only (the generator's redescription term keeps the one-hot loss): 0 = the plain
+    # cross-entropy of the recipe. Above 0 the captioner is trained towards 1 - eps on each word, so
+    # its confidence stops growing inside the region the real images of a class cover, and a
+    # generated image gains little by moving to the class's most typical size and place.
+    label_smoothing: float = 0.0
 
 
 @dataclass
@@ -514,6 +519,8 @@ def _check_fields(cfg: Config) -> None:
         (cfg.damsm.batch_size >= 2, f"damsm.batch_size must be >= 2, got {cfg.damsm.batch_size} (the DAMSM "
                                     "losses need other captions of the batch as negatives)"),
         (cfg.stream.batch_size >= 1, f"stream.batch_size must be >= 1, got {cfg.stream.batch_size}"),
+        (0.0 <= cfg.stream.label_smoothing < 1.0,
+         f"stream.label_smoothing must be in [0, 1) (0 = off), got {cfg.stream.label_smoothing}"),
         (0.0 <= cfg.train.ema_decay < 1.0, "train.ema_decay must be in [0, 1)"),
         (cfg.train.mode_seeking_weight >= 0.0,
          f"train.mode_seeking_weight must be >= 0 (0 = off), got {cfg.train.mode_seeking_weight}"),

@@ -266,6 +266,15 @@ def test_stream_floor_is_none_real_or_real_words_and_the_published_configs_keep_
         load_config(CONFIGS / "shapes_smoke.yaml", ["train.stream_floor=fake"])
 
 
+def test_stream_label_smoothing_is_in_0_1_and_the_published_configs_keep_0():
+    for name in ("cub.yaml", "coco.yaml", "shapes.yaml"):
+        assert load_config(CONFIGS / name).stream.label_smoothing == 0.0
+    assert load_config(CONFIGS / "shapes_smoke.yaml", ["stream.label_smoothing=0.1"]).stream.label_smoothing == 0.1
+    for value in ("-0.1", "1.0"):
+        with pytest.raises(ConfigError, match=r"stream.label_smoothing must be in \[0, 1\)"):
+            load_config(CONFIGS / "shapes_smoke.yaml", [f"stream.label_smoothing={value}"])
+
+
 def test_mixed_precision_names_its_policy_and_loss_scaling():
     from mirrorgan_tf.config import needs_loss_scaling, precision_policy
 

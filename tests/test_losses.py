@@ -82,6 +82,30 @@ def test_stream_caption_loss_covers_words_and_the_end_token():
     np.testing.assert_allclose(got, expected, rtol=1e-5)
 
 
+def test_stream_label_smoothing_is_szegedys_target_and_stops_at_one_minus_eps():
+    V, T, eps = 6, 4, 0.1
+    logits = rng.normal(size=(2, T + 1, V)).astype("float32")
+    ids = np.array([[3, 4, 0, 0], [5, 2, 2, 3]], "int32")
+    lengths = np.array([2, 4], "int32")
+    lp = log_softmax(logits)
+    targets = np.concatenate([ids, np.zeros((2, 1), "int32")], axis=1)
+    smooth = (1 - eps) * np.eye(V)[targets] + eps / V  # Szegedy et al. 2016, section 7
+    valid = np.arange(T + 1)[None, :] <= lengths[:, None]
+    expected = -(smooth * lp).sum(-1) * valid
+    got = stream.caption_word_losses(logits, ids, lengths, label_smoothing=eps).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(stream.caption_loss(logits, ids, lengths, eps).numpy(),
+                               expected.sum(1) / (lengths + 1), rtol=1e-5)
+    # Logits whose softmax is the smoothed target: the smoothed loss is at its minimum (no gradient),
+    # the one-hot loss still pulls the word's probability towards 1.
+    at_target = tf.Variable(np.log(smooth).astype("float32"))
+    for eps_, zero in ((eps, True), (0.0, False)):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(stream.caption_loss(at_target, ids, lengths, eps_))
+        grad = np.abs(tape.gradient(loss, at_target).numpy()).max()
+        assert (grad < 1e-6) == zero, (eps_, grad)
+
+
 def _cos(a, b):
     return (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-8)
 

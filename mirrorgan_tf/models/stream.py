@@ -112,14 +112,24 @@ class StreamDecoder(keras.Model):
         return ops.where(ended, 0, ids)
 
 
-def caption_word_losses(logits, caption_ids, caption_len):
+def caption_word_losses(logits, caption_ids, caption_len, label_smoothing: float = 0.0):
     """Cross-entropy (nats) of each word and of the end token. logits [B, T + 1, V], caption_ids
-    int [B, T], caption_len int [B] (<= T) -> float32 [B, T + 1] >= 0, 0 past the end token."""
+    int [B, T], caption_len int [B] (<= T) -> float32 [B, T + 1] >= 0, 0 past the end token.
+
+    label_smoothing eps in [0, 1): the target is (1 - eps) on the word plus eps / V on every entry
+    of the vocabulary (Szegedy et al., CVPR 2016, "Rethinking the Inception Architecture", section
+    7), so the loss is (1 - eps) CE(word) + eps * mean over the V entries of -log p; 0 = the one-hot
+    cross-entropy. Its minimum is above 0 when eps > 0."""
     b = ops.shape(caption_ids)[0]
     targets = ops.concatenate([ops.cast(caption_ids, "int32"), ops.zeros((b, 1), "int32")], axis=1)
     steps = ops.shape(targets)[1]
     valid = ops.cast(ops.arange(steps)[None, :] <= ops.cast(caption_len, "int32")[:, None], "float32")
-    ce = keras.losses.sparse_categorical_crossentropy(targets, ops.cast(logits, "float32"), from_logits=True)
+    logits = ops.cast(logits, "float32")
+    ce = keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True)
+    if label_smoothing:
+        # The sparse form keeps [B, T + 1] targets: no one-hot [B, T + 1, V] tensor for COCO's vocabulary.
+        uniform = -ops.mean(ops.log_softmax(logits, axis=-1), axis=-1)
+        ce = (1.0 - label_smoothing) * ce + label_smoothing * uniform
     return ce * valid
 
 
@@ -129,7 +139,7 @@ def caption_mean(word_losses, caption_len):
     return ops.sum(word_losses, axis=1) / (ops.cast(caption_len, "float32") + 1.0)
 
 
-def caption_loss(logits, caption_ids, caption_len):
+def caption_loss(logits, caption_ids, caption_len, label_smoothing: float = 0.0):
     """Per-example mean cross-entropy of the words and the end token. logits [B, T + 1, V],
-    caption_ids [B, T], caption_len [B] -> float32 [B]."""
-    return caption_mean(caption_word_losses(logits, caption_ids, caption_len), caption_len)
+    caption_ids [B, T], caption_len [B] -> float32 [B]; label_smoothing as `caption_word_losses`."""
+    return caption_mean(caption_word_losses(logits, caption_ids, caption_len, label_smoothing), caption_len)

@@ -16,7 +16,8 @@ from mirrorgan_tf.training import loop, steps
 
 def train(cfg, run: RunDir, strategy: tf.distribute.Strategy) -> loop.LoopResult:
     """Pretrain STREAM's encoder and decoder (checkpoint: encoder, decoder, optimizer, step). Each
-    step returns the loss {"caption"} (teacher-forced cross-entropy, global-batch mean)."""
+    step returns the loss {"caption"} (teacher-forced cross-entropy, global-batch mean; with
+    `stream.label_smoothing` the smoothed one, whose minimum is above 0)."""
     loop.check_backbones(cfg, ["stream"])  # before the first step, not after hours
     s = cfg.stream
     total, _ = loop.steps_for(cfg, s.batch_size, s.epochs, s.max_steps)
@@ -34,7 +35,8 @@ def train(cfg, run: RunDir, strategy: tf.distribute.Strategy) -> loop.LoopResult
         with tf.GradientTape() as tape:
             features = encoder(batch["images"][-1], training=True)
             logits = decoder(features, batch["caption_ids"], training=True)
-            loss = tf.reduce_mean(stream.caption_loss(logits, batch["caption_ids"], batch["caption_len"]))
+            loss = tf.reduce_mean(stream.caption_loss(logits, batch["caption_ids"], batch["caption_len"],
+                                                      s.label_smoothing))
             loss = loss * steps.replica_scale()
             scaled = steps.scale_loss(opt, loss)
         opt.apply_gradients(zip(tape.gradient(scaled, variables), variables))
