@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from typing import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -29,7 +30,7 @@ import tensorflow as tf
 from mirrorgan_tf.losses import stream_caption_losses
 from mirrorgan_tf.models.networks import build_stream
 from mirrorgan_tf.runs import for_restore, load_run, resolve_stage_checkpoint, restore_weights
-from mirrorgan_tf.text import Tokenizer
+from mirrorgan_tf.sample import tokenize
 from pipelines import shapes
 
 SIZE_FACTORS = (0.84, 0.92, 0.96, 1.0, 1.04, 1.08, 1.16)
@@ -43,7 +44,7 @@ def nominal(scene: shapes.Scene) -> shapes.Scene:
                                centre=(fx * shapes.SIZE, fy * shapes.SIZE))
 
 
-def settings() -> list[tuple[str, float, callable]]:
+def settings() -> list[tuple[str, float, Callable[[shapes.Scene], shapes.Scene]]]:
     out = [("size", f, lambda s, f=f: dataclasses.replace(s, side=s.side * f)) for f in SIZE_FACTORS]
     out += [("centre x", d, lambda s, d=d: dataclasses.replace(s, centre=(s.centre[0] + d * shapes.SIZE, s.centre[1])))
             for d in CENTRE_OFFSETS]
@@ -61,14 +62,12 @@ def main(argv=None) -> None:
         run = load_run(path)
         cfg = run.cfg
         encoder, decoder = build_stream(for_restore(cfg), run.vocab_size)
-        restore_weights(resolve_stage_checkpoint(run.dir, "stream", cfg.stream.checkpoint), "stream",
-                        encoder=encoder, decoder=decoder)
-        tokenizer = Tokenizer(run.vocab_path)
+        checkpoint = restore_weights(resolve_stage_checkpoint(run.dir, "stream", cfg.stream.checkpoint), "stream",
+                                     encoder=encoder, decoder=decoder)
         captions = [c for _, cs in scenes for c in cs]
-        ids = tokenizer(tf.constant(captions))[:, :cfg.data.words_num]
-        lengths, ids = ids.row_lengths(), ids.to_tensor(shape=[len(captions), cfg.data.words_num])
+        ids, lengths = tokenize(captions, run.vocab_path, cfg.data.words_num)[:2]
         size = cfg.stream.image_size
-        print(f"{path}: STREAM {resolve_stage_checkpoint(run.dir, 'stream', cfg.stream.checkpoint)}, "
+        print(f"{path}: STREAM {checkpoint}, "
               f"label_smoothing {cfg.stream.label_smoothing}; {args.scenes} {args.split} scenes x "
               f"{shapes.CAPTIONS_PER_IMAGE} captions, mean cross-entropy (nats)")
         table = {}
