@@ -155,6 +155,15 @@ class StreamConfig:
     # its confidence stops growing inside the region the real images of a class cover, and a
     # generated image gains little by moving to the class's most typical size and place.
     label_smoothing: float = 0.0
+    # Pretraining only, like label_smoothing (ours; 0 = off, the recipe): each real image is zoomed
+    # by a factor drawn from [-random_zoom, +random_zoom] (keras.layers.RandomZoom, positive = out)
+    # and shifted by up to random_translation of its width and height (keras.layers.RandomTranslation),
+    # edges filled with the nearest pixel. A captioner that saw each class a little wider than the
+    # data scores the data's whole size and place range alike, so the redescription term stops
+    # pulling generated objects to the class's middle; kept well inside the gaps between the size
+    # and position words, so the words it must read stay right.
+    random_zoom: float = 0.0
+    random_translation: float = 0.0
 
 
 @dataclass
@@ -521,6 +530,10 @@ def _check_fields(cfg: Config) -> None:
         (cfg.stream.batch_size >= 1, f"stream.batch_size must be >= 1, got {cfg.stream.batch_size}"),
         (0.0 <= cfg.stream.label_smoothing < 1.0,
          f"stream.label_smoothing must be in [0, 1) (0 = off), got {cfg.stream.label_smoothing}"),
+        (0.0 <= cfg.stream.random_zoom < 1.0,
+         f"stream.random_zoom must be in [0, 1) (0 = off), got {cfg.stream.random_zoom}"),
+        (0.0 <= cfg.stream.random_translation < 1.0,
+         f"stream.random_translation must be in [0, 1) (0 = off), got {cfg.stream.random_translation}"),
         (0.0 <= cfg.train.ema_decay < 1.0, "train.ema_decay must be in [0, 1)"),
         (cfg.train.mode_seeking_weight >= 0.0,
          f"train.mode_seeking_weight must be >= 0 (0 = off), got {cfg.train.mode_seeking_weight}"),

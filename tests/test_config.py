@@ -275,6 +275,17 @@ def test_stream_label_smoothing_is_in_0_1_and_the_published_configs_keep_0():
             load_config(CONFIGS / "shapes_smoke.yaml", [f"stream.label_smoothing={value}"])
 
 
+def test_stream_jitter_is_in_0_1_and_the_published_configs_keep_it_off():
+    for name in ("cub.yaml", "coco.yaml", "shapes.yaml"):
+        cfg = load_config(CONFIGS / name)
+        assert (cfg.stream.random_zoom, cfg.stream.random_translation) == (0.0, 0.0)
+    for key in ("random_zoom", "random_translation"):
+        assert getattr(load_config(CONFIGS / "shapes_smoke.yaml", [f"stream.{key}=0.1"]).stream, key) == 0.1
+        for value in ("-0.1", "1.0"):
+            with pytest.raises(ConfigError, match=rf"stream.{key} must be in \[0, 1\)"):
+                load_config(CONFIGS / "shapes_smoke.yaml", [f"stream.{key}={value}"])
+
+
 def test_mixed_precision_names_its_policy_and_loss_scaling():
     from mirrorgan_tf.config import needs_loss_scaling, precision_policy
 

@@ -241,3 +241,56 @@ def test_mode_seeking_stages_all_adds_a_term_for_every_stage(prepared_shapes, mo
     calls.append([])
     floored = float(gan.make_train_step(cfg, strategy, state)(batch)["stream"])
     assert 0 < floored < stream_loss
+
+
+def test_stream_jitter_zooms_and_shifts_each_real_image_within_its_bounds_and_only_in_training():
+    """stream.random_zoom / random_translation, read back with the spread metric's pixel reader on
+    rendered shapes scenes: every object's side changes by a factor inside [1 / (1 + z), 1 / (1 - z)]
+    and its centre moves by at most the shift plus what the zoom about the image centre adds, the
+    draws differ between images, the flat background keeps its level, and training=False (or both
+    switches at 0) leaves the images alone."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from mirrorgan_tf.metrics.spread import read_factors
+    from mirrorgan_tf.training.stream import jitter
+    from pipelines import shapes
+
+    assert jitter(SimpleNamespace(random_zoom=0.0, random_translation=0.0)) is None
+    scenes = [shapes.sample_scene("train", i)[0] for i in range(48)]
+    pixels = np.stack([np.asarray(Image.fromarray(shapes.render(s)).resize((64, 64), Image.BILINEAR)) for s in scenes])
+    images = tf.constant(pixels.astype(np.float32) / 127.5 - 1.0)
+    before = read_factors(images)
+    keras.utils.set_random_seed(0)
+    zoom, shift = 0.12, 0.05
+    augment = jitter(SimpleNamespace(random_zoom=zoom, random_translation=shift))
+    np.testing.assert_array_equal(augment(images, training=False).numpy(), images.numpy())
+    after = read_factors(augment(images, training=True))
+    ratio = np.exp(after["size"] - before["size"])[:, 0]
+    # 0.02: the reader's own error on a resampled anti-aliased edge (a small object is ~14 px wide).
+    assert ratio.min() > 1 / (1 + zoom) - 0.02 and ratio.max() < 1 / (1 - zoom) + 0.02
+    assert ratio.std() > zoom / 4  # drawn per image, not one factor for the batch
+    for axis in ("centre_x", "centre_y"):
+        moved = np.abs(after[axis] - before[axis])[:, 0]
+        assert moved.max() < shift + zoom / (1 - zoom) * 0.23 + 0.01  # 0.23: the farthest nominal centre from the middle
+        assert moved.std() > shift / 8
+    assert np.abs(after["background"] - before["background"]).max() < 2.0  # levels 0-255: nearest fill
+
+
+def test_stream_pretraining_with_jitter_saves_the_jitter_seed_state(prepared_shapes, tmp_path):
+    """The stream stage trains with the switches on and its checkpoint holds the jitter's seed
+    states beside dropout's, so a resumed run draws the zooms and shifts an unbroken one would."""
+    from mirrorgan_tf.runs import find_checkpoint
+    from mirrorgan_tf.training import stream
+
+    cfg = load_config(CONFIGS / "shapes_smoke.yaml", [f"data.dir={prepared_shapes}", "stream.random_zoom=0.1",
+                                                      "stream.random_translation=0.05"])
+    run = RunDir(str(tmp_path / "run"))
+    assert len(loop.random_states(stream.jitter(cfg.stream)).states) == 2  # a SeedGenerator per layer
+    keras.utils.set_random_seed(0)
+    result = stream.train(cfg, run, build_strategy("one_device"))
+    assert result.steps == cfg.stream.max_steps and np.isfinite(float(result.last_losses["caption"]))
+    saved = find_checkpoint(run.root, "stream")
+    states = [name for name, _ in tf.train.list_variables(saved) if name.startswith(loop.RANDOM_STATE + "/")]
+    assert len(states) == len(loop.random_states(result.checkpoint.encoder, result.checkpoint.decoder).states) + 2, states
