@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mirrorgan_tf.metrics.attributes import AttributeClassifier, accuracies, foreground, unseen_mask
+from mirrorgan_tf.metrics.attributes import (AttributeClassifier, AttributeAccuracy, accuracies, caption_agreement,
+                                             foreground, unseen_mask)
 from mirrorgan_tf.metrics.base import EvalError
 from mirrorgan_tf.metrics.fid import frechet_distance, statistics
 from mirrorgan_tf.metrics.inception import InceptionGraph2015
@@ -138,6 +139,29 @@ def test_attribute_accuracy_splits_seen_and_unseen_pairs():
     acc = accuracies(predicted, truth, manifest["attribute_order"], unseen)
     assert acc["seen"] == {"colour": 1.0, "shape": 1.0, "size": 0.5, "position": 1.0, "all": 0.5, "images": 2}
     assert acc["unseen"] == {"colour": 1.0, "shape": 0.5, "size": 1.0, "position": 1.0, "all": 0.5, "images": 2}
+
+
+def test_per_caption_agreement_tells_a_noise_that_changes_the_shape_from_a_caption_drawn_wrong():
+    """Three samples each of four captions (attributes: colour, shape): caption 0 always right,
+    caption 1 a circle in one draw and a square in two (mixed), caption 2 always the wrong shape
+    (all wrong, not mixed), caption 3 (unseen) right in colour, shape mixed and never right. A
+    caption drawn once is left out."""
+    names = ["colour", "shape"]
+    captions = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3, 4])
+    truth = np.array([[0, 0]] * 9 + [[1, 1]] * 3 + [[0, 0]])
+    predicted = np.array([[0, 0]] * 3 + [[0, 0], [0, 1], [0, 1]] + [[0, 1]] * 3 + [[1, 0], [1, 2], [1, 0], [0, 1]])
+    unseen = np.array([False] * 9 + [True] * 3 + [False])
+    got = caption_agreement(predicted, truth, captions, names, unseen)
+    assert got["seen"] == {"colour": {"mixed": 0.0, "all_wrong": 0.0}, "shape": {"mixed": 1 / 3, "all_wrong": 1 / 3},
+                           "all": {"mixed": 1 / 3, "all_wrong": 1 / 3}, "captions": 3}
+    assert got["unseen"] == {"colour": {"mixed": 0.0, "all_wrong": 0.0}, "shape": {"mixed": 1.0, "all_wrong": 1.0},
+                             "all": {"mixed": 1.0, "all_wrong": 1.0}, "captions": 1}
+    assert caption_agreement(predicted[:1], truth[:1], captions[:1], names, unseen[:1]) == {}  # one sample each
+    lines = AttributeAccuracy.format({"value": accuracies(predicted, truth, names, unseen), "per_caption": got,
+                                      "real": {"value": {g: {"colour": 1.0, "shape": 1.0, "all": 1.0}
+                                                         for g in ("seen", "unseen")}}})
+    assert "  per caption [3 captions], mixed / all samples wrong: colour 0.0 % / 0.0 %, shape 33.3 % / 33.3 %, " \
+           "all 33.3 % / 33.3 %" in lines
 
 
 def test_the_2015_inception_graph_loader_batches_and_applies_its_softmax(tmp_path):

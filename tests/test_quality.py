@@ -60,6 +60,9 @@ def test_a_gan_stage_with_eval_every_records_its_figures_with_counts_and_tensorb
         assert by[("attributes_x_spread", step)]["images"] == 48
         assert by[("spread/all/balance", step)]["images"] == 48
         assert set(by[("attributes/seen/colour", step)]) == {"step", "metric", "value", "images"}
+        # Two samples per caption: the share of captions whose two samples disagree on an attribute.
+        assert 0.0 <= by[("attributes/seen/mixed", step)]["value"] <= 1.0
+        assert by[("attributes/seen/mixed", step)]["images"] == seen["images"]
     assert [x["step"] for x in during["seconds"]] == [5, 6] and all(x["seconds"] > 0 for x in during["seconds"])
     tb = _scalars(run_dir / "logs" / "gan", "eval/")
     for step in (5, 6):

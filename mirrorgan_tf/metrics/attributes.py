@@ -134,6 +134,47 @@ def accuracies(predicted: np.ndarray, truth: np.ndarray, names: list[str], unsee
     return out
 
 
+def caption_agreement(predicted: np.ndarray, truth: np.ndarray, captions: np.ndarray, names: list[str],
+                      unseen: np.ndarray) -> dict:
+    """Whether one caption's samples agree on what they show: the share of captions whose samples
+    are read with more than one value of an attribute ("mixed": the noise changes what the caption
+    fixes, e.g. a circle in some draws and a square in others) and the share whose samples all miss
+    it ("all_wrong": the caption itself is drawn wrong, whatever the noise). Only captions with two
+    or more samples count.
+
+    predicted, truth int [N, A] (attribute value indices per sample), captions int [N] (samples of
+    one caption share a number), unseen bool [N] -> {"seen"|"unseen": {attribute: {"mixed": share,
+    "all_wrong": share}, "all": the same for the four at once (mixed: some attribute mixed;
+    all_wrong: no sample right on all four), "captions": count}}, shares in [0, 1]; a group without
+    such captions is left out."""
+    _, caption, counts = np.unique(captions, return_inverse=True, return_counts=True)
+    several = counts[caption] >= 2
+    out = {}
+    for group, mask in (("seen", ~unseen), ("unseen", unseen)):
+        m = mask & several
+        if not m.any():
+            continue
+        ids = np.unique(caption[m], return_inverse=True)[1]
+        n = int(ids.max()) + 1
+        right = predicted[m] == truth[m]
+
+        def shares(values, correct):
+            distinct = np.unique(np.stack([ids, values], axis=1), axis=0)[:, 0]
+            mixed = np.bincount(distinct, minlength=n) > 1
+            none_right = np.bincount(ids, weights=correct, minlength=n) == 0
+            return mixed, none_right
+
+        entry, any_mixed = {}, np.zeros(n, bool)
+        for i, name in enumerate(names):
+            mixed, none_right = shares(predicted[m][:, i], right[:, i])
+            any_mixed |= mixed
+            entry[name] = {"mixed": float(mixed.mean()), "all_wrong": float(none_right.mean())}
+        entry["all"] = {"mixed": float(any_mixed.mean()),
+                        "all_wrong": float((np.bincount(ids, weights=right.all(axis=1), minlength=n) == 0).mean())}
+        out[group] = {**entry, "captions": n}
+    return out
+
+
 def _predict(model, images) -> np.ndarray:
     return np.stack([np.argmax(l, axis=-1) for l in model(tf.constant(images), training=False)], axis=1)
 
@@ -213,8 +254,10 @@ class AttributeAccuracy(Metric):
     def result(self):
         ctx = self.ctx
         truth = ctx.all_pairs.attributes[ctx.rows]
-        return {"value": accuracies(self.predicted, truth, self.info["attributes"],
-                                    unseen_mask(ctx.manifest, truth)),
+        unseen = unseen_mask(ctx.manifest, truth)
+        agreement = caption_agreement(self.predicted, truth, ctx.rows, self.info["attributes"], unseen)
+        return {"value": accuracies(self.predicted, truth, self.info["attributes"], unseen),
+                **({"per_caption": agreement} if agreement else {}),
                 "images": len(ctx.rows), "classifier": self.path,
                 "real": {"value": self.info["real_test_accuracy"],
                          "what": "the classifier on the real test images: the ceiling"}}
@@ -229,4 +272,9 @@ class AttributeAccuracy(Metric):
             lines.append(f"attributes/{group} [{acc['images']:,} images]: {cells}")
             note = small_count_note(group, acc["all"], acc["images"])
             lines += [f"  note: {note}"] if note else []
+            agree = r.get("per_caption", {}).get(group)
+            if agree:
+                cells = ", ".join(f"{k} {percent(v['mixed'])} / {percent(v['all_wrong'])}"
+                                  for k, v in agree.items() if k != "captions")
+                lines.append(f"  per caption [{agree['captions']:,} captions], mixed / all samples wrong: {cells}")
         return lines + ["  (in brackets: the same classifier on real test images)"]

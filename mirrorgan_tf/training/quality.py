@@ -99,7 +99,8 @@ def check(cfg, manifest: dict) -> None:
 def scalars(results: dict) -> dict[str, tuple[float, int]]:
     """{figure name: (value, the image count it comes from)} of the evaluate-style `results`
     ({metric: result()}). attributes: `attributes/<group>` (all four right) and
-    `attributes/<group>/<attribute>`; spread: `spread/<group>/balance` and `spread/<group>/<factor>`
+    `attributes/<group>/<attribute>`, and with two or more samples per caption
+    `attributes/<group>/mixed` (the share of captions whose samples disagree on an attribute); spread: `spread/<group>/balance` and `spread/<group>/<factor>`
     (the ratio); both together also `attributes_x_spread` (tune's objective: the image-weighted
     all-four rate x spread/all/balance); every other metric `<name>` (its value) and `<name>/std`
     where it has one."""
@@ -110,6 +111,9 @@ def scalars(results: dict) -> dict[str, tuple[float, int]]:
                 out[f"attributes/{group}"] = (g["all"], g["images"])
                 out.update({f"attributes/{group}/{k}": (v, g["images"]) for k, v in g.items()
                             if k not in ("all", "images")})
+                agree = r.get("per_caption", {}).get(group)
+                if agree:
+                    out[f"attributes/{group}/mixed"] = (agree["all"]["mixed"], g["images"])
         elif name == "spread":
             for group, g in r["value"].items():
                 out[f"spread/{group}/balance"] = (g["balance"], g["images"])
