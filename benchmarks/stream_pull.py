@@ -28,8 +28,7 @@ import numpy as np
 import tensorflow as tf
 
 from mirrorgan_tf.losses import stream_caption_losses
-from mirrorgan_tf.models.networks import build_stream
-from mirrorgan_tf.runs import for_restore, load_run, resolve_stage_checkpoint, restore_weights
+from mirrorgan_tf.runs import load_run
 from mirrorgan_tf.sample import tokenize
 from pipelines import shapes
 
@@ -61,14 +60,13 @@ def main(argv=None) -> None:
     for path in args.run_dir:
         run = load_run(path)
         cfg = run.cfg
-        encoder, decoder = build_stream(for_restore(cfg), run.vocab_size)
-        checkpoint = restore_weights(resolve_stage_checkpoint(run.dir, "stream", cfg.stream.checkpoint), "stream",
-                                     encoder=encoder, decoder=decoder)
+        encoder, decoder, checkpoint = run.stream()
         captions = [c for _, cs in scenes for c in cs]
         ids, lengths = tokenize(captions, run.vocab_path, cfg.data.words_num)[:2]
         size = cfg.stream.image_size
         print(f"{path}: STREAM {checkpoint}, "
-              f"label_smoothing {cfg.stream.label_smoothing}; {args.scenes} {args.split} scenes x "
+              f"label_smoothing {cfg.stream.label_smoothing}, random_zoom {cfg.stream.random_zoom}, "
+              f"random_translation {cfg.stream.random_translation}; {args.scenes} {args.split} scenes x "
               f"{shapes.CAPTIONS_PER_IMAGE} captions, mean cross-entropy (nats)")
         table = {}
         for factor, value, change in settings():

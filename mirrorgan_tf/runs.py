@@ -846,6 +846,23 @@ class Run:
         """(STEM, DAMSM image encoder) of the run, restored (FileNotFoundError without a checkpoint)."""
         return restore_damsm(self.cfg, self.vocab_size, self.damsm_checkpoint())
 
+    def stream_checkpoint(self) -> str:
+        """Where this run's STREAM is: the configured stream.checkpoint (checked to share this
+        run's vocabulary), else the run's stream stage (FileNotFoundError before it finished)."""
+        if self.cfg.stream.checkpoint:
+            check_other_run(self.vocab_path, self.cfg.stream.checkpoint, "stream.checkpoint")
+        return resolve_stage_checkpoint(self.dir, "stream", self.cfg.stream.checkpoint)
+
+    def stream(self):
+        """(STREAM encoder, decoder, the checkpoint prefix restored) of the run: built as the run
+        configures them (backbone untrained, `for_restore`: the checkpoint holds its weights) and
+        restored from `stream_checkpoint` (the newest intact checkpoint, see `restore_weights`).
+        The encoder takes images float [B, s, s, 3] in [-1, 1]; the decoder gives logits over the
+        run's vocabulary (`models.stream`)."""
+        encoder, decoder = networks.build_stream(for_restore(self.cfg), self.vocab_size)
+        prefix = restore_weights(self.stream_checkpoint(), "stream", encoder=encoder, decoder=decoder)
+        return encoder, decoder, prefix
+
 
 def load_run(path: str) -> Run:
     """The run directory at `path`. Raises FileNotFoundError when it has no config.yaml,

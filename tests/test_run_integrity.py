@@ -167,6 +167,36 @@ def test_a_moved_run_loads_alone(run64, tmp_path):
     assert (here == there).all()
 
 
+def test_a_runs_stream_is_its_stream_stages_checkpoint_and_another_vocabulary_is_refused(run64, tmp_path):
+    """Run.stream() restores the stream stage's latest checkpoint: every weight is that
+    checkpoint's tensor; a stream.checkpoint in a run with other words is refused by name."""
+    import tensorflow as tf
+
+    run_dir, _, _ = run64
+    encoder, decoder, prefix = runs.load_run(str(run_dir)).stream()
+    assert prefix == tf.train.latest_checkpoint(str(run_dir / "stream" / "checkpoints"))
+    # Networks restored as the stream stage's checkpoint names them (`encoder`, `decoder`).
+    from mirrorgan_tf.models.networks import build_stream
+
+    run = runs.load_run(str(run_dir))
+    trained = build_stream(runs.for_restore(run.cfg), run.vocab_size)
+    tf.train.Checkpoint(encoder=trained[0], decoder=trained[1]).restore(prefix).expect_partial() \
+        .assert_existing_objects_matched()
+    for got, want in zip((encoder, decoder), trained):
+        assert len(got.weights) == len(want.weights) > 0
+        for w, t in zip(got.weights, want.weights):
+            np.testing.assert_array_equal(w.numpy(), t.numpy(), err_msg=w.path)
+    assert any(np.abs(w.numpy()).sum() > 0 for w in decoder.weights)
+    other = tmp_path / "other"
+    shutil.copytree(run_dir, other)
+    words = _words(run_dir / "vocab.txt")
+    words[5], words[6] = words[6], words[5]
+    (other / "vocab.txt").write_text("\n".join(words) + "\n")
+    run.cfg.stream.checkpoint = str(other)
+    with pytest.raises(runs.RunIntegrityError, match=f"stream.checkpoint={other}"):
+        run.stream()
+
+
 def test_raw_generator_weights_are_the_checkpoints_own_and_draw_other_pictures(run64, capsys):
     """weights="raw" restores the generator the EMA averages (evaluate --weights raw): its weights
     are exactly the checkpoint's `glam` tensors, and over a short run they draw other pictures."""
