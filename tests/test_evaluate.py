@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from mirrorgan_tf.metrics.attributes import (AttributeClassifier, AttributeAccuracy, accuracies, caption_agreement,
-                                             foreground, unseen_mask)
+                                             foreground, held_out_pairs, unseen_mask)
 from mirrorgan_tf.metrics.base import EvalError
 from mirrorgan_tf.metrics.fid import frechet_distance, statistics
 from mirrorgan_tf.metrics.inception import InceptionGraph2015
@@ -162,6 +162,37 @@ def test_per_caption_agreement_tells_a_noise_that_changes_the_shape_from_a_capti
                                                          for g in ("seen", "unseen")}}})
     assert "  per caption [3 captions], mixed / all samples wrong: colour 0.0 % / 0.0 %, shape 33.3 % / 33.3 %, " \
            "all 33.3 % / 33.3 %" in lines
+
+
+def test_each_held_out_pair_is_read_on_its_own_with_what_its_images_were_read_as():
+    """Two held-out pairs: four orange circles (one read as a square, one as a red square) and two
+    purple triangles (both right); a seen red circle counts for neither. A pair with no image is
+    left out; a split without held-out pairs gives nothing."""
+    manifest = {"attribute_order": ["colour", "shape", "size", "position"],
+                "attributes": {"colour": ["red", "purple", "orange"], "shape": ["circle", "square", "triangle"],
+                               "size": ["small", "large"], "position": ["left", "right"]},
+                "details": {"held_out_pairs": [["orange", "circle"], ["purple", "triangle"], ["red", "triangle"]]}}
+    truth = np.array([[2, 0, 0, 0]] * 4 + [[1, 2, 1, 1]] * 2 + [[0, 0, 0, 0]])
+    predicted = np.array([[2, 0, 0, 0], [2, 1, 0, 0], [0, 1, 0, 0], [2, 0, 1, 0], [1, 2, 1, 1], [1, 2, 1, 1],
+                          [0, 2, 0, 0]])
+    got = held_out_pairs(predicted, truth, manifest)
+    assert list(got) == ["orange circle", "purple triangle"]
+    assert got["orange circle"] == {"images": 4, "all": 0.25, "colour": 0.75, "shape": 0.5,
+                                    "read_as": {"colour": {"red": 0.25, "orange": 0.75},
+                                                "shape": {"circle": 0.5, "square": 0.5}}}
+    assert got["purple triangle"] == {"images": 2, "all": 1.0, "colour": 1.0, "shape": 1.0,
+                                      "read_as": {"colour": {"purple": 1.0}, "shape": {"triangle": 1.0}}}
+    assert held_out_pairs(predicted, truth, {**manifest, "details": {}}) == {}
+    names = manifest["attribute_order"]
+    unseen = unseen_mask(manifest, truth)
+    lines = AttributeAccuracy.format({"value": accuracies(predicted, truth, names, unseen), "held_out_pairs": got,
+                                      "real": {"value": {g: {n: 1.0 for n in names + ["all"]}
+                                                         for g in ("seen", "unseen")}}})
+    assert "  orange circle [4 images]: all 25.0 %; colour read as red 25.0 %, orange 75.0 %; " \
+           "shape read as circle 50.0 %, square 50.0 %" in lines
+    assert lines.index("  purple triangle [2 images]: all 100.0 %; colour read as purple 100.0 %; "
+                       "shape read as triangle 100.0 %") > [i for i, l in enumerate(lines)
+                                                            if l.startswith("attributes/unseen")][0]
 
 
 def test_the_2015_inception_graph_loader_batches_and_applies_its_softmax(tmp_path):

@@ -175,6 +175,37 @@ def caption_agreement(predicted: np.ndarray, truth: np.ndarray, captions: np.nda
     return out
 
 
+def held_out_pairs(predicted: np.ndarray, truth: np.ndarray, manifest) -> dict:
+    """Each held-out colour-shape pair on its own, and what its images were read as.
+
+    The unseen group's rate mixes every held-out pair; this tells which pair fails and how (on
+    the default shapes split, "orange circle" drawn as a rounded square is read as a square).
+    predicted, truth int [N, A] (attribute value indices, in `data.attribute_names` order) ->
+    {"<colour> <shape>": {"images": n, "all": share right on all four, "colour": share,
+    "shape": share, "read_as": {"colour": {value: share}, "shape": {value: share}}}}, shares in
+    [0, 1] (read_as lists only values read at least once, in the manifest's order); a pair
+    without images is left out, and a dataset without held-out pairs gives {}."""
+    names, values = data.attribute_names(manifest), manifest["attributes"]
+    held = (manifest.get("details") or {}).get("held_out_pairs") or []
+    if not held or "colour" not in names or "shape" not in names:
+        return {}
+    c, s = names.index("colour"), names.index("shape")
+    out = {}
+    for colour, shape in held:
+        mask = (truth[:, c] == values["colour"].index(colour)) & (truth[:, s] == values["shape"].index(shape))
+        if not mask.any():
+            continue
+        right = predicted[mask] == truth[mask]
+        read_as = {}
+        for attribute, i in (("colour", c), ("shape", s)):
+            counts = np.bincount(predicted[mask][:, i], minlength=len(values[attribute]))
+            read_as[attribute] = {v: float(k / mask.sum()) for v, k in zip(values[attribute], counts) if k}
+        out[f"{colour} {shape}"] = {"images": int(mask.sum()), "all": float(right.all(axis=1).mean()),
+                                    "colour": float(right[:, c].mean()), "shape": float(right[:, s].mean()),
+                                    "read_as": read_as}
+    return out
+
+
 def _predict(model, images) -> np.ndarray:
     return np.stack([np.argmax(l, axis=-1) for l in model(tf.constant(images), training=False)], axis=1)
 
@@ -256,8 +287,10 @@ class AttributeAccuracy(Metric):
         truth = ctx.all_pairs.attributes[ctx.rows]
         unseen = unseen_mask(ctx.manifest, truth)
         agreement = caption_agreement(self.predicted, truth, ctx.rows, self.info["attributes"], unseen)
+        pairs = held_out_pairs(self.predicted, truth, ctx.manifest)
         return {"value": accuracies(self.predicted, truth, self.info["attributes"], unseen),
                 **({"per_caption": agreement} if agreement else {}),
+                **({"held_out_pairs": pairs} if pairs else {}),
                 "images": len(ctx.rows), "classifier": self.path,
                 "real": {"value": self.info["real_test_accuracy"],
                          "what": "the classifier on the real test images: the ceiling"}}
@@ -277,4 +310,9 @@ class AttributeAccuracy(Metric):
                 cells = ", ".join(f"{k} {percent(v['mixed'])} / {percent(v['all_wrong'])}"
                                   for k, v in agree.items() if k != "captions")
                 lines.append(f"  per caption [{agree['captions']:,} captions], mixed / all samples wrong: {cells}")
+            if group == "unseen":
+                for pair, p in r.get("held_out_pairs", {}).items():
+                    read = "; ".join(f"{a} read as " + ", ".join(f"{v} {percent(x)}" for v, x in shares.items())
+                                     for a, shares in p["read_as"].items())
+                    lines.append(f"  {pair} [{p['images']:,} images]: all {percent(p['all'])}; {read}")
         return lines + ["  (in brackets: the same classifier on real test images)"]
