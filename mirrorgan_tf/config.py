@@ -127,6 +127,10 @@ class DamsmConfig:
     rnn_grad_clip: float = 0.25
     max_steps: int = 0  # 0 = run all epochs
     checkpoint: str = ""  # a DAMSM checkpoint (run dir or checkpoint path) to reuse instead of training
+    # Not in AttnGAN (false: its loss): true gives each image its own caption with one word swapped
+    # by train.wrong_word_swaps as one more negative of both losses (NegCLIP's hard negatives;
+    # models/damsm.py), so that STEM reads the swapped word instead of guessing it from the others.
+    word_swap_negatives: bool = False
 
 
 @dataclass
@@ -527,6 +531,9 @@ def _check_fields(cfg: Config) -> None:
         # there is no negative, both losses are exactly 0, and STEM never learns.
         (cfg.damsm.batch_size >= 2, f"damsm.batch_size must be >= 2, got {cfg.damsm.batch_size} (the DAMSM "
                                     "losses need other captions of the batch as negatives)"),
+        (not cfg.damsm.word_swap_negatives or cfg.train.wrong_word_swaps,
+         "damsm.word_swap_negatives=true swaps the words of train.wrong_word_swaps, which is empty: "
+         "name the word classes there (e.g. 'train.wrong_word_swaps=[circle/disc square/block triangle]')"),
         (cfg.stream.batch_size >= 1, f"stream.batch_size must be >= 1, got {cfg.stream.batch_size}"),
         (0.0 <= cfg.stream.label_smoothing < 1.0,
          f"stream.label_smoothing must be in [0, 1) (0 = off), got {cfg.stream.label_smoothing}"),

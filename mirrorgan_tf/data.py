@@ -267,7 +267,8 @@ def check_prepared(cfg: Config, stages=TRAINING_STAGES) -> dict:
     - data.vocab_size, when set, equals the manifest's; every listed shard exists and has the
       byte size the manifest records (`check_shards`; a manifest without sizes is accepted with a
       printed note saying the sizes went unchecked);
-    - for "gan": every word of `train.wrong_word_swaps` is in the vocabulary (`word_swap`).
+    - for "gan", and for "damsm" under damsm.word_swap_negatives: every word of
+      `train.wrong_word_swaps` is in the vocabulary (`word_swap`).
     `stages`: the training stages that will run (a subset of TRAINING_STAGES). How the batches
     split over replicas is the config's question, checked once the strategy exists
     (`config.check_replica_batches`).
@@ -301,7 +302,7 @@ def check_prepared(cfg: Config, stages=TRAINING_STAGES) -> dict:
                         "words (set data.vocab_size=0 to take it from the manifest)")
     shard_problems, note = check_shards(cfg.data.dir, manifest)
     problems += shard_problems
-    if "gan" in stages and cfg.train.wrong_word_swaps:
+    if ("gan" in stages or ("damsm" in stages and cfg.damsm.word_swap_negatives)) and cfg.train.wrong_word_swaps:
         try:
             word_swap(cfg)
         except DataError as e:

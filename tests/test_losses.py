@@ -110,7 +110,9 @@ def _cos(a, b):
     return (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-8)
 
 
-def _ce_both_ways(scores, class_ids):
+def _ce_both_ways(scores, class_ids, hard=None, hard_weight=None):
+    """scores [images, captions]; hard [images]: each image's own hard negative, one more caption
+    for that image only (absent where hard_weight is 0)."""
     scores = scores.copy()
     n = len(scores)
     if class_ids is not None:
@@ -118,7 +120,8 @@ def _ce_both_ways(scores, class_ids):
             for j in range(n):
                 if i != j and class_ids[i] == class_ids[j] and class_ids[i] >= 0:
                     scores[i, j] = -np.inf
-    loss0 = -np.mean([log_softmax(scores[i])[i] for i in range(n)])
+    rows = [scores[i] if hard is None or not hard_weight[i] else np.append(scores[i], hard[i]) for i in range(n)]
+    loss0 = -np.mean([log_softmax(rows[i])[i] for i in range(n)])
     loss1 = -np.mean([log_softmax(scores[:, i])[i] for i in range(n)])
     return loss0, loss1
 
@@ -132,8 +135,18 @@ def test_sentence_loss(class_ids):
     np.testing.assert_allclose([float(g) for g in got], _ce_both_ways(scores, class_ids), rtol=1e-4)
 
 
-def _word_loss_reference(regions, words, lengths, class_ids, g1, g2, g3):
-    """AttnGAN's algorithm, caption by caption, with each caption cut to its length."""
+def _word_score_reference(r, w, g1, g2):
+    """R(image regions r [regions, D], caption words w [n, D]), AttnGAN's algorithm -> (R, attention)."""
+    attn = r @ w.T  # regions x words
+    attn = np.exp(log_softmax(attn, axis=1))  # over words
+    attn = np.exp(log_softmax(attn.T * g1, axis=1))  # words x regions, over regions
+    context = attn @ r  # n x D
+    return np.log(np.exp(g2 * _cos(w, context)).sum()), attn
+
+
+def _word_loss_reference(regions, words, lengths, class_ids, g1, g2, g3, hard=None, hard_weight=None):
+    """AttnGAN's algorithm, caption by caption, with each caption cut to its length; hard: (words,
+    lengths) of each image's own hard negative caption."""
     b = len(words)
     r = regions.reshape(b, -1, regions.shape[-1])  # images x regions x D
     sims = np.zeros((b, b))  # image j, caption i
@@ -141,14 +154,13 @@ def _word_loss_reference(regions, words, lengths, class_ids, g1, g2, g3):
     for i in range(b):
         w = words[i, : lengths[i]]  # n x D
         for j in range(b):
-            attn = r[j] @ w.T  # regions x words
-            attn = np.exp(log_softmax(attn, axis=1))  # over words
-            attn = np.exp(log_softmax(attn.T * g1, axis=1))  # words x regions, over regions
-            context = attn @ r[j]  # n x D
-            sims[j, i] = np.log(np.exp(g2 * _cos(w, context)).sum())
+            sims[j, i], attn = _word_score_reference(r[j], w, g1, g2)
             if i == j:
                 own_attn.append(attn)
-    return (*_ce_both_ways(sims * g3, class_ids), own_attn)
+    scores = None
+    if hard is not None:
+        scores = np.array([_word_score_reference(r[j], hard[0][j, : hard[1][j]], g1, g2)[0] for j in range(b)]) * g3
+    return (*_ce_both_ways(sims * g3, class_ids, scores, hard_weight), own_attn)
 
 
 @pytest.mark.parametrize("class_ids", [None, np.array([7, 7, 3, -1])])
@@ -165,6 +177,43 @@ def test_word_loss(class_ids):
     for i, n in enumerate(lengths):
         np.testing.assert_allclose(attn.numpy()[i, :n].reshape(n, 9), ref_attn[i], atol=1e-5)
         np.testing.assert_allclose(attn.numpy()[i, :n].reshape(n, 9).sum(-1), 1.0, atol=1e-5)  # over regions
+
+
+@pytest.mark.parametrize("class_ids", [None, np.array([7, 7, 3, -1])])
+def test_damsm_hard_negatives_add_each_images_swapped_caption_to_its_row_only(class_ids):
+    """damsm.word_swap_negatives: image i's own swapped caption is one more caption in row i of the
+    image -> caption direction (none where the caption had no word to swap); the caption -> image
+    direction is the published one."""
+    regions = rng.normal(size=(4, 3, 3, 6)).astype("float32")
+    code = rng.normal(size=(4, 6)).astype("float32")
+    words, hard_words = rng.normal(size=(2, 4, 5, 6)).astype("float32")
+    lengths = np.array([5, 2, 3, 1])
+    mask = np.arange(5)[None, :] < lengths[:, None]
+    for w in (words, hard_words):
+        w[~mask] = 0.0
+    sentence, hard_sentence = rng.normal(size=(2, 4, 6)).astype("float32")
+    weight = np.array([1.0, 0.0, 1.0, 1.0], "float32")
+    got = damsm.sentence_loss(code, sentence, class_ids, 10.0, hard_sentence=hard_sentence, hard_weight=weight)
+    scores = np.array([[_cos(code[i], sentence[j]) for j in range(4)] for i in range(4)]) * 10.0
+    hard = _cos(code, hard_sentence) * 10.0
+    np.testing.assert_allclose([float(g) for g in got], _ce_both_ways(scores, class_ids, hard, weight), rtol=1e-4)
+    plain = damsm.sentence_loss(code, sentence, class_ids, 10.0)
+    assert float(got[0]) > float(plain[0]) and float(got[1]) == pytest.approx(float(plain[1]))
+    loss0, loss1, _ = damsm.word_loss(regions, words, mask, class_ids, 4.0, 5.0, 10.0,
+                                      hard_words=hard_words, hard_mask=mask, hard_weight=weight)
+    ref0, ref1, _ = _word_loss_reference(regions, words, lengths, class_ids, 4.0, 5.0, 10.0,
+                                         (hard_words, lengths), weight)
+    np.testing.assert_allclose([float(loss0), float(loss1)], [ref0, ref1], rtol=1e-4)
+    # No swap anywhere: exactly the published losses.
+    none = np.zeros(4, "float32")
+    np.testing.assert_allclose(
+        [float(x) for x in damsm.word_loss(regions, words, mask, class_ids, hard_words=hard_words, hard_mask=mask,
+                                           hard_weight=none)[:2]],
+        [float(x) for x in damsm.word_loss(regions, words, mask, class_ids)[:2]], rtol=1e-6)
+    # The paired score is the diagonal of the all-pairs one.
+    all_pairs, _ = damsm.word_scores(regions, hard_words, mask)
+    np.testing.assert_allclose(damsm.paired_word_score(regions, hard_words, mask).numpy(),
+                               np.diag(all_pairs.numpy()), rtol=1e-5)
 
 
 def test_discriminator_loss_with_one_word_swaps_averages_both_kinds_of_wrong_pairs():

@@ -294,3 +294,34 @@ def test_stream_pretraining_with_jitter_saves_the_jitter_seed_state(prepared_sha
     saved = find_checkpoint(run.root, "stream")
     states = [name for name, _ in tf.train.list_variables(saved) if name.startswith(loop.RANDOM_STATE + "/")]
     assert len(states) == len(loop.random_states(result.checkpoint.encoder, result.checkpoint.decoder).states) + 2, states
+
+
+def test_damsm_with_word_swap_negatives_feeds_each_images_swapped_caption_to_both_losses(prepared_shapes, tmp_path,
+                                                                                          monkeypatch):
+    """damsm.word_swap_negatives: the DAMSM stage encodes the swapped captions of its batch in the
+    same STEM pass and hands them to the word and sentence losses as hard negatives (their
+    arithmetic: tests/test_losses.py); it trains to its last step with finite losses. Without
+    train.wrong_word_swaps there is nothing to swap: refused when the config loads."""
+    from mirrorgan_tf.config import ConfigError
+    from mirrorgan_tf.models import damsm as damsm_model
+    from mirrorgan_tf.training import damsm
+
+    seen = []
+    for name in ("word_loss", "sentence_loss"):
+        original = getattr(damsm_model, name)
+
+        def record(*args, _original=original, _name=name, **kwargs):
+            hard = kwargs.get("hard_words", kwargs.get("hard_sentence"))
+            seen.append((_name, None if hard is None else tuple(hard.shape), tuple(args[1].shape)))
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(damsm_model, name, record)
+    cfg = load_config(CONFIGS / "shapes_smoke.yaml", [f"data.dir={prepared_shapes}", "damsm.word_swap_negatives=true"])
+    assert cfg.train.wrong_word_swaps
+    keras.utils.set_random_seed(0)
+    result = damsm.train(cfg, RunDir(str(tmp_path / "run")), build_strategy("one_device"))
+    assert result.steps == cfg.damsm.max_steps
+    assert all(np.isfinite(float(v)) for v in result.last_losses.values())
+    b, t, d = cfg.damsm.batch_size, cfg.data.words_num, cfg.model.embedding_dim
+    assert sorted(set(seen)) == [("sentence_loss", (b, d), (b, d)), ("word_loss", (b, t, d), (b, t, d))]
+    with pytest.raises(ConfigError, match="damsm.word_swap_negatives=true swaps the words of train.wrong_word_swaps"):
+        load_config(CONFIGS / "shapes_smoke.yaml", ["damsm.word_swap_negatives=true", "train.wrong_word_swaps=[]"])

@@ -12,6 +12,14 @@ Losses, with every caption of the batch against every image:
 - sentence loss: cosine(image code, sentence) x gamma3; cross-entropy in both directions.
 Pairs of the same class (other than the true pair) are not used as negatives. Class ids < 0 mean
 "unknown" and mask nothing.
+
+Optionally (`damsm.word_swap_negatives`, not in AttnGAN) each image also meets its own caption with
+one word swapped for a word of another class ("an orange square" -> "an orange circle") as one
+more negative in the image -> caption direction of both losses: the hard negatives of NegCLIP
+(Yuksekgonul et al., ICLR 2023), which make a contrastive text encoder read each word rather than
+guess it from the others. Without them a colour that the training split never pairs with some
+shape is enough to tell the captions of a batch apart, and the sentence feature of an unseen
+pair lands next to a seen pair of the same colour.
 """
 
 from __future__ import annotations
@@ -68,12 +76,19 @@ def _negatives_mask(class_ids, batch):
     return same & ~ops.cast(ops.eye(batch), "bool")
 
 
-def _cross_entropy_both_ways(scores, class_ids):
-    """scores [B images, B captions] -> (image->caption loss, caption->image loss), batch means."""
+def _cross_entropy_both_ways(scores, class_ids, hard=None, hard_weight=None):
+    """scores [B images, B captions] -> (image->caption loss, caption->image loss), batch means.
+    hard [B] (optional): the score of each image against its own hard negative caption, one more
+    column of the image->caption direction; hard_weight [B] 1.0 where that negative exists, 0.0
+    where it does not (the column is masked there)."""
     b = ops.shape(scores)[0]
     scores = ops.where(_negatives_mask(class_ids, b), _MASKED, scores)
     labels = ops.arange(b)
-    loss0 = ops.mean(keras.losses.sparse_categorical_crossentropy(labels, scores, from_logits=True))
+    rows = scores
+    if hard is not None:
+        column = ops.where(ops.cast(hard_weight, "float32") > 0, ops.cast(hard, "float32"), _MASKED)
+        rows = ops.concatenate([scores, column[:, None]], axis=1)
+    loss0 = ops.mean(keras.losses.sparse_categorical_crossentropy(labels, rows, from_logits=True))
     loss1 = ops.mean(keras.losses.sparse_categorical_crossentropy(labels, ops.transpose(scores), from_logits=True))
     return loss0, loss1
 
@@ -82,11 +97,17 @@ def _l2_normalize(x, axis=-1):
     return x / ops.maximum(ops.norm(x, axis=axis, keepdims=True), _EPS)
 
 
-def sentence_loss(image_code, sentence, class_ids=None, gamma3: float = 10.0):
-    """image_code [B, D], sentence [B, D] -> (loss0, loss1)."""
-    sim = ops.matmul(_l2_normalize(ops.cast(image_code, "float32")),
-                     ops.transpose(_l2_normalize(ops.cast(sentence, "float32"))))
-    return _cross_entropy_both_ways(sim * gamma3, class_ids)
+def sentence_loss(image_code, sentence, class_ids=None, gamma3: float = 10.0, hard_sentence=None,
+                  hard_weight=None):
+    """image_code [B, D], sentence [B, D] -> (loss0 image->caption, loss1 caption->image), float32
+    batch means. hard_sentence [B, D] (optional): each image's own caption with one word swapped,
+    a negative of that image only; hard_weight float [B] 1.0 where it exists (see module)."""
+    code = _l2_normalize(ops.cast(image_code, "float32"))
+    sim = ops.matmul(code, ops.transpose(_l2_normalize(ops.cast(sentence, "float32"))))
+    hard = None
+    if hard_sentence is not None:
+        hard = ops.sum(code * _l2_normalize(ops.cast(hard_sentence, "float32")), axis=-1) * gamma3
+    return _cross_entropy_both_ways(sim * gamma3, class_ids, hard, hard_weight)
 
 
 def word_attention(regions, words, mask, gamma1: float = 4.0):
@@ -105,15 +126,40 @@ def word_attention(regions, words, mask, gamma1: float = 4.0):
     return context, attn
 
 
-def word_loss(regions, words, mask, class_ids=None, gamma1: float = 4.0, gamma2: float = 5.0,
-              gamma3: float = 10.0):
-    """-> (loss0, loss1, attention of each caption on its own image [B, T, h, w])."""
+def word_scores(regions, words, mask, gamma1: float = 4.0, gamma2: float = 5.0):
+    """The word-level score R of every caption i on every image j: regions [B, h, w, D], words
+    [B, T, D], mask [B, T] -> (float32 [Bi, Bj], attention [Bi, Bj, T, h*w] as `word_attention`)."""
     context, attn = word_attention(regions, words, mask, gamma1)
     words32 = ops.cast(words, "float32")
     cos = ops.sum(_l2_normalize(context) * _l2_normalize(words32)[:, None], axis=-1)  # i, j, t
     cos = ops.where(mask[:, None, :], cos, _MASKED)
-    score = ops.logsumexp(cos * gamma2, axis=-1)  # i, j; masked words add exp(-huge) = 0
-    loss0, loss1 = _cross_entropy_both_ways(ops.transpose(score) * gamma3, class_ids)
+    return ops.logsumexp(cos * gamma2, axis=-1), attn  # masked words add exp(-huge) = 0
+
+
+def paired_word_score(regions, words, mask, gamma1: float = 4.0, gamma2: float = 5.0):
+    """The word-level score R of caption b on image b only (the diagonal of `word_loss`'s all-pairs
+    scores, without the other B - 1 images): regions [B, h, w, D], words [B, T, D], mask [B, T]
+    -> float32 [B], the same attention, cosine and log-sum-exp as there."""
+    regions, words32 = ops.cast(regions, "float32"), ops.cast(words, "float32")
+    b, h, w, d = ops.shape(regions)[0], ops.shape(regions)[1], ops.shape(regions)[2], regions.shape[-1]
+    r = ops.reshape(regions, (b, h * w, d))
+    sim = ops.where(mask[:, None, :], ops.einsum("brd,btd->brt", r, words32), _MASKED)
+    attn = ops.softmax(ops.transpose(ops.softmax(sim, axis=-1), (0, 2, 1)) * gamma1, axis=-1)  # b, t, r
+    context = ops.einsum("btr,brd->btd", attn, r)
+    cos = ops.where(mask, ops.sum(_l2_normalize(context) * _l2_normalize(words32), axis=-1), _MASKED)
+    return ops.logsumexp(cos * gamma2, axis=-1)
+
+
+def word_loss(regions, words, mask, class_ids=None, gamma1: float = 4.0, gamma2: float = 5.0,
+              gamma3: float = 10.0, hard_words=None, hard_mask=None, hard_weight=None):
+    """-> (loss0 image->caption, loss1 caption->image, attention of each caption on its own image
+    [B, T, h, w]). hard_words [B, T, D], hard_mask [B, T] (optional): each image's own caption
+    with one word swapped, a negative of that image only; hard_weight float [B] 1.0 where it exists."""
+    score, attn = word_scores(regions, words, mask, gamma1, gamma2)
+    hard = None
+    if hard_words is not None:
+        hard = paired_word_score(regions, hard_words, hard_mask, gamma1, gamma2) * gamma3
+    loss0, loss1 = _cross_entropy_both_ways(ops.transpose(score) * gamma3, class_ids, hard, hard_weight)
     b, h, w = ops.shape(regions)[0], ops.shape(regions)[1], ops.shape(regions)[2]
     own = ops.take_along_axis(attn, ops.reshape(ops.arange(b), (b, 1, 1, 1)), axis=1)[:, 0]
     return loss0, loss1, ops.reshape(own, (b, ops.shape(words)[1], h, w))

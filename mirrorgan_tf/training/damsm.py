@@ -3,7 +3,8 @@
 AttnGAN's recipe: word + sentence losses in both directions, Adam (lr 2e-3, betas 0.5/0.999), the
 learning rate x0.98 per epoch down to a tenth, and the text encoder's gradient clipped to norm
 0.25 (clipped on the global-batch gradient, so replicas change nothing). Contrastive negatives are
-the other captions of the same replica's batch.
+the other captions of the same replica's batch, and under `damsm.word_swap_negatives` each image's
+own caption with one word swapped (`train.wrong_word_swaps`; models/damsm.py).
 """
 
 from __future__ import annotations
@@ -57,17 +58,26 @@ def train(cfg, run: RunDir, strategy: tf.distribute.Strategy) -> loop.LoopResult
     state = loop.TrainState(checkpoint, step, stem.trainable_variables + encoder.trainable_variables,
                             loop.random_states(stem, encoder))
     gammas = (d.gamma1, d.gamma2, d.gamma3)
+    hard = d.word_swap_negatives
 
     @tf.autograph.experimental.do_not_convert  # plain Python loops over stages: nothing to convert
     def replica_step(batch):
         scale = steps.replica_scale()
         text_vars, image_vars = stem.trainable_variables, encoder.trainable_variables
         with tf.GradientTape() as tape:
-            words, sentence, mask = stem(batch["caption_ids"], batch["caption_len"], training=True)
+            ids, lengths = batch["caption_ids"], batch["caption_len"]
+            b = ids.shape[0]
+            if hard:  # one STEM pass over both (a swap keeps the caption's length)
+                ids, lengths = tf.concat([ids, batch["swapped_ids"]], 0), tf.concat([lengths, lengths], 0)
+            words, sentence, mask = stem(ids, lengths, training=True)
             regions, code = encoder(batch["images"][-1], training=True)
             classes = losses.pair_classes(batch)
-            w0, w1, _ = damsm.word_loss(regions, words, mask, classes, *gammas)
-            s0, s1 = damsm.sentence_loss(code, sentence, classes, gammas[2])
+            negatives = ({"hard_words": words[b:], "hard_mask": mask[b:], "hard_weight": batch["swapped"]}
+                         if hard else {})
+            w0, w1, _ = damsm.word_loss(regions, words[:b], mask[:b], classes, *gammas, **negatives)
+            s0, s1 = damsm.sentence_loss(code, sentence[:b], classes, gammas[2],
+                                         **({"hard_sentence": sentence[b:], "hard_weight": batch["swapped"]}
+                                            if hard else {}))
             loss = (w0 + w1 + s0 + s1) * scale
             scaled = steps.scale_loss(opt_text, loss)
         grads = tape.gradient(scaled, text_vars + image_vars)
