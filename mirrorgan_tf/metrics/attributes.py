@@ -110,16 +110,25 @@ def _classes(manifest) -> tuple[list[str], list[int]]:
     return names, [len(manifest["attributes"][n]) for n in names]
 
 
-def unseen_mask(manifest, attributes: np.ndarray) -> np.ndarray:
-    """True where an image's (colour, shape) pair is one the training split never shows."""
+def _held_out(manifest) -> tuple[dict, int, int]:
+    """The split's held-out colour-shape pairs: ({"<colour> <shape>": (colour index, shape index)}
+    in the manifest's order, the colour column, the shape column); ({}, -1, -1) for a dataset
+    without them (or without colour and shape attributes)."""
     names = data.attribute_names(manifest)
     held = (manifest.get("details") or {}).get("held_out_pairs") or []
     if not held or "colour" not in names or "shape" not in names:
-        return np.zeros(len(attributes), bool)
+        return {}, -1, -1
     values = manifest["attributes"]
-    c, s = names.index("colour"), names.index("shape")
-    pairs = {(values["colour"].index(a), values["shape"].index(b)) for a, b in held}
-    return np.array([(int(x[c]), int(x[s])) in pairs for x in attributes], bool)
+    pairs = {f"{a} {b}": (values["colour"].index(a), values["shape"].index(b)) for a, b in held}
+    return pairs, names.index("colour"), names.index("shape")
+
+
+def unseen_mask(manifest, attributes: np.ndarray) -> np.ndarray:
+    """True where an image's (colour, shape) pair is one the training split never shows."""
+    pairs, c, s = _held_out(manifest)
+    held = set(pairs.values())
+    return np.array([(int(x[c]), int(x[s])) in held for x in attributes], bool) if held else \
+        np.zeros(len(attributes), bool)
 
 
 def accuracies(predicted: np.ndarray, truth: np.ndarray, names: list[str], unseen: np.ndarray) -> dict:
@@ -185,24 +194,20 @@ def held_out_pairs(predicted: np.ndarray, truth: np.ndarray, manifest) -> dict:
     "shape": share, "read_as": {"colour": {value: share}, "shape": {value: share}}}}, shares in
     [0, 1] (read_as lists only values read at least once, in the manifest's order); a pair
     without images is left out, and a dataset without held-out pairs gives {}."""
-    names, values = data.attribute_names(manifest), manifest["attributes"]
-    held = (manifest.get("details") or {}).get("held_out_pairs") or []
-    if not held or "colour" not in names or "shape" not in names:
-        return {}
-    c, s = names.index("colour"), names.index("shape")
+    pairs, c, s = _held_out(manifest)
+    values = manifest["attributes"]
     out = {}
-    for colour, shape in held:
-        mask = (truth[:, c] == values["colour"].index(colour)) & (truth[:, s] == values["shape"].index(shape))
+    for pair, (colour, shape) in pairs.items():
+        mask = (truth[:, c] == colour) & (truth[:, s] == shape)
         if not mask.any():
             continue
-        right = predicted[mask] == truth[mask]
+        read, right = predicted[mask], predicted[mask] == truth[mask]
         read_as = {}
         for attribute, i in (("colour", c), ("shape", s)):
-            counts = np.bincount(predicted[mask][:, i], minlength=len(values[attribute]))
-            read_as[attribute] = {v: float(k / mask.sum()) for v, k in zip(values[attribute], counts) if k}
-        out[f"{colour} {shape}"] = {"images": int(mask.sum()), "all": float(right.all(axis=1).mean()),
-                                    "colour": float(right[:, c].mean()), "shape": float(right[:, s].mean()),
-                                    "read_as": read_as}
+            counts = np.bincount(read[:, i], minlength=len(values[attribute]))
+            read_as[attribute] = {v: float(k / len(read)) for v, k in zip(values[attribute], counts) if k}
+        out[pair] = {"images": len(read), "all": float(right.all(axis=1).mean()),
+                     "colour": float(right[:, c].mean()), "shape": float(right[:, s].mean()), "read_as": read_as}
     return out
 
 

@@ -110,44 +110,52 @@ def sentence_loss(image_code, sentence, class_ids=None, gamma3: float = 10.0, ha
     return _cross_entropy_both_ways(sim * gamma3, class_ids, hard, hard_weight)
 
 
+def _region_context(sim, regions, gamma1: float):
+    """AttnGAN's word -> region attention, for any leading axes: sim [..., R, T] region-word
+    similarities (masked words at -1e9), regions [..., R, D] (broadcast against sim's leading axes)
+    -> context [..., T, D] (each word's region context), attention [..., T, R]: a softmax over the
+    words for each region, then (x gamma1) a softmax over the regions for each word."""
+    attn = ops.softmax(sim, axis=-1)
+    attn = ops.softmax(ops.swapaxes(attn, -1, -2) * gamma1, axis=-1)
+    return ops.matmul(attn, regions), attn
+
+
+def _match(context, words, mask, gamma2: float):
+    """R = log sum over the caption's words of exp(gamma2 x cos(word, its context)): context and
+    words [..., T, D], mask [..., T] -> float32 [...]; masked words add exp(-huge) = 0."""
+    cos = ops.sum(_l2_normalize(context) * _l2_normalize(words), axis=-1)
+    return ops.logsumexp(ops.where(mask, cos, _MASKED) * gamma2, axis=-1)
+
+
+def _flat_regions(regions):
+    regions = ops.cast(regions, "float32")
+    b, h, w = ops.shape(regions)[0], ops.shape(regions)[1], ops.shape(regions)[2]
+    return ops.reshape(regions, (b, h * w, regions.shape[-1]))
+
+
 def word_attention(regions, words, mask, gamma1: float = 4.0):
     """Every caption i against every image j.
     regions [B, h, w, D], words [B, T, D], mask [B, T] ->
     context [Bi, Bj, T, D] (each word's region context), attention [Bi, Bj, T, h*w]."""
-    regions = ops.cast(regions, "float32")
-    words = ops.cast(words, "float32")
-    b, h, w, d = ops.shape(regions)[0], ops.shape(regions)[1], ops.shape(regions)[2], regions.shape[-1]
-    r = ops.reshape(regions, (b, h * w, d))
-    sim = ops.einsum("jrd,itd->ijrt", r, words)  # caption i, image j, region r, word t
-    sim = ops.where(mask[:, None, None, :], sim, _MASKED)
-    attn = ops.softmax(sim, axis=-1)  # over the caption's words, for each region
-    attn = ops.softmax(ops.transpose(attn, (0, 1, 3, 2)) * gamma1, axis=-1)  # over regions, for each word
-    context = ops.einsum("ijtr,jrd->ijtd", attn, r)
-    return context, attn
+    r = _flat_regions(regions)
+    sim = ops.einsum("jrd,itd->ijrt", r, ops.cast(words, "float32"))  # caption i, image j, region r, word t
+    return _region_context(ops.where(mask[:, None, None, :], sim, _MASKED), r[None], gamma1)
 
 
 def word_scores(regions, words, mask, gamma1: float = 4.0, gamma2: float = 5.0):
     """The word-level score R of every caption i on every image j: regions [B, h, w, D], words
     [B, T, D], mask [B, T] -> (float32 [Bi, Bj], attention [Bi, Bj, T, h*w] as `word_attention`)."""
     context, attn = word_attention(regions, words, mask, gamma1)
-    words32 = ops.cast(words, "float32")
-    cos = ops.sum(_l2_normalize(context) * _l2_normalize(words32)[:, None], axis=-1)  # i, j, t
-    cos = ops.where(mask[:, None, :], cos, _MASKED)
-    return ops.logsumexp(cos * gamma2, axis=-1), attn  # masked words add exp(-huge) = 0
+    return _match(context, ops.cast(words, "float32")[:, None], mask[:, None, :], gamma2), attn
 
 
 def paired_word_score(regions, words, mask, gamma1: float = 4.0, gamma2: float = 5.0):
-    """The word-level score R of caption b on image b only (the diagonal of `word_loss`'s all-pairs
-    scores, without the other B - 1 images): regions [B, h, w, D], words [B, T, D], mask [B, T]
-    -> float32 [B], the same attention, cosine and log-sum-exp as there."""
-    regions, words32 = ops.cast(regions, "float32"), ops.cast(words, "float32")
-    b, h, w, d = ops.shape(regions)[0], ops.shape(regions)[1], ops.shape(regions)[2], regions.shape[-1]
-    r = ops.reshape(regions, (b, h * w, d))
-    sim = ops.where(mask[:, None, :], ops.einsum("brd,btd->brt", r, words32), _MASKED)
-    attn = ops.softmax(ops.transpose(ops.softmax(sim, axis=-1), (0, 2, 1)) * gamma1, axis=-1)  # b, t, r
-    context = ops.einsum("btr,brd->btd", attn, r)
-    cos = ops.where(mask, ops.sum(_l2_normalize(context) * _l2_normalize(words32), axis=-1), _MASKED)
-    return ops.logsumexp(cos * gamma2, axis=-1)
+    """The word-level score R of caption b on image b only (the diagonal of `word_scores`, without
+    the other B - 1 images): regions [B, h, w, D], words [B, T, D], mask [B, T] -> float32 [B]."""
+    r, words32 = _flat_regions(regions), ops.cast(words, "float32")
+    sim = ops.einsum("brd,btd->brt", r, words32)
+    context, _ = _region_context(ops.where(mask[:, None, :], sim, _MASKED), r, gamma1)
+    return _match(context, words32, mask, gamma2)
 
 
 def word_loss(regions, words, mask, class_ids=None, gamma1: float = 4.0, gamma2: float = 5.0,

@@ -72,12 +72,12 @@ def train(cfg, run: RunDir, strategy: tf.distribute.Strategy) -> loop.LoopResult
             words, sentence, mask = stem(ids, lengths, training=True)
             regions, code = encoder(batch["images"][-1], training=True)
             classes = losses.pair_classes(batch)
-            negatives = ({"hard_words": words[b:], "hard_mask": mask[b:], "hard_weight": batch["swapped"]}
-                         if hard else {})
-            w0, w1, _ = damsm.word_loss(regions, words[:b], mask[:b], classes, *gammas, **negatives)
-            s0, s1 = damsm.sentence_loss(code, sentence[:b], classes, gammas[2],
-                                         **({"hard_sentence": sentence[b:], "hard_weight": batch["swapped"]}
-                                            if hard else {}))
+            hard_words, hard_mask, hard_sentence, weight = ((words[b:], mask[b:], sentence[b:], batch["swapped"])
+                                                            if hard else (None,) * 4)
+            w0, w1, _ = damsm.word_loss(regions, words[:b], mask[:b], classes, *gammas, hard_words=hard_words,
+                                        hard_mask=hard_mask, hard_weight=weight)
+            s0, s1 = damsm.sentence_loss(code, sentence[:b], classes, gammas[2], hard_sentence=hard_sentence,
+                                         hard_weight=weight)
             loss = (w0 + w1 + s0 + s1) * scale
             scaled = steps.scale_loss(opt_text, loss)
         grads = tape.gradient(scaled, text_vars + image_vars)
