@@ -6,11 +6,13 @@ of one caption, ratio = mean |image 1 - image 2| / mean |latent 1 - latent 2| (i
 real images of one attribute class in a split (shapes: colour, shape, size and position all
 equal), at each generator stage's size (images as the evaluation reads them, `data.eval_images`),
 the mean image distance over the expected latent distance of two unit-normal latents,
-E |z1 - z2| = 2 / sqrt(pi) = 1.128 per dimension. `train.mode_seeking_tau`'s 0.13 was read here:
+E |z1 - z2| = 2 / sqrt(pi) = 1.128 per dimension. It reads each pair twice: as the pixels are
+(`train.mode_seeking_tau`'s 0.13 was read here), and with each image's own mean colour taken away
+first, as the layout term reads them (`train.mode_seeking_layout_tau`'s 0.04):
 
     python benchmarks/real_pair_ratio.py [--config configs/shapes.yaml] [--set data.dir=DIR] [--split test]
 
-Prints, per size: the number of pairs, mean and median image distance, and mean / 1.128. Only for
+Prints, per size and reading: the number of pairs, mean and median image distance, and mean / 1.128. Only for
 datasets with attribute labels (shapes, or own data with one `label` per image).
 """
 
@@ -45,13 +47,16 @@ def main(argv=None) -> None:
         if attributes.shape[1] == 0:
             raise SystemExit(f"{cfg.data.dir}: the {args.split} split has no attribute labels")
         classes = class_ids(attributes)
-        distances = [np.abs(images[a] - images[b]).mean()
-                     for c in np.unique(classes)
-                     for a, b in itertools.combinations(np.flatnonzero(classes == c), 2)]
-        d = np.asarray(distances)
-        print(f"{size:4d} px: {len(d):,} same-class pairs of {len(images):,} {args.split} images; mean |difference| "
-              f"{d.mean():.4f} (median {np.median(d):.4f}); over E|z1 - z2| = {LATENT_DISTANCE:.3f}: "
-              f"ratio {d.mean() / LATENT_DISTANCE:.4f}")
+        pairs = [(a, b) for c in np.unique(classes)
+                 for a, b in itertools.combinations(np.flatnonzero(classes == c), 2)]
+        # The layout term's reading (losses.pair_distance_ratios, centred=True): each image minus
+        # its own per-channel mean, so a uniform shift of colour costs nothing.
+        centred = images - images.mean(axis=(1, 2), keepdims=True)
+        for name, x in (("pixels", images), ("centred", centred)):
+            d = np.asarray([np.abs(x[a] - x[b]).mean() for a, b in pairs])
+            print(f"{size:4d} px, {name:7s}: {len(d):,} same-class pairs of {len(images):,} {args.split} images; "
+                  f"mean |difference| {d.mean():.4f} (median {np.median(d):.4f}); over E|z1 - z2| = "
+                  f"{LATENT_DISTANCE:.3f}: ratio {d.mean() / LATENT_DISTANCE:.4f}")
 
 
 if __name__ == "__main__":
