@@ -249,7 +249,8 @@ RESUME = textwrap.dedent("""
     from mirrorgan_tf.train import train
     config, data_dir, run_dir, kind, steps = sys.argv[1:6]
     cfg = load_config(config, ["data.dir=" + data_dir, "damsm.max_steps=" + steps, "stream.max_steps=" + steps,
-                               "train.max_steps=" + steps, "train.checkpoint_every=2", "train.sample_every=0"])
+                               "train.max_steps=" + steps, "train.checkpoint_every=2", "train.sample_every=0",
+                               "model.stages=2"])  # two stages resume as three do, at two thirds of the tracing
     strategy = distribute.build_strategy(kind)
     out = {}
     for stage in ("damsm", "stream", "gan"):
