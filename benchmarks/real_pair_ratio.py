@@ -8,7 +8,8 @@ equal), at each generator stage's size (images as the evaluation reads them, `da
 the mean image distance over the expected latent distance of two unit-normal latents,
 E |z1 - z2| = 2 / sqrt(pi) = 1.128 per dimension. It reads each pair twice: as the pixels are
 (`train.mode_seeking_tau`'s 0.13 was read here), and with each image's own mean colour taken away
-first, as the layout term reads them (`train.mode_seeking_layout_tau`'s 0.04):
+first, so that a uniform shift of colour (a background level, a colour cast) costs nothing and
+what is left is mostly the layout (0.04: README, One caption, many pictures, a layout term tried):
 
     python benchmarks/real_pair_ratio.py [--config configs/shapes.yaml] [--set data.dir=DIR] [--split test]
 
@@ -49,8 +50,7 @@ def main(argv=None) -> None:
         classes = class_ids(attributes)
         pairs = [(a, b) for c in np.unique(classes)
                  for a, b in itertools.combinations(np.flatnonzero(classes == c), 2)]
-        # The layout term's reading (losses.pair_distance_ratios, centred=True): each image minus
-        # its own per-channel mean, so a uniform shift of colour costs nothing.
+        # Each image minus its own per-channel mean: a uniform shift of colour costs nothing.
         centred = images - images.mean(axis=(1, 2), keepdims=True)
         for name, x in (("pixels", images), ("centred", centred)):
             d = np.asarray([np.abs(x[a] - x[b]).mean() for a, b in pairs])

@@ -224,19 +224,6 @@ class TrainConfig:
     # difference|). 0.13: what pairs of real shapes test images of one class read (at 64 and 32 px,
     # against unit-normal latents, d_latent about 1.13): asks for the data's variety, not more.
     mode_seeking_tau: float = 0.13
-    # A second pair term that asks for the layout by name (ours, off by default): Yang et al.'s
-    # hinge -min(ratio, layout_tau) on the same pairs, stages and latents, with each image's own
-    # mean colour taken away before the pair distance (losses.pair_distance_ratios, centred=True).
-    # A change of background level or colour cast then counts for almost nothing, and what is left
-    # is where and how large the object is (and its colour against the background). Both pixel
-    # terms above earn most of their distance from the background, which covers most pixels, so
-    # a generator can satisfy them and still draw every object at its class's mean size and place.
-    # Needs train.mode_seeking_weight > 0 (the pairing). 0 (default): no such term.
-    mode_seeking_layout_weight: float = 0.0
-    # The layout term's bound: pairs of real shapes test images of one class read 0.039 (32 px) and
-    # 0.041 (64 px) with their mean colours taken away (benchmarks/real_pair_ratio.py), so 0.04 asks
-    # for the data's layout variety and no more.
-    mode_seeking_layout_tau: float = 0.04
     ema_decay: float = 0.999
     # Warm the EMA up as tf.train.ExponentialMovingAverage does with num_updates: decay
     # min(ema_decay, (1 + step) / (10 + step)). The original has none, and over 1,000 steps a
@@ -559,14 +546,6 @@ def _check_fields(cfg: Config) -> None:
          f"train.mode_seeking_weight must be >= 0 (0 = off), got {cfg.train.mode_seeking_weight}"),
         (cfg.train.mode_seeking_tau > 0.0,
          f"train.mode_seeking_tau must be > 0 (dsgan's bound on the ratio), got {cfg.train.mode_seeking_tau}"),
-        (cfg.train.mode_seeking_layout_weight >= 0.0,
-         f"train.mode_seeking_layout_weight must be >= 0 (0 = off), got {cfg.train.mode_seeking_layout_weight}"),
-        (cfg.train.mode_seeking_layout_tau > 0.0,
-         f"train.mode_seeking_layout_tau must be > 0 (the layout term's bound on the ratio), got "
-         f"{cfg.train.mode_seeking_layout_tau}"),
-        (cfg.train.mode_seeking_layout_weight == 0.0 or cfg.train.mode_seeking_weight > 0.0,
-         f"train.mode_seeking_layout_weight={cfg.train.mode_seeking_layout_weight:g} reads the mode-seeking pairs: "
-         f"set train.mode_seeking_weight > 0 too"),
         (cfg.train.eval_every >= 0, f"train.eval_every must be >= 0 (0 = off), got {cfg.train.eval_every}"),
         (cfg.train.eval_captions >= 1, f"train.eval_captions must be >= 1, got {cfg.train.eval_captions}"),
         (cfg.train.eval_samples_per_caption >= 1,

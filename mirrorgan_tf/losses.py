@@ -170,28 +170,21 @@ def mode_seeking_loss(images, latents, eps: float = 1e-5):
     return ops.mean(1.0 / (pair_distance_ratios(images, latents) + eps))
 
 
-def pair_distance_ratios(images, latents, centred: bool = False):
+def pair_distance_ratios(images, latents):
     """float32 [B / 2]: for each pair of samples of one caption (rows 2i, 2i + 1), the mean absolute
     image difference over the mean absolute latent difference, d_I / d_z: what both the
     mode-seeking and the diversity-sensitive terms ask the generator to raise. images float
     [B, s, s, 3] in [-1, 1], latents float [B, L] (B even, pairs adjacent). For unit-normal latents
     d_z is about 2 / sqrt(pi) = 1.13; pairs of real shapes test images of one class read a mean
-    d_I / 1.13 of 0.13 at 64 px and at 32 px.
-
-    centred=True first takes each image's own mean over its pixels (per channel) away, so that two
-    images differing only by a uniform shift of colour (a background level, a colour cast) are at
-    distance 0 and the distance is left to what moves: the layout (train.mode_seeking_layout_weight).
-    Real shapes pairs then read 0.039 at 32 px and 0.041 at 64 px."""
+    d_I / 1.13 of 0.13 at 64 px and at 32 px."""
     images = ops.cast(images, "float32")
     latents = ops.cast(latents, "float32")
-    if centred:
-        images = images - ops.mean(images, axis=(1, 2), keepdims=True)
     image_distance = ops.mean(ops.abs(images[0::2] - images[1::2]), axis=(1, 2, 3))
     latent_distance = ops.mean(ops.abs(latents[0::2] - latents[1::2]), axis=1)
     return image_distance / latent_distance
 
 
-def diversity_sensitive_loss(images, latents, tau: float, centred: bool = False):
+def diversity_sensitive_loss(images, latents, tau: float):
     """The diversity-sensitive term of Yang et al. (ICLR 2019, "Diversity-Sensitive Conditional
     Generative Adversarial Networks", eq. 2), written as a loss to minimise: -mean over pairs of
     min(d_I / d_z, tau), with d_I / d_z as `pair_distance_ratios`. Below the bound tau its gradient
@@ -201,10 +194,8 @@ def diversity_sensitive_loss(images, latents, tau: float, centred: bool = False)
 
     images float [B, s, s, 3] in [-1, 1] (B even, pairs adjacent); latents float [B, L]; tau > 0
     (`train.mode_seeking_tau`). Returns a float32 scalar in [-tau, 0] (0 for a generator that
-    ignores its noise, -tau when every pair is at least tau apart). centred=True reads the pairs
-    with each image's mean colour taken away (`pair_distance_ratios`): the layout term,
-    `train.mode_seeking_layout_weight` with bound `train.mode_seeking_layout_tau`."""
-    return -ops.mean(ops.minimum(pair_distance_ratios(images, latents, centred=centred), tau))
+    ignores its noise, -tau when every pair is at least tau apart)."""
+    return -ops.mean(ops.minimum(pair_distance_ratios(images, latents), tau))
 
 
 def kl_loss(mu, logvar):

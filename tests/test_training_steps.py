@@ -232,16 +232,6 @@ def test_mode_seeking_stages_all_adds_a_term_for_every_stage(prepared_shapes, mo
     calls.append([])
     value = float(gan.make_train_step(cfg, strategy, state)(batch)["mode_seeking"])
     assert calls[-1] == [] and -len(sizes) * cfg.train.mode_seeking_tau <= value < 0
-    # train.mode_seeking_layout_weight: the centred hinge on the same pairs and stages, beside the
-    # pixel term (not in its place): one term per stage in [-layout_tau, 0].
-    cfg = replace(base, train=replace(base.train, mode_seeking_stages="all", mode_seeking_layout_weight=10.0))
-    for v, x in zip(glam.weights, start):
-        v.assign(x)
-    calls.append([])
-    result = gan.make_train_step(cfg, strategy, state)(batch)
-    layout = float(result["mode_seeking_layout"])
-    assert calls[-1] == sizes and float(result["mode_seeking"]) == pytest.approx(out["all"], rel=1e-4)
-    assert -len(sizes) * cfg.train.mode_seeking_layout_tau <= layout < 0
     # train.stream_floor=real on the same start, batch and noise: each pair's images are floored at
     # the loss of the real image their caption came from (> 0), so the term is smaller; not 0,
     # as some of the images read back worse than their real one.

@@ -11,7 +11,6 @@ Losses each step returns (global-batch means, summed over replicas):
     d           d1 + ... + dN
     g           the whole generator loss: g_adv + kl_weight x kl + stream_weight x stream
                 (+ damsm_weight x damsm) (+ mode_seeking_weight x mode_seeking)
-                (+ mode_seeking_layout_weight x mode_seeking_layout)
     g_adv       the adversarial terms of all stages (unconditional + conditional)
     kl          the conditioning augmentation's KL term (unweighted)
     stream      the STREAM redescription loss on the final image (unweighted)
@@ -23,9 +22,6 @@ Losses each step returns (global-batch means, summed over replicas):
                 final image, or summed over every stage's under train.mode_seeking_stages=all;
                 under train.mode_seeking_noise=z with example 2i's conditioning noise too); D scores
                 the fakes against the captions they were drawn from, the real images against their own.
-    mode_seeking_layout  the layout term (unweighted), only when train.mode_seeking_layout_weight > 0:
-                `losses.diversity_sensitive_loss` on the same pairs and stages with each image's mean
-                colour taken away (centred=True), bounded by train.mode_seeking_layout_tau
 
 Distribution: each replica works on its share of the global batch; losses are scaled so that the
 gradients sum to the global-batch gradient, BatchNorm statistics are all-reduced
@@ -233,12 +229,6 @@ def make_train_step(cfg, strategy: tf.distribute.Strategy, state: GanTrainState)
                                     (fakes if t.mode_seeking_stages == "all" else fakes[-1:])])
                 g_loss += t.mode_seeking_weight * seeking
                 out_losses["mode_seeking"] = seeking * scale
-                if t.mode_seeking_layout_weight > 0:
-                    layout = tf.add_n([losses.diversity_sensitive_loss(fake, latents, t.mode_seeking_layout_tau,
-                                                                       centred=True)
-                                       for fake in (fakes if t.mode_seeking_stages == "all" else fakes[-1:])])
-                    g_loss += t.mode_seeking_layout_weight * layout
-                    out_losses["mode_seeking_layout"] = layout * scale
             if nets.damsm_image_encoder is not None:
                 damsm_term = losses.damsm_loss(nets.damsm_image_encoder, fakes[-1], g_words, g_sentence, g_mask,
                                                tf.gather(losses.pair_classes(batch), pair)
