@@ -229,6 +229,10 @@ class TrainConfig:
     # min(ema_decay, (1 + step) / (10 + step)). The original has none, and over 1,000 steps a
     # 0.999 average still holds 37 % of the untrained generator; long runs end the same either way.
     ema_warmup: bool = False
+    # Standing statistics (training/standing_statistics.py): 0, the original, gives the EMA weights
+    # the raw generator's running BatchNorm statistics; N > 0 recomputes them for the EMA weights
+    # over N training captions before every checkpoint, sample grid and evaluation.
+    ema_standing_statistics: int = 0
     checkpoint_every: int = 2000  # steps
     sample_every: int = 2000
     log_every: int = 100
@@ -542,6 +546,7 @@ def _check_fields(cfg: Config) -> None:
         (0.0 <= cfg.stream.random_translation < 1.0,
          f"stream.random_translation must be in [0, 1) (0 = off), got {cfg.stream.random_translation}"),
         (0.0 <= cfg.train.ema_decay < 1.0, "train.ema_decay must be in [0, 1)"),
+        (cfg.train.ema_standing_statistics >= 0, f"train.ema_standing_statistics must be >= 0 (0 = off), got {cfg.train.ema_standing_statistics}"),
         (cfg.train.mode_seeking_weight >= 0.0,
          f"train.mode_seeking_weight must be >= 0 (0 = off), got {cfg.train.mode_seeking_weight}"),
         (cfg.train.mode_seeking_tau > 0.0,

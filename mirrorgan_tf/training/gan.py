@@ -4,7 +4,8 @@ Per step, as the reference: GLAM generates every scale once; each discriminator 
 real / fake / wrong terms; then GLAM is updated with the adversarial terms of all stages (using the
 updated discriminators), the KL term, lambda x the STREAM redescription loss on the final image,
 and optionally AttnGAN's DAMSM term. An EMA copy of GLAM (decay 0.999) is what samples and exports
-use.
+use; with train.ema_standing_statistics its BatchNorm statistics are computed for its own weights
+before every checkpoint, sample grid and evaluation (training/standing_statistics.py).
 
 Losses each step returns (global-batch means, summed over replicas):
     d1 ... dN   discriminator i's loss: (real + cond real) / 2 + (fake + cond fake + cond wrong) / 3
@@ -42,6 +43,7 @@ from mirrorgan_tf.runs import RunDir, for_restore, resolve_stage_checkpoint, res
 from mirrorgan_tf.training import loop, steps
 from mirrorgan_tf.training.quality import QualityDuringTraining
 from mirrorgan_tf.training.sampler import Sampler
+from mirrorgan_tf.training.standing_statistics import StandingStatistics
 
 
 class GanTrainState:
@@ -102,7 +104,8 @@ class GanTrainState:
 
     def ema_update(self, decay: float, warmup: bool) -> None:
         """glam_ema <- decay x glam_ema + (1 - decay) x glam for the trainable weights; the
-        BatchNorm statistics are copied. With `warmup` the decay is min(decay, (1 + n) / (10 + n)),
+        BatchNorm statistics are copied (and, under train.ema_standing_statistics, recomputed for
+        the averaged weights before anything reads them: training/standing_statistics.py). With `warmup` the decay is min(decay, (1 + n) / (10 + n)),
         n the steps taken before this one (as TensorFlow's ExponentialMovingAverage with
         num_updates), so the average does not drag the random initial weights along.
 
@@ -272,9 +275,12 @@ def train(cfg, run: RunDir, strategy: tf.distribute.Strategy) -> loop.LoopResult
     sampler = Sampler(cfg, run, state.nets.stem, state.glam_ema) if chief else None
     # train.eval_every: the metrics on the chief (training/quality.py); every worker saves at those steps.
     evaluator = QualityDuringTraining(cfg, run, state.nets.stem, state.glam_ema) if chief and t.eval_every else None
+    # Every worker: the EMA's BatchNorm statistics are in every worker's checkpoint.
+    standing = (StandingStatistics(cfg, state.nets.stem, state.glam_ema)
+                if t.ema_standing_statistics else None)
     return loop.run_loop(
         "gan", run, strategy, state, train_step,
         data.DistributedInput(strategy, cfg, "train", batch_size=t.batch_size),
         loop.Cadence.for_stage(cfg, total, sample_every=t.sample_every, eval_every=t.eval_every), t.batch_size,
         learning_rates=lambda _: {"g": t.g_learning_rate, "d": t.d_learning_rate}, on_sample=sampler,
-        on_evaluate=evaluator)
+        on_evaluate=evaluator, before_outputs=(lambda _: standing()) if standing else None)

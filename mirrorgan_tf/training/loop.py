@@ -193,7 +193,8 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
              step_fn: Callable[[dict], dict], iterator: Iterator, cadence: Cadence, global_batch: int,
              learning_rates: Optional[Callable[[int], dict]] = None,
              on_sample: Optional[Callable[[int, tf.summary.SummaryWriter], None]] = None,
-             on_evaluate: Optional[Callable[[int, tf.summary.SummaryWriter, str], object]] = None) -> LoopResult:
+             on_evaluate: Optional[Callable[[int, tf.summary.SummaryWriter, str], object]] = None,
+             before_outputs: Optional[Callable[[int], None]] = None) -> LoopResult:
     """Run `step_fn` until `cadence.total_steps`, resuming from the latest checkpoint of `stage`.
 
     `step_fn(batch)` returns a dict of scalar losses (already reduced across replicas). When
@@ -214,6 +215,10 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
     is saved, and so do non-finite `state.trained_variables` at a checkpoint (NonFiniteLoss), so
     the last checkpoint always is a good one. The chief records the stage's metrics.json and marks
     it done in stages.json.
+    `before_outputs(step)` runs before anything of a step is written or read: a checkpoint (a
+    preemption's too), the sample grid's cadence, an evaluation. It runs on every worker at the same
+    steps (sample_every's cadence counts whether or not this worker samples), so it may be
+    collective; the GAN stage computes its EMA generator's standing statistics there.
     A stop requested by a signal (`stop.stop_on_signals`, checked after every step) saves the step
     just done (unless it was saved already) and raises stop.TrainingStopped; the stage is not marked
     done, and the next run resumes from that checkpoint.
@@ -299,6 +304,8 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
         guard.check(stage, manager.latest_checkpoint)
         if manager.latest_checkpoint and manager.latest_checkpoint.endswith(f"-{at}"):
             return stage, at, manager.latest_checkpoint
+        if before_outputs:
+            before_outputs(at)
         broken = _first_non_finite(state.trained_variables)
         if broken:
             raise NonFiniteLoss(f"stage '{stage}', step {at}: weight '{broken}' is not finite; stopped without "
@@ -324,6 +331,9 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
             save = step % cadence.checkpoint_every == 0 or final or signum is not None or evaluate
             if log or sample or save:
                 guard.check(stage, manager.latest_checkpoint)
+            sample_due = bool(cadence.sample_every and (step % cadence.sample_every == 0 or final))
+            if before_outputs and (save or sample_due):
+                before_outputs(step)
             if log:
                 losses = {k: float(v) for k, v in values.items()}
                 for k, v in losses.items():
