@@ -103,6 +103,29 @@ def test_loop_reads_the_last_losses_at_the_end(tmp_path):
     assert tf.train.latest_checkpoint(run.checkpoints("toy")).endswith("ckpt-3")
 
 
+def test_before_outputs_runs_before_every_save_and_sample_step_on_every_worker(tmp_path):
+    """The GAN stage's standing statistics hook: called at checkpoint steps (4, 8), at sample_every's
+    steps (3, 6, 9) although this toy run has no sampler (a worker that does not sample must
+    still join a collective), and at the final step (10), before that step's checkpoint."""
+    strategy = build_strategy("one_device")
+    with strategy.scope():
+        weight = tf.Variable(1.0, name="w")
+        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    state = loop.TrainState(tf.train.Checkpoint(w=weight, step=step_var), step_var, [weight])
+    run = RunDir(str(tmp_path / "run"))
+    calls = []
+
+    def before_outputs(step):
+        calls.append((step, tf.train.latest_checkpoint(run.checkpoints("toy"))))
+
+    loop.run_loop("toy", run, strategy, state, lambda batch: {"loss": tf.constant(1.0)},
+                  iter([tf.constant(1.0)] * 10), loop.Cadence(10, 4, 5, 100, sample_every=3), global_batch=1,
+                  before_outputs=before_outputs)
+    assert [step for step, _ in calls] == [3, 4, 6, 8, 9, 10]
+    # Before the step's own checkpoint: at step 4 none was written yet, at step 10 the latest is step 8's.
+    assert calls[1][1] is None and calls[-1][1].endswith("ckpt-8")
+
+
 def _toy_session(run, strategy, pipeline, total, batch_size):
     """run_loop on a one-weight toy state for `total` steps (checkpoint every 2), each step adding
     1 to the weight and recording its batch's keys: (keys per step taken, the weight at the end)."""
