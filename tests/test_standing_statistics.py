@@ -2,12 +2,17 @@
 computed for its own weights."""
 
 import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import CONFIGS
+from tests.conftest import CONFIGS, REPO
 from mirrorgan_tf import data, runs
 from mirrorgan_tf.config import ConfigError, load_config
 from mirrorgan_tf.models.networks import build_glam, build_stem, generate
@@ -86,7 +91,7 @@ def test_a_negative_count_is_refused_by_the_config(tmp_path):
 
 
 def test_a_trained_run_saves_the_ema_with_its_own_statistics(trained_run):
-    """The smoke GAN stage (train.ema_standing_statistics: 12) saved EMA BatchNorm statistics that
+    """The smoke GAN stage (trained_run sets train.ema_standing_statistics=12) saved EMA BatchNorm statistics that
     are the standing statistics of the EMA weights saved with them, not the raw generator's."""
     run = runs.load_run(str(trained_run[0]))
     assert run.cfg.train.ema_standing_statistics == 12
@@ -98,3 +103,47 @@ def test_a_trained_run_saves_the_ema_with_its_own_statistics(trained_run):
         np.testing.assert_allclose(ms, m, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(vs, v, rtol=1e-5, atol=1e-6)
     assert any(not np.allclose(vr, vs) for (_, vr), (_, vs) in zip(_moving(raw), saved))
+
+
+MIRRORED = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from mirrorgan_tf import distribute
+    distribute.split_cpu(2)
+    import tensorflow as tf
+    from mirrorgan_tf import data
+    from mirrorgan_tf.config import load_config
+    from mirrorgan_tf.models.networks import build_glam, build_stem
+    from mirrorgan_tf.training.standing_statistics import StandingStatistics, batch_norms
+
+    cfg = load_config(sys.argv[1], ["data.dir=" + sys.argv[2], "train.ema_standing_statistics=12"])
+    out = {}
+    for name, strategy, sync in (("one", tf.distribute.OneDeviceStrategy("/cpu:0"), False),
+                                 ("two", distribute.build_strategy("mirrored"), True)):
+        with strategy.scope():
+            stem, glam = build_stem(cfg, data.vocab_size(cfg)), build_glam(cfg, seed=0, sync_batch_norm=sync)
+        if name == "one":
+            weights = [w.numpy() for w in stem.weights + glam.weights]
+        for w, value in zip(stem.weights + glam.weights, weights):
+            w.assign(value)
+        StandingStatistics(cfg, stem, glam)()  # cross-replica context, as the GAN stage calls it
+        # every replica's copy of every moving variance
+        out[name] = [[np.asarray(t).tolist() for t in getattr(b.moving_variance.value, "values", [b.moving_variance.value])]
+                     for b in batch_norms(glam)]
+    print(json.dumps(out))
+""")
+
+
+def test_under_mirrored_strategy_every_replica_gets_the_one_device_statistics(prepared_shapes):
+    """Called in cross-replica context on two replicas with synchronised BatchNorm (the GAN stage's
+    setting), both copies of every statistic equal what one device computes."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    r = subprocess.run([sys.executable, "-c", MIRRORED, str(CONFIGS / "shapes_smoke.yaml"), str(prepared_shapes)],
+                       cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr[-4000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert len(out["one"]) == len(out["two"]) > 0
+    for (one,), replicas in zip(out["one"], out["two"]):
+        assert len(replicas) == 2
+        for copy in replicas:
+            np.testing.assert_allclose(copy, one, rtol=1e-4, atol=1e-6)
