@@ -37,8 +37,8 @@ NOISE_OFFSET = 1 << 40
 
 def batch_norms(model: keras.Model) -> list:
     """Every BatchNormalization layer inside `model`, in a fixed (creation) order."""
-    # Keras 3 has no public recursive walk over a subclassed model's layers; _flatten_layers is
-    # what Model.summary and weight saving use.
+    # Keras 3 has no public recursive walk over a subclassed model's nested layers (Model.layers
+    # lists only the direct ones); _flatten_layers is its own internal one.
     return [layer for layer in model._flatten_layers(include_self=False, recursive=True)
             if isinstance(layer, keras.layers.BatchNormalization)]
 
