@@ -129,8 +129,7 @@ def trained_run(prepared_shapes, tmp_path_factory):
     export), once per session (once for all xdist workers): training, export, serving and
     evaluation tests read it. Returns (run folder, the command's stdout)."""
     def train(run_dir):
-        # The EMA's standing statistics on (12 captions, three chunks of 4): the run every reader shares.
-        r = smoke_train(run_dir, prepared_shapes, "--set", "train.ema_standing_statistics=12")
+        r = smoke_train(run_dir, prepared_shapes)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         return r.stdout
 

@@ -91,7 +91,7 @@ def test_a_negative_count_is_refused_by_the_config(tmp_path):
 
 
 def test_a_trained_run_saves_the_ema_with_its_own_statistics(trained_run):
-    """The smoke GAN stage (trained_run sets train.ema_standing_statistics=12) saved EMA BatchNorm statistics that
+    """The smoke GAN stage (shapes_smoke.yaml: train.ema_standing_statistics 12) saved EMA BatchNorm statistics that
     are the standing statistics of the EMA weights saved with them, not the raw generator's."""
     run = runs.load_run(str(trained_run[0]))
     assert run.cfg.train.ema_standing_statistics == 12
