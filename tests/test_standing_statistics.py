@@ -85,7 +85,7 @@ def test_the_statistics_depend_on_the_weights_only(prepared_shapes):
     assert any(not np.array_equal(v1, v2) for (_, v1), (_, v2) in zip(first, _moving(glam)))
 
 
-def test_a_negative_count_is_refused_by_the_config(tmp_path):
+def test_a_negative_count_is_refused_by_the_config():
     with pytest.raises(ConfigError, match="train.ema_standing_statistics must be >= 0"):
         load_config(str(CONFIGS / "shapes_smoke.yaml"), ["train.ema_standing_statistics=-1"])
 

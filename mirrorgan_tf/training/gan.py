@@ -105,9 +105,9 @@ class GanTrainState:
     def ema_update(self, decay: float, warmup: bool) -> None:
         """glam_ema <- decay x glam_ema + (1 - decay) x glam for the trainable weights; the
         BatchNorm statistics are copied (and, under train.ema_standing_statistics, recomputed for
-        the averaged weights before anything reads them: training/standing_statistics.py). With `warmup` the decay is min(decay, (1 + n) / (10 + n)),
-        n the steps taken before this one (as TensorFlow's ExponentialMovingAverage with
-        num_updates), so the average does not drag the random initial weights along.
+        the averaged weights before anything reads them: training/standing_statistics.py). With
+        `warmup` the decay is min(decay, (1 + n) / (10 + n)), n the steps taken before this one
+        (as TensorFlow's ExponentialMovingAverage with num_updates), so the average does not drag the random initial weights along.
 
         Computed as glam_ema -= (1 - decay) x (glam_ema - glam), the same average rearranged as
         tf.train.ExponentialMovingAverage does, with the in-place AssignSubVariableOp of each

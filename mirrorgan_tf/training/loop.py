@@ -323,7 +323,9 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
             step_var.assign(step)
             final = step == total_steps
             log = step % cadence.log_every == 0 or final
-            sample = bool(on_sample and cadence.sample_every and (step % cadence.sample_every == 0 or final))
+            # Due on every worker alike (before_outputs may be collective); only a sampler samples.
+            sample_due = bool(cadence.sample_every and (step % cadence.sample_every == 0 or final))
+            sample = bool(on_sample) and sample_due
             # A signal asked to stop (checked here, between steps: the handler only set a flag).
             # The final step goes on to be recorded as done; any other saves now.
             signum = None if final else stop.requested()
@@ -331,7 +333,6 @@ def run_loop(stage: str, run: RunDir, strategy: tf.distribute.Strategy, state: T
             save = step % cadence.checkpoint_every == 0 or final or signum is not None or evaluate
             if log or sample or save:
                 guard.check(stage, manager.latest_checkpoint)
-            sample_due = bool(cadence.sample_every and (step % cadence.sample_every == 0 or final))
             if before_outputs and (save or sample_due):
                 before_outputs(step)
             if log:

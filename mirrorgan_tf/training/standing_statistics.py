@@ -73,7 +73,7 @@ class StandingStatistics:
         n = cfg.train.ema_standing_statistics
         if n < 1:
             raise ValueError(f"train.ema_standing_statistics must be >= 1 to compute standing statistics, got {n}")
-        self.glam, self.norms = glam, batch_norms(glam)
+        self.norms = batch_norms(glam)
         pairs = load_pairs(cfg, "train")
         rng = np.random.default_rng(cfg.train.seed)
         rows = rng.choice(len(pairs), size=n, replace=n > len(pairs))
