@@ -107,7 +107,8 @@ class GanTrainState:
         BatchNorm statistics are copied (and, under train.ema_standing_statistics, recomputed for
         the averaged weights before anything reads them: training/standing_statistics.py). With
         `warmup` the decay is min(decay, (1 + n) / (10 + n)), n the steps taken before this one
-        (as TensorFlow's ExponentialMovingAverage with num_updates), so the average does not drag the random initial weights along.
+        (as TensorFlow's ExponentialMovingAverage with num_updates), so the average does not drag
+        the random initial weights along.
 
         Computed as glam_ema -= (1 - decay) x (glam_ema - glam), the same average rearranged as
         tf.train.ExponentialMovingAverage does, with the in-place AssignSubVariableOp of each
