@@ -228,7 +228,10 @@ def test_mode_seeking_stages_all_adds_a_term_for_every_stage(prepared_shapes, mo
     monkeypatch.setattr(losses, "mode_seeking_loss",
                         lambda images, latents: (calls[-1].append(int(images.shape[2])), original(images, latents))[1])
     out = {}
-    base = load_config(CONFIGS / "shapes_smoke.yaml", [f"data.dir={prepared_shapes}", "train.mode_seeking_weight=1"])
+    # Two stages, not the smoke config's three: "all" differs from "last" from the second stage on,
+    # and each of the four steps below traces a third less.
+    base = load_config(CONFIGS / "shapes_smoke.yaml", [f"data.dir={prepared_shapes}", "train.mode_seeking_weight=1",
+                                                       "model.stages=2"])
     strategy = build_strategy("one_device")
     keras.utils.set_random_seed(0)
     state = gan.GanTrainState(base, strategy, data.vocab_size(base))  # one state: the switch is read by the step

@@ -31,9 +31,12 @@ def search_config(tmp_path, data_dir, pretrained, space: dict, **tune) -> str:
     for dotted, spec in space.items():
         section, key = dotted.split(".")
         full.setdefault(section, {})[key] = spec
-    # Two stages, not the smoke config's three: a trial's GAN stage traces a third less, and the
-    # search machinery under test does not depend on the cascade's depth.
+    # Two stages, not the smoke config's three, and no standing statistics: a trial's GAN stage
+    # traces a third less and skips the EMA's training-mode pass (a trace of its own in every
+    # process); the search machinery under test depends on neither (tests/test_standing_statistics.py
+    # covers the pass).
     values = {"base": str(CONFIGS / "shapes_smoke.yaml"), "data": {"dir": str(data_dir)}, "model": {"stages": 2},
+              "train": {"ema_standing_statistics": 0},
               "damsm": {"checkpoint": str(pretrained)}, "stream": {"checkpoint": str(pretrained)},
               "tune": {"tuner": "random", "seed": 0, "eval_captions": 20, **tune, "space": full}}
     path = tmp_path / "search.yaml"
