@@ -178,3 +178,40 @@ def test_bad_evaluation_keys_are_refused_before_any_stage_trains(prepared_shapes
     with pytest.raises(ConfigError, match="train.best_metric='attributes/seen' needs evaluations"):
         run("train.best_metric=attributes/seen")
     assert not (tmp_path / "run" / "damsm").exists()  # nothing trained
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_a_mixed_precision_stage_evaluates_with_the_figures_of_a_float32_one(trained_run, prepared_shapes, tmp_path,
+                                                                          policy):
+    """`train.mixed_precision` sets a process-wide policy while the GAN stage trains; the evaluation
+    during training builds its own networks (here the attribute classifier, trained on a copy of
+    the data that has none cached, then loaded from that cache) as evaluate does, in float32, so
+    they build at all and the figures are those of a float32 process on the same generator."""
+    from mirrorgan_tf import runs
+    from mirrorgan_tf.config import load_config
+    from mirrorgan_tf.models.networks import dtype_policy
+    from mirrorgan_tf.training.quality import QualityDuringTraining, scalars
+
+    run_dir = str(trained_run[0])
+    data_dir = tmp_path / "data"
+    shutil.copytree(prepared_shapes, data_dir, ignore=shutil.ignore_patterns("eval_cache"))
+    cfg = load_config(os.path.join(run_dir, "config.yaml"),
+                      [f"data.dir={data_dir}", "train.eval_metrics=[attributes,spread]",
+                       "train.eval_samples_per_caption=2", "train.best_metric="])
+    stem, glam = runs.load_run(run_dir).generator()
+
+    def figures():
+        quality = QualityDuringTraining(cfg, runs.RunDir(run_dir), stem, glam)
+        first = scalars(quality.evaluate())
+        assert scalars(quality.evaluate()) == first  # after the metrics' reset, the same captions and noise
+        return first
+
+    with dtype_policy(policy):
+        trained = figures()  # the classifier trains here, under the stage's policy
+        cached = figures()   # and is read back from the cache
+    assert list(data_dir.glob("eval_cache/attribute_classifier-*.weights.h5"))
+    reference = figures()    # a float32 process
+    assert set(trained) == set(reference) and "attributes_x_spread" in reference
+    for name, (value, images) in reference.items():
+        assert trained[name] == pytest.approx((value, images), rel=1e-6, abs=1e-9), name
+        assert cached[name] == pytest.approx((value, images), rel=1e-6, abs=1e-9), name
