@@ -224,6 +224,13 @@ class TrainConfig:
     # difference|). 0.13: what pairs of real shapes test images of one class read (at 64 and 32 px,
     # against unit-normal latents, d_latent about 1.13): asks for the data's variety, not more.
     mode_seeking_tau: float = 0.13
+    # How the discriminators' BatchNorm layers meet a step's images (ours): "separate" (default, as
+    # the original) normalises the real and the generated images each over its own batch, and then
+    # a discriminator cannot tell the generated images from the same images with all their pixels
+    # scaled by one gain (a contrast stretch about mid-grey; losses.joint_logits says why), which
+    # mode seeking, whose pixel distance grows with that gain, is free to push; "joint" passes real
+    # and generated images through each discriminator as one batch, in its update and in G's term.
+    d_batch_norm: Literal["separate", "joint"] = "separate"
     ema_decay: float = 0.999
     # Warm the EMA up as tf.train.ExponentialMovingAverage does with num_updates: decay
     # min(ema_decay, (1 + step) / (10 + step)). The original has none, and over 1,000 steps a
@@ -552,6 +559,9 @@ def _check_fields(cfg: Config) -> None:
          f"train.mode_seeking_weight must be >= 0 (0 = off), got {cfg.train.mode_seeking_weight}"),
         (cfg.train.mode_seeking_tau > 0.0,
          f"train.mode_seeking_tau must be > 0 (dsgan's bound on the ratio), got {cfg.train.mode_seeking_tau}"),
+        (cfg.train.d_batch_norm == "separate" or cfg.model.minibatch_std == 0,
+         f"train.d_batch_norm=joint needs model.minibatch_std=0 (got {cfg.model.minibatch_std}): its groups would "
+         f"mix real and generated images"),
         (cfg.train.eval_every >= 0, f"train.eval_every must be >= 0 (0 = off), got {cfg.train.eval_every}"),
         (cfg.train.eval_captions >= 1, f"train.eval_captions must be >= 1, got {cfg.train.eval_captions}"),
         (cfg.train.eval_samples_per_caption >= 1,

@@ -90,7 +90,7 @@ def pair_classes(batch) -> tf.Tensor:
 
 
 def discriminator_loss(d, real_images, fake_images, sentence, training=True, wrong=None, swapped=None,
-                       fake_sentence=None):
+                       fake_sentence=None, joint_batch_norm=False):
     """One stage's D loss: (real + cond real) / 2 + (fake + cond fake + cond wrong) / 3, where the
     "wrong" pairs are real images [0 : B-1] with sentences [1 : B] (`wrong_pairs`; a trainer that
     splits the batch across replicas passes its share of the global pairs).
@@ -101,17 +101,29 @@ def discriminator_loss(d, real_images, fake_images, sentence, training=True, wro
     share x the swapped pairs, each an average over its pairs (share 1/2, or 0 when no caption of
     the batch could be swapped). real_images, fake_images float [B, s, s, 3] in [-1, 1].
     fake_sentence: the sentences the fakes were drawn from, when not `sentence` (mode seeking's
-    paired captions, `mode_seeking_pairs`). Returns (float32 scalar loss, dict of float32 scalar terms)."""
+    paired captions, `mode_seeking_pairs`).
+    joint_batch_norm (`train.d_batch_norm=joint`): the real and generated images pass the encoder,
+    and with their captions the conditional head, as one batch (`joint_logits`), so that D's
+    BatchNorm layers normalise both with the same statistics; False (the original) passes each
+    batch on its own. Returns (float32 scalar loss, dict of float32 scalar terms)."""
     wrong_sentence, wrong_weight = wrong if wrong is not None else wrong_pairs(sentence)
     fake_sentence = sentence if fake_sentence is None else fake_sentence
-    h_real = d.encode(real_images, training=training)
-    h_fake = d.encode(ops.stop_gradient(fake_images), training=training)
+    fake_images = ops.stop_gradient(fake_images)
+    if joint_batch_norm:
+        h_real, (real, cond_real), (fake, cond_fake) = joint_logits(d, real_images, sentence, fake_images,
+                                                                    fake_sentence, training)
+    else:
+        h_real = d.encode(real_images, training=training)
+        h_fake = d.encode(fake_images, training=training)
+        real, cond_real = d.uncond_logits(h_real, training=training), d.cond_logits(h_real, sentence, training=training)
+        fake = d.uncond_logits(h_fake, training=training)
+        cond_fake = d.cond_logits(h_fake, fake_sentence, training=training)
     wrong_bce = bce_with_logits(d.cond_logits(h_real, wrong_sentence, training=training), 0.0)
     terms = {
-        "real": ops.mean(bce_with_logits(d.uncond_logits(h_real, training=training), 1.0)),
-        "cond_real": ops.mean(bce_with_logits(d.cond_logits(h_real, sentence, training=training), 1.0)),
-        "fake": ops.mean(bce_with_logits(d.uncond_logits(h_fake, training=training), 0.0)),
-        "cond_fake": ops.mean(bce_with_logits(d.cond_logits(h_fake, fake_sentence, training=training), 0.0)),
+        "real": ops.mean(bce_with_logits(real, 1.0)),
+        "cond_real": ops.mean(bce_with_logits(cond_real, 1.0)),
+        "fake": ops.mean(bce_with_logits(fake, 0.0)),
+        "cond_fake": ops.mean(bce_with_logits(cond_fake, 0.0)),
         "cond_wrong": ops.sum(wrong_bce * ops.cast(wrong_weight, "float32")),
     }
     cond_wrong = terms["cond_wrong"]
@@ -124,9 +136,35 @@ def discriminator_loss(d, real_images, fake_images, sentence, training=True, wro
     return loss, terms
 
 
-def generator_adversarial_loss(d, fake_images, sentence, training=True):
-    """One stage's G term: BCE(uncond fake, real) + BCE(cond fake, real)."""
-    uncond, cond = d(fake_images, sentence, training=training)
+def joint_logits(d, real_images, real_sentence, fake_images, fake_sentence, training=True):
+    """The discriminator `d` on real and generated images as one batch (`train.d_batch_norm=joint`):
+    images float [B, s, s, 3] in [-1, 1] each, sentences float [B, D]. Returns (h_real, the encoded
+    real images; (uncond, cond) logits float32 [B] of the real images; the same of the generated).
+
+    Why: D's convolutions have no bias, LeakyReLU is positively homogeneous, and a BatchNorm in
+    training mode divides a batch by its own spread, so a discriminator that encodes the generated
+    batch on its own gives the same logits for images x and g * x (any g > 0): it cannot see a gain
+    the generator applies to all its images at once, a contrast stretch about mid-grey (paler
+    backgrounds, more saturated objects). Normalised together with the real batch, the generated
+    images are read on the real ones' scale. Our switch; the original encodes each batch apart."""
+    b = real_images.shape[0]
+    h = d.encode(ops.concatenate([real_images, fake_images], axis=0), training=training)
+    uncond = d.uncond_logits(h, training=training)
+    cond = d.cond_logits(h, ops.concatenate([real_sentence, fake_sentence], axis=0), training=training)
+    return h[:b], (uncond[:b], cond[:b]), (uncond[b:], cond[b:])
+
+
+def generator_adversarial_loss(d, fake_images, sentence, training=True, real=None):
+    """One stage's G term: BCE(uncond fake, real) + BCE(cond fake, real). real: None (the original:
+    the fakes on their own) or (real images [B, s, s, 3], their sentences [B, D]) to pass D
+    together with the fakes (`joint_logits`, `train.d_batch_norm=joint`); the real images are
+    not differentiated."""
+    if real is None:
+        uncond, cond = d(fake_images, sentence, training=training)
+    else:
+        real_images, real_sentence = real
+        _, _, (uncond, cond) = joint_logits(d, ops.stop_gradient(real_images), real_sentence, fake_images, sentence,
+                                            training)
     return ops.mean(bce_with_logits(uncond, 1.0)) + ops.mean(bce_with_logits(cond, 1.0))
 
 

@@ -266,6 +266,16 @@ def test_stream_floor_is_none_real_or_real_words_and_the_published_configs_keep_
         load_config(CONFIGS / "shapes_smoke.yaml", ["train.stream_floor=fake"])
 
 
+def test_d_batch_norm_is_separate_or_joint_the_published_configs_keep_separate_and_joint_refuses_minibatch_std():
+    for name in ("cub.yaml", "coco.yaml", "shapes.yaml"):
+        assert load_config(CONFIGS / name).train.d_batch_norm == "separate"
+    assert load_config(CONFIGS / "shapes_smoke.yaml", ["train.d_batch_norm=joint"]).train.d_batch_norm == "joint"
+    with pytest.raises(ConfigError, match=r"train.d_batch_norm.*together"):
+        load_config(CONFIGS / "shapes_smoke.yaml", ["train.d_batch_norm=together"])
+    with pytest.raises(ConfigError, match=r"train.d_batch_norm=joint needs model.minibatch_std=0 \(got 4\)"):
+        load_config(CONFIGS / "shapes_smoke.yaml", ["train.d_batch_norm=joint", "model.minibatch_std=4"])
+
+
 def test_stream_label_smoothing_is_in_0_1_and_the_published_configs_keep_0():
     for name in ("cub.yaml", "coco.yaml", "shapes.yaml"):
         assert load_config(CONFIGS / name).stream.label_smoothing == 0.0

@@ -326,3 +326,39 @@ def test_mode_seeking_noise_z_shares_each_pairs_condition_and_measures_z_alone()
     np.testing.assert_array_equal(latent, z)
     with pytest.raises(ValueError, match="'both' or 'z', got 'c'"):
         losses.mode_seeking_noises(z, eps, pair, "c")
+
+
+def test_joint_batch_norm_computes_the_same_terms_on_a_discriminator_without_batch_statistics():
+    """train.d_batch_norm=joint changes only which images D's BatchNorm layers see together: with a
+    D whose logits are per image (StubD), every term and G's loss equal the separate passes'."""
+    real, fake = (rng.normal(size=(4, 3)).astype(np.float32) for _ in range(2))
+    sentence = rng.normal(size=(4, 2)).astype(np.float32)
+    drawn_from = sentence[[0, 0, 2, 2]]
+    loss, terms = losses.discriminator_loss(StubD(), real, fake, sentence, fake_sentence=drawn_from)
+    joint_loss, joint_terms = losses.discriminator_loss(StubD(), real, fake, sentence, fake_sentence=drawn_from,
+                                                        joint_batch_norm=True)
+    assert float(joint_loss) == pytest.approx(float(loss), rel=1e-6) and set(joint_terms) == set(terms)
+    for k in terms:
+        assert float(joint_terms[k]) == pytest.approx(float(terms[k]), rel=1e-6), k
+    g = losses.generator_adversarial_loss(StubD(), fake, drawn_from)
+    assert float(losses.generator_adversarial_loss(StubD(), fake, drawn_from, real=(real, sentence))) == \
+        pytest.approx(float(g), rel=1e-6)
+
+
+def test_a_discriminator_sees_a_gain_on_the_generated_batch_only_with_joint_batch_norm():
+    """The published discriminator in training mode (the mode of both GAN losses) gives the same
+    unconditional logits for a batch x and the batch g * x: its convolutions have no bias, LeakyReLU
+    is positively homogeneous, and its BatchNorm divides the gain out. Passed with real images as
+    one batch (`losses.joint_logits`), the scaled batch is judged on the real images' scale."""
+    from mirrorgan_tf.models.discriminators import Discriminator
+
+    d = Discriminator(0, df_dim=4, base_size=16, text_norm="rms")
+    images = lambda n: tf.constant(rng.uniform(-0.9, 0.9, size=(n, 16, 16, 3)).astype(np.float32))  # noqa: E731
+    real, fake = images(8), images(8)
+    sentence = tf.constant(rng.normal(size=(8, 6)).astype(np.float32))
+    uncond, _ = d(fake, sentence, training=True)
+    stretched, _ = d(1.2 * fake, sentence, training=True)
+    np.testing.assert_allclose(stretched.numpy(), uncond.numpy(), rtol=1e-3, atol=1e-3)
+    _, _, (joint, _) = losses.joint_logits(d, real, sentence, fake, sentence)
+    _, _, (joint_stretched, _) = losses.joint_logits(d, real, sentence, 1.2 * fake, sentence)
+    assert np.abs(joint_stretched.numpy() - joint.numpy()).mean() > 0.01

@@ -351,3 +351,32 @@ def test_damsm_with_word_swap_negatives_feeds_each_images_swapped_caption_to_bot
     assert sorted(set(seen)) == [("sentence_loss", (b, d), (b, d)), ("word_loss", (b, t, d), (b, t, d))]
     with pytest.raises(ConfigError, match="damsm.word_swap_negatives=true swaps the words of train.wrong_word_swaps"):
         load_config(CONFIGS / "shapes_smoke.yaml", ["damsm.word_swap_negatives=true", "train.wrong_word_swaps=[]"])
+
+
+def test_joint_batch_norm_trains_both_losses_from_one_batch_of_real_and_generated_images(prepared_shapes):
+    """train.d_batch_norm=joint: one step from the same weights, batch and noise as the original's
+    separate passes gives finite losses, and other ones for D and G's adversarial term (the
+    BatchNorm statistics differ), while the terms that never meet D (KL, STREAM) are equal."""
+    from dataclasses import replace
+
+    from mirrorgan_tf import data
+
+    base = load_config(CONFIGS / "shapes_smoke.yaml", [f"data.dir={prepared_shapes}", "model.stages=2"])
+    strategy = build_strategy("one_device")
+    keras.utils.set_random_seed(0)
+    state = gan.GanTrainState(base, strategy, data.vocab_size(base))
+    nets = [state.nets.glam, *state.nets.discriminators, *state.opts_d, state.opt_g]
+    start = [[v.numpy() for v in n.variables] for n in nets]
+    batch = next(iter(data.make_dataset(base, "train", batch_size=base.train.batch_size)))
+    out = {}
+    for mode in ("separate", "joint"):
+        for n, values in zip(nets, start):
+            for v, x in zip(n.variables, values):
+                v.assign(x)
+        cfg = replace(base, train=replace(base.train, d_batch_norm=mode))
+        out[mode] = {k: float(v) for k, v in gan.make_train_step(cfg, strategy, state)(batch).items()}
+    assert all(np.isfinite(v) for r in out.values() for v in r.values())
+    assert out["joint"]["d"] != pytest.approx(out["separate"]["d"], rel=1e-4)
+    assert out["joint"]["g_adv"] != pytest.approx(out["separate"]["g_adv"], rel=1e-4)
+    for k in ("kl", "stream"):
+        assert out["joint"][k] == pytest.approx(out["separate"][k], rel=1e-5), k

@@ -145,20 +145,21 @@ def restore_pretrained(cfg, run: RunDir, state: GanTrainState) -> None:
 
 
 def update_discriminators(discriminators, optimizers, real_images, fake_images, sentence, wrong, scale: float,
-                          swapped=None, fake_sentence=None):
+                          swapped=None, fake_sentence=None, joint_batch_norm=False):
     """One Adam step of every discriminator on its real / fake / wrong-pair terms
     (`losses.discriminator_loss`); the fakes are not differentiated. Runs in a replica context.
 
     real_images, fake_images: lists per stage of float32 [B, s, s, 3]; sentence [B, D]; wrong the
     replica's wrong pairs (`losses.wrong_pairs_across_replicas`); scale 1 / replicas; swapped
     None or the one-word-swap pairs (`train.wrong_word_swaps`, see `losses.discriminator_loss`);
-    fake_sentence the sentences the fakes were drawn from when not `sentence` (mode seeking).
-    Returns (sum of the scaled losses, {"d1": ..., "dN": ...} each scaled)."""
+    fake_sentence the sentences the fakes were drawn from when not `sentence` (mode seeking);
+    joint_batch_norm `train.d_batch_norm == "joint"`. Returns (sum of the scaled losses, {"d1": ..., "dN": ...} each scaled)."""
     total, per_stage = 0.0, {}
     for i, (d, opt, real, fake) in enumerate(zip(discriminators, optimizers, real_images, fake_images)):
         with tf.GradientTape() as tape:
             d_loss, _ = losses.discriminator_loss(d, real, fake, sentence, training=True, wrong=wrong,
-                                                  swapped=swapped, fake_sentence=fake_sentence)
+                                                  swapped=swapped, fake_sentence=fake_sentence,
+                                                  joint_batch_norm=joint_batch_norm)
             d_loss = d_loss * scale
             scaled = steps.scale_loss(opt, d_loss)
         opt.apply_gradients(zip(tape.gradient(scaled, d.trainable_variables), d.trainable_variables))
@@ -177,6 +178,7 @@ def make_train_step(cfg, strategy: tf.distribute.Strategy, state: GanTrainState)
         raise ConfigError("train.xla=true needs a single replica: under MirroredStrategy a jit-compiled step "
                           "cannot apply gradients; use --strategy one_device or xla=false")
     gammas = (cfg.damsm.gamma1, cfg.damsm.gamma2, cfg.damsm.gamma3)
+    joint = t.d_batch_norm == "joint"
 
     @tf.autograph.experimental.do_not_convert  # plain Python loops over stages: nothing to convert
     def replica_step(batch):
@@ -211,10 +213,11 @@ def make_train_step(cfg, strategy: tf.distribute.Strategy, state: GanTrainState)
                 d_total, d_losses = update_discriminators(
                     nets.discriminators, state.opts_d, batch["images"], fakes, sentence,
                     losses.wrong_pairs_across_replicas(sentence), scale, swapped=swapped,
-                    fake_sentence=None if g_sentence is sentence else g_sentence)
+                    fake_sentence=None if g_sentence is sentence else g_sentence, joint_batch_norm=joint)
                 out_losses.update(d_losses)
-            adversarial = tf.add_n([losses.generator_adversarial_loss(d, fake, g_sentence, training=True)
-                                    for d, fake in zip(nets.discriminators, fakes)])
+            adversarial = tf.add_n([losses.generator_adversarial_loss(d, fake, g_sentence, training=True,
+                                                                      real=(real, sentence) if joint else None)
+                                    for d, fake, real in zip(nets.discriminators, fakes, batch["images"])])
             kl = losses.kl_loss(out["mu"], out["logvar"])
             floor = None
             if t.stream_floor != "none":
