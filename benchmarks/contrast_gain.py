@@ -15,6 +15,8 @@ Prints, for a run's EMA generator (the first N test captions, one sample each, n
    real images as one batch (`train.d_batch_norm=joint`, `losses.joint_logits`).
 
     python benchmarks/contrast_gain.py --run-dir R [--captions 1000] [--seed 0]
+
+The run's latest gan checkpoint is read, so a run can be looked at while it trains.
 """
 
 from __future__ import annotations
@@ -88,8 +90,7 @@ def main(argv=None) -> None:
     prefix = run.gan_checkpoint()
     tf.train.Checkpoint(**{f"d{i}": d for i, d in enumerate(discriminators)}).restore(prefix).expect_partial()
     batch = next(iter(data.eval_images(cfg, "test", 64)))
-    stem, _ = run.generator()
-    sentence = stem(tf.constant(pairs.ids[:64]), tf.constant(pairs.lengths[:64]), training=False)[1]
+    sentence = generator.stem(tf.constant(pairs.ids[:64]), tf.constant(pairs.lengths[:64]), training=False)[1]
     print(f"  discriminators' mean unconditional logit on 64 real test images scaled by g ({prefix}):")
     for i, d in enumerate(discriminators):
         size = cfg.image_sizes[i]
