@@ -224,6 +224,11 @@ class TrainConfig:
     # difference|). 0.13: what pairs of real shapes test images of one class read (at 64 and 32 px,
     # against unit-normal latents, d_latent about 1.13): asks for the data's variety, not more.
     mode_seeking_tau: float = 0.13
+    # Whether the pair distance both terms raise ignores a contrast gain (ours): false (default,
+    # Mao et al.'s and Yang et al.'s) is the plain mean |x1 - x2|, which grows when every pixel of
+    # both images is scaled away from mid-grey, a change the published discriminators cannot see;
+    # true keeps its value and removes that direction from its gradient (losses.pair_distance_ratios).
+    mode_seeking_gain_invariant: bool = False
     # How the discriminators' BatchNorm layers meet a step's images (ours): "separate" (default, as
     # the original) normalises the real and the generated images each over its own batch, and then
     # a discriminator cannot tell the generated images from the same images with all their pixels

@@ -194,7 +194,7 @@ def mode_seeking_noises(noise, ca_noise, pair, which: str = "both"):
     raise ValueError(f"mode seeking noise must be 'both' or 'z', got {which!r}")
 
 
-def mode_seeking_loss(images, latents, eps: float = 1e-5):
+def mode_seeking_loss(images, latents, eps: float = 1e-5, gain_invariant: bool = False):
     """The mode-seeking term of Mao et al. (CVPR 2019, "Mode Seeking GANs", eq. 3): for each pair of
     samples (rows 2i, 2i + 1) drawn from one caption with two latents, d_I / d_z = mean |x1 - x2| /
     mean |z1 - z2| (means over pixels and latent dimensions), and the loss 1 / (d_I / d_z + eps),
@@ -204,25 +204,36 @@ def mode_seeking_loss(images, latents, eps: float = 1e-5):
     images float [B, s, s, 3] in [-1, 1] (B even, pairs adjacent); latents float [B, L], the
     generator's noise (z and the conditioning augmentation's epsilon, concatenated). Returns a
     float32 scalar > 0 (about 1 / 0.1-0.3 for a generator that uses its noise, up to 1 / eps for
-    one that ignores it)."""
-    return ops.mean(1.0 / (pair_distance_ratios(images, latents) + eps))
+    one that ignores it). gain_invariant: see `pair_distance_ratios`."""
+    return ops.mean(1.0 / (pair_distance_ratios(images, latents, gain_invariant) + eps))
 
 
-def pair_distance_ratios(images, latents):
+def pair_distance_ratios(images, latents, gain_invariant: bool = False):
     """float32 [B / 2]: for each pair of samples of one caption (rows 2i, 2i + 1), the mean absolute
     image difference over the mean absolute latent difference, d_I / d_z: what both the
     mode-seeking and the diversity-sensitive terms ask the generator to raise. images float
     [B, s, s, 3] in [-1, 1], latents float [B, L] (B even, pairs adjacent). For unit-normal latents
     d_z is about 2 / sqrt(pi) = 1.13; pairs of real shapes test images of one class read a mean
-    d_I / 1.13 of 0.13 at 64 px and at 32 px."""
+    d_I / 1.13 of 0.13 at 64 px and at 32 px.
+
+    gain_invariant (`train.mode_seeking_gain_invariant`, ours): d_I times c / L, L the pair's mean
+    absolute level about mid-grey ((mean |x1| + mean |x2|) / 2) and c the same L without gradient.
+    The value is d_I's; the gradient loses its part along a gain, since scaling both images by
+    g > 0 scales d_I and L alike. Without it a pair's distance grows with the contrast of every
+    pixel, which the discriminators cannot see (`joint_logits`), so the terms that raise it
+    reward a contrast stretch."""
     images = ops.cast(images, "float32")
     latents = ops.cast(latents, "float32")
     image_distance = ops.mean(ops.abs(images[0::2] - images[1::2]), axis=(1, 2, 3))
+    if gain_invariant:
+        level = (ops.mean(ops.abs(images[0::2]), axis=(1, 2, 3)) + ops.mean(ops.abs(images[1::2]), axis=(1, 2, 3))) / 2
+        level = level + 1e-6
+        image_distance = image_distance * ops.stop_gradient(level) / level
     latent_distance = ops.mean(ops.abs(latents[0::2] - latents[1::2]), axis=1)
     return image_distance / latent_distance
 
 
-def diversity_sensitive_loss(images, latents, tau: float):
+def diversity_sensitive_loss(images, latents, tau: float, gain_invariant: bool = False):
     """The diversity-sensitive term of Yang et al. (ICLR 2019, "Diversity-Sensitive Conditional
     Generative Adversarial Networks", eq. 2), written as a loss to minimise: -mean over pairs of
     min(d_I / d_z, tau), with d_I / d_z as `pair_distance_ratios`. Below the bound tau its gradient
@@ -232,8 +243,9 @@ def diversity_sensitive_loss(images, latents, tau: float):
 
     images float [B, s, s, 3] in [-1, 1] (B even, pairs adjacent); latents float [B, L]; tau > 0
     (`train.mode_seeking_tau`). Returns a float32 scalar in [-tau, 0] (0 for a generator that
-    ignores its noise, -tau when every pair is at least tau apart)."""
-    return -ops.mean(ops.minimum(pair_distance_ratios(images, latents), tau))
+    ignores its noise, -tau when every pair is at least tau apart). gain_invariant: see
+    `pair_distance_ratios`."""
+    return -ops.mean(ops.minimum(pair_distance_ratios(images, latents, gain_invariant), tau))
 
 
 def kl_loss(mu, logvar):

@@ -276,6 +276,12 @@ def test_d_batch_norm_is_separate_or_joint_the_published_configs_keep_separate_a
         load_config(CONFIGS / "shapes_smoke.yaml", ["train.d_batch_norm=joint", "model.minibatch_std=4"])
 
 
+def test_mode_seeking_gain_invariant_is_off_in_every_shipped_config():
+    for name in ("cub.yaml", "coco.yaml", "shapes.yaml", "shapes_smoke.yaml"):
+        assert load_config(CONFIGS / name).train.mode_seeking_gain_invariant is False
+    assert load_config(CONFIGS / "shapes_smoke.yaml", ["train.mode_seeking_gain_invariant=true"]).train.mode_seeking_gain_invariant
+
+
 def test_stream_label_smoothing_is_in_0_1_and_the_published_configs_keep_0():
     for name in ("cub.yaml", "coco.yaml", "shapes.yaml"):
         assert load_config(CONFIGS / name).stream.label_smoothing == 0.0

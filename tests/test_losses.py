@@ -362,3 +362,26 @@ def test_a_discriminator_sees_a_gain_on_the_generated_batch_only_with_joint_batc
     _, _, (joint, _) = losses.joint_logits(d, real, sentence, fake, sentence)
     _, _, (joint_stretched, _) = losses.joint_logits(d, real, sentence, 1.2 * fake, sentence)
     assert np.abs(joint_stretched.numpy() - joint.numpy()).mean() > 0.01
+
+
+def test_a_gain_invariant_pair_distance_keeps_its_value_and_has_no_gradient_along_a_gain():
+    """train.mode_seeking_gain_invariant: the ratio both terms raise is the plain one in value, but
+    scaling every pixel of the generated images by g earns it nothing (its derivative in g is 0),
+    where the plain distance grows with g (derivative d_I / d_z at g = 1)."""
+    images = tf.constant(rng.uniform(-0.9, 0.9, size=(4, 8, 8, 3)).astype(np.float32))
+    latents = tf.constant(rng.normal(size=(4, 5)).astype(np.float32))
+    plain = losses.pair_distance_ratios(images, latents)
+    np.testing.assert_allclose(losses.pair_distance_ratios(images, latents, gain_invariant=True).numpy(),
+                               plain.numpy(), rtol=1e-6)
+    gain = tf.Variable(1.0)
+    for invariant, want in ((False, plain.numpy()), (True, np.zeros(2))):
+        with tf.GradientTape(persistent=True) as tape:
+            ratios = losses.pair_distance_ratios(gain * images, latents, gain_invariant=invariant)
+            pairs = [ratios[0], ratios[1]]
+            ms = losses.mode_seeking_loss(gain * images, latents, gain_invariant=invariant)
+            ds = losses.diversity_sensitive_loss(gain * images, latents, 10.0, gain_invariant=invariant)
+        slopes = [float(tape.gradient(pair, gain)) for pair in pairs]
+        np.testing.assert_allclose(slopes, want, rtol=1e-4, atol=1e-5)  # 0 up to float32 rounding
+        for term in (ms, ds):
+            slope = float(tape.gradient(term, gain))
+            assert (abs(slope) < 1e-4) if invariant else (slope < -1e-3)

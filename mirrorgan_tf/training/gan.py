@@ -230,8 +230,11 @@ def make_train_step(cfg, strategy: tf.distribute.Strategy, state: GanTrainState)
                                                floor=floor)
             g_loss = adversarial + t.kl_weight * kl + t.stream_weight * redescription
             if t.mode_seeking_weight > 0:
-                term = (losses.mode_seeking_loss if t.mode_seeking_form == "msgan" else
-                        lambda images, noise: losses.diversity_sensitive_loss(images, noise, t.mode_seeking_tau))
+                invariant = t.mode_seeking_gain_invariant
+                term = ((lambda images, noise: losses.mode_seeking_loss(images, noise, gain_invariant=invariant))
+                        if t.mode_seeking_form == "msgan" else
+                        lambda images, noise: losses.diversity_sensitive_loss(images, noise, t.mode_seeking_tau,
+                                                                              gain_invariant=invariant))
                 seeking = tf.add_n([term(fake, latents) for fake in
                                     (fakes if t.mode_seeking_stages == "all" else fakes[-1:])])
                 g_loss += t.mode_seeking_weight * seeking
