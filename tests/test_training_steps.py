@@ -226,7 +226,8 @@ def test_mode_seeking_stages_all_adds_a_term_for_every_stage(prepared_shapes, mo
     calls = []  # the image widths the term is built on, recorded while the step is traced
     original = losses.mode_seeking_loss
     monkeypatch.setattr(losses, "mode_seeking_loss",
-                        lambda images, latents: (calls[-1].append(int(images.shape[2])), original(images, latents))[1])
+                        lambda images, latents, **kw: (calls[-1].append(int(images.shape[2])),
+                                                       original(images, latents, **kw))[1])
     out = {}
     # Two stages, not the smoke config's three: "all" differs from "last" from the second stage on,
     # and each of the four steps below traces a third less.
