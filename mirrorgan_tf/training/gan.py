@@ -153,7 +153,8 @@ def update_discriminators(discriminators, optimizers, real_images, fake_images, 
     replica's wrong pairs (`losses.wrong_pairs_across_replicas`); scale 1 / replicas; swapped
     None or the one-word-swap pairs (`train.wrong_word_swaps`, see `losses.discriminator_loss`);
     fake_sentence the sentences the fakes were drawn from when not `sentence` (mode seeking);
-    joint_batch_norm `train.d_batch_norm == "joint"`. Returns (sum of the scaled losses, {"d1": ..., "dN": ...} each scaled)."""
+    joint_batch_norm `train.d_batch_norm == "joint"`.
+    Returns (sum of the scaled losses, {"d1": ..., "dN": ...} each scaled)."""
     total, per_stage = 0.0, {}
     for i, (d, opt, real, fake) in enumerate(zip(discriminators, optimizers, real_images, fake_images)):
         with tf.GradientTape() as tape:
