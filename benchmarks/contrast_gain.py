@@ -3,9 +3,9 @@
 Prints, for a run's EMA generator (the first N test captions, one sample each, noise from
 `evaluation.generator.sample_noise` with --seed) against the real test images:
 
-1. Mean colours in RGB levels 0-255: the background (the per-channel median of the border pixels,
-   as `spread` reads it) and the object's inner pixels per colour word (`attributes.foreground`
-   >= 0.95), real then generated; and the gain g that best maps the real means onto the
+1. Mean colours in RGB levels 0-255, read by `spread`'s pixel reader (`spread.read_factors`): the
+   background (the per-channel median of the border pixels) and the object's colour (the mean of
+   its inner pixels) per colour word, real then generated; and the gain g that best maps the real means onto the
    generated ones about mid-grey, least squares over all of them: level - 127.5 ~ g (real -
    127.5). g = 1: the data's contrast; g > 1: paler backgrounds and more saturated objects.
 2. Each discriminator's mean unconditional logit, in training mode (as both GAN losses call it),
@@ -29,7 +29,7 @@ import tensorflow as tf
 from mirrorgan_tf import data, losses, runs
 from mirrorgan_tf.evaluation.generator import TrainedGenerator
 from mirrorgan_tf.evaluation.pairs import load_pairs
-from mirrorgan_tf.metrics.attributes import foreground
+from mirrorgan_tf.metrics.spread import read_factors
 from mirrorgan_tf.models import networks
 
 GAINS = (0.9, 1.0, 1.1, 1.2, 1.3)
@@ -37,14 +37,9 @@ MID = 127.5
 
 
 def colours(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """images float [B, s, s, 3] in [-1, 1] -> (background [B, 3], object [B, 3] (nan where no
-    pixel is inside the object)), RGB levels."""
-    levels = (images + 1.0) * MID
-    border = np.concatenate([levels[:, 0], levels[:, -1], levels[:, 1:-1, 0], levels[:, 1:-1, -1]], axis=1)
-    inside = foreground(tf.constant(images, tf.float32))[..., 0].numpy() >= 0.95
-    obj = np.array([levels[i][inside[i]].mean(axis=0) if inside[i].sum() >= 4 else np.full(3, np.nan)
-                    for i in range(len(levels))])
-    return np.median(border, axis=1), obj
+    """images float [B, s, s, 3] in [-1, 1] -> (background [B, 3], object colour [B, 3]), RGB levels."""
+    factors = read_factors(images)
+    return factors["background"], factors["colour"]
 
 
 def main(argv=None) -> None:
@@ -78,8 +73,8 @@ def main(argv=None) -> None:
     print(f"  background      real {np.round(real_bg.mean(0), 1)}  generated {np.round(fake_bg.mean(0), 1)}")
     pairs_of_means = [(real_bg.mean(0), fake_bg.mean(0))]
     for k, name in enumerate(names):
-        r = np.nanmean(real_obj[real_attributes[:, column] == k], axis=0)
-        f = np.nanmean(fake_obj[fake_attributes[:, column] == k], axis=0)
+        r = np.mean(real_obj[real_attributes[:, column] == k], axis=0)
+        f = np.mean(fake_obj[fake_attributes[:, column] == k], axis=0)
         pairs_of_means.append((r, f))
         print(f"  {name:14s}  real {np.round(r, 1)}  generated {np.round(f, 1)}")
     r = np.concatenate([x for x, _ in pairs_of_means]) - MID
@@ -89,13 +84,12 @@ def main(argv=None) -> None:
     discriminators = networks.build_discriminators(cfg, batch=2)
     prefix = run.gan_checkpoint()
     tf.train.Checkpoint(**{f"d{i}": d for i, d in enumerate(discriminators)}).restore(prefix).expect_partial()
-    batch = next(iter(data.eval_images(cfg, "test", 64)))
+    first = tf.constant(real[:64])  # the first 64 real test images, read above
     sentence = generator.stem(tf.constant(pairs.ids[:64]), tf.constant(pairs.lengths[:64]), training=False)[1]
     print(f"  discriminators' mean unconditional logit on 64 real test images scaled by g ({prefix}):")
     for i, d in enumerate(discriminators):
         size = cfg.image_sizes[i]
-        images = batch["images"] if size == real.shape[1] else tf.image.resize(batch["images"], [size, size],
-                                                                                 "bilinear", antialias=True)
+        images = first if size == real.shape[1] else tf.image.resize(first, [size, size], "bilinear", antialias=True)
         alone, joint = [], []
         for g in GAINS:
             scaled = tf.clip_by_value(g * images, -1.0, 1.0)
