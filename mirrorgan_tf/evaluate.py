@@ -177,9 +177,10 @@ def evaluate(a) -> dict:
         from mirrorgan_tf.evaluation import protocol as published
 
         return published.run(a, ctx, metrics)
+    from mirrorgan_tf.metrics import prepare_metrics
+
     generator = TrainedGenerator(a.run_dir, a.checkpoint, a.weights)
-    for m in metrics:
-        m.prepare()
+    prepare_metrics(metrics)
     pairs = ctx.all_pairs
     start = time.time()
     n = len(ctx.rows)

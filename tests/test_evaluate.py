@@ -367,6 +367,26 @@ def test_evaluation_does_not_depend_on_the_batch_size(evaluated):
             assert "warning" in r and "24 generated vs 48 real" in r["warning"]
 
 
+def test_evaluate_in_a_mixed_precision_process_scores_as_a_float32_one(evaluated):
+    """A library user may call evaluate in a process whose Keras policy is mixed (a notebook that
+    trained with train.mixed_precision). The metrics' own networks (the attribute classifier,
+    read here from the data's cache; the DAMSM) must still build and compute in float32."""
+    from mirrorgan_tf.evaluate import evaluate, parse
+    from mirrorgan_tf.models.networks import dtype_policy
+
+    run_dir, _, first, _, _ = evaluated
+    args = ["--run-dir", str(run_dir), "--num-images", "24", "--folds", "2", "--classifier-steps", "20",
+            "--batch-size", "12", "--metrics", "attributes,r_precision"]
+    with dtype_policy("mixed_bfloat16"):
+        mixed = evaluate(parse(args))
+    assert set(mixed) == {"attributes", "r_precision"}
+    for name, r in mixed.items():
+        before = dict(first["test"][name])
+        r = dict(r)
+        r.pop("settings"), before.pop("settings")
+        assert r == before, name
+
+
 def test_evaluate_is_reproducible_for_a_seed(evaluated):
     _, _, first, second, _ = evaluated
     for name in ("attributes", "r_precision"):

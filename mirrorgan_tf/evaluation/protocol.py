@@ -229,6 +229,7 @@ def run(a, ctx, metrics) -> dict:
     """Generate (resuming) and score a protocol run; returns the results (also written to
     <out>/results.json)."""
     from mirrorgan_tf.evaluation.generator import TrainedGenerator
+    from mirrorgan_tf.metrics import prepare_metrics
     from mirrorgan_tf.runs import load_run
 
     protocol = PROTOCOLS[a.protocol]
@@ -238,8 +239,7 @@ def run(a, ctx, metrics) -> dict:
     check_state(folder, state(a, protocol, ctx, checkpoint, count))
     store = ShardStore(folder, count, a.shard_size)
     generation = generate(store, TrainedGenerator(a.run_dir, getattr(a, "checkpoint", "latest")), ctx)
-    for m in metrics:
-        m.prepare()
+    prepare_metrics(metrics)
     score(store, metrics, ctx.batch_size)
     results = {
         "protocol": {**asdict(protocol), "images": count, "published_images": protocol.images,

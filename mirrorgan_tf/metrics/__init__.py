@@ -17,4 +17,23 @@ from mirrorgan_tf.metrics.spread import FactorSpread
 
 REGISTRY: dict[str, type[Metric]] = {m.name: m for m in (RPrecision, FID, KID, InceptionScore, AttributeAccuracy, FactorSpread, Diversity)}
 
-__all__ = ["REGISTRY", "Context", "EvalError", "Metric"]
+
+def prepare_metrics(metrics: list[Metric], *, reset: bool = False) -> None:
+    """Calls each metric's `prepare` (or, with reset=True, its `reset`, which may prepare anew)
+    under Keras' float32 policy (runs.INFERENCE_POLICY), and puts the process's policy back.
+
+    The networks a metric builds (the attribute classifier, a DAMSM, Inception) then compute in
+    float32 whatever policy the process has: a training stage with `train.mixed_precision` sets a
+    mixed policy process-wide, and a classifier built under it fails on its float32 constants
+    (TypeError / InvalidArgumentError in Mul) or would score other figures than a float32 process.
+    Every caller that prepares metrics (evaluate, the published protocol, the evaluation during
+    training) goes through here. Raises whatever the metrics' prepare / reset raise."""
+    from mirrorgan_tf.models.networks import dtype_policy
+    from mirrorgan_tf.runs import INFERENCE_POLICY
+
+    with dtype_policy(INFERENCE_POLICY):
+        for m in metrics:
+            m.reset() if reset else m.prepare()
+
+
+__all__ = ["REGISTRY", "Context", "EvalError", "Metric", "prepare_metrics"]

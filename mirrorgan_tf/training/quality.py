@@ -35,8 +35,7 @@ import tensorflow as tf
 from mirrorgan_tf import data, runs
 from mirrorgan_tf.evaluation.generator import TrainedGenerator
 from mirrorgan_tf.evaluation.pairs import load_pairs
-from mirrorgan_tf.metrics import REGISTRY, Context, EvalError
-from mirrorgan_tf.models.networks import dtype_policy
+from mirrorgan_tf.metrics import REGISTRY, Context, EvalError, prepare_metrics
 
 SPLIT = "test"
 WARN_FRACTION = 0.10  # above this share of the stage's time, the printout suggests evaluating less
@@ -178,13 +177,9 @@ class QualityDuringTraining:
                 raise EvalError(f"train.eval_metrics: {name}: {e} (here --num-images is train.eval_captions x "
                                 f"train.eval_samples_per_caption, --inception-* train.eval_inception)") from None
         start = time.time()
-        # The metrics' own networks (the attribute classifier, a DAMSM) are built as evaluate builds
-        # them, in float32: under the stage's mixed_bfloat16 / mixed_float16 policy they would be
-        # built to compute in half precision, which the classifier cannot (float32 constants) and
-        # which would score other figures than evaluate's. The generator keeps the stage's policy.
-        with dtype_policy(runs.INFERENCE_POLICY):
-            for m in self.metrics:
-                m.prepare()
+        # The metrics' own networks are built in float32 as evaluate builds them (prepare_metrics),
+        # not under the stage's mixed policy; the generator keeps the stage's policy.
+        prepare_metrics(self.metrics)
         self.prepared = False  # the first evaluation scores with what prepare() set up; later ones reset()
         self.setup_seconds = time.time() - start
         self.generator = TrainedGenerator.from_networks(cfg, stem, glam)
@@ -203,9 +198,7 @@ class QualityDuringTraining:
     def evaluate(self) -> dict:
         """{metric: result()} of the generator as it is now: every metric, as evaluate computes it."""
         if self.prepared:
-            with dtype_policy(runs.INFERENCE_POLICY):  # a reset may prepare anew (Metric.reset)
-                for m in self.metrics:
-                    m.reset()
+            prepare_metrics(self.metrics, reset=True)  # a reset may prepare anew (Metric.reset): float32 too
         self.prepared = True
         ctx, pairs = self.ctx, self.ctx.all_pairs
         n = len(ctx.rows)
