@@ -100,6 +100,12 @@ class ModelConfig:
     # many images averaged over features and positions, so that it can see a batch that lacks
     # variety. 0 (the published discriminators): off.
     minibatch_std: int = 0
+    # A pair head in each discriminator (ours, after Lin et al.'s PacGAN, NeurIPS 2018, made
+    # conditional): it judges two images of one caption together, real pairs (two training images
+    # of one class) against generated ones (one caption under two noises), so that D can see a
+    # generator whose samples of a caption vary less, or more, than the data's. false: the
+    # published discriminators, which judge one image at a time.
+    pair_discriminator: bool = False
 
 
 @dataclass
@@ -564,6 +570,9 @@ def _check_fields(cfg: Config) -> None:
          f"train.mode_seeking_weight must be >= 0 (0 = off), got {cfg.train.mode_seeking_weight}"),
         (cfg.train.mode_seeking_tau > 0.0,
          f"train.mode_seeking_tau must be > 0 (dsgan's bound on the ratio), got {cfg.train.mode_seeking_tau}"),
+        (cfg.train.d_batch_norm == "separate" or not cfg.model.pair_discriminator,
+         "train.d_batch_norm=joint needs model.pair_discriminator=false: the pair head reads the generated "
+         "images' own encoding, which the joint batch does not keep apart"),
         (cfg.train.d_batch_norm == "separate" or cfg.model.minibatch_std == 0,
          f"train.d_batch_norm=joint needs model.minibatch_std=0 (got {cfg.model.minibatch_std}): its groups would "
          f"mix real and generated images"),
@@ -768,8 +777,10 @@ def check_replica_batches(cfg: Config, replicas: int) -> None:
         raise ConfigError(f"train.xla=true needs a single replica, and the strategy has {replicas}: under "
                           f"MirroredStrategy the jit-compiled GAN step cannot apply gradients; use "
                           f"--strategy one_device or --set train.xla=false")
-    if cfg.train.mode_seeking_weight > 0 and (cfg.train.batch_size // replicas) % 2:
-        raise ConfigError(f"train.mode_seeking_weight={cfg.train.mode_seeking_weight:g} pairs the examples of each "
+    pairing = (f"train.mode_seeking_weight={cfg.train.mode_seeking_weight:g}" if cfg.train.mode_seeking_weight > 0
+               else "model.pair_discriminator=true" if cfg.model.pair_discriminator else None)
+    if pairing and (cfg.train.batch_size // replicas) % 2:
+        raise ConfigError(f"{pairing} pairs the examples of each "
                           f"replica's batch, but train.batch_size={cfg.train.batch_size} over {replicas} replicas "
                           f"gives {cfg.train.batch_size // replicas} per replica: make it even")
 

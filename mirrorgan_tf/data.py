@@ -307,11 +307,51 @@ def check_prepared(cfg: Config, stages=TRAINING_STAGES) -> dict:
             word_swap(cfg)
         except DataError as e:
             problems.append(str(e))
+    if "gan" in stages and cfg.model.pair_discriminator and not _has_classes(cfg.data.dir, manifest):
+        problems.append("model.pair_discriminator=true shows the discriminators pairs of real images of one class, "
+                        "but this dataset has neither attribute labels nor class ids (its first training record "
+                        "has class -1): set model.pair_discriminator=false, or prepare it with classes")
     if problems:
         raise DataError(f"{path}: this dataset cannot be trained on as configured:\n  - " + "\n  - ".join(problems))
     if note:
         print(f"note: {note}", flush=True)
     return manifest
+
+
+def _has_classes(data_dir: str, manifest: dict) -> bool:
+    """Whether the train split's images carry a class: attribute labels (the manifest lists them)
+    or a class id (read from the first training record: datasets label all their images or none)."""
+    if manifest.get("attributes"):
+        return True
+    try:
+        first = next(iter(tf.data.TFRecordDataset(_shards(data_dir, manifest, "train")[:1]).take(1)), None)
+    except (tf.errors.OpError, DataError):
+        return False  # an unreadable shard is check_shards' to report
+    return first is not None and int(records.parse_example(first)["class_id"]) >= 0
+
+
+def class_keys(class_id: tf.Tensor, attributes: tf.Tensor) -> tf.Tensor:
+    """int64 ids that are equal for images of one class: the class id where known (>= 0), else the
+    combination of the attribute labels (shapes: colour, shape, size, position; each below 1,000),
+    else -1. class_id int64 [...]; attributes int64 [..., A] with A static (0 allowed)."""
+    if attributes.shape[-1]:
+        radix = tf.constant([1000**k for k in range(attributes.shape[-1])], tf.int64)
+        return tf.where(class_id >= 0, class_id, tf.reduce_sum(attributes * radix, axis=-1))
+    return class_id
+
+
+def same_class_pairs(ds: tf.data.Dataset, num_attributes: int) -> tf.data.Dataset:
+    """Examples of `ds` (unbatched `_Example` dicts) regrouped so that examples 2i and 2i + 1 are
+    two images of one class (`class_keys`), for `model.pair_discriminator`: each class gathers
+    its examples as they arrive and lets two go as soon as it holds two, so the order still
+    follows the shuffled input. Every class needs at least two images; one left over at the end
+    of a finite input is dropped."""
+    def key(x):
+        attributes = tf.ensure_shape(x["attributes"], [num_attributes])
+        return class_keys(x["class_id"], attributes)
+
+    return (ds.group_by_window(key, lambda _, window: window.batch(2, drop_remainder=True), window_size=2)
+            .unbatch())
 
 
 def _shards(data_dir: str, manifest: dict, split: str) -> list[str]:
@@ -596,6 +636,11 @@ def make_dataset(cfg: Config, split: str = "train", *, training: Optional[bool] 
         seeds = tf.data.Dataset.random(seed=seed).batch(2)
         ds = tf.data.Dataset.zip((ds, seeds))
     ds = ds.map(_Example(cfg, training), num_parallel_calls=AUTOTUNE)
+    if training and cfg.model.pair_discriminator:
+        if batch % 2:
+            raise DataError(f"model.pair_discriminator=true pairs the examples of each batch: the batch of "
+                            f"{batch} per pipeline must be even")
+        ds = same_class_pairs(ds, num_attributes)
     ds = ds.batch(batch, drop_remainder=True)
 
     def fix_shapes(x):

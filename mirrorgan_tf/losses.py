@@ -12,6 +12,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from mirrorgan_tf import data
 from mirrorgan_tf.models import damsm, stream
 
 
@@ -22,39 +23,40 @@ def bce_with_logits(logits, target: float):
                                             from_logits=True)
 
 
-def wrong_pairs(sentence):
+def wrong_pairs(sentence, offset: int = 1):
     """The reference's "wrong" pairs within one batch: image i with sentence i + 1, for the first
     B - 1 images. Returns (sentence for each image, weight per image); weights sum to 1.
 
     The last image is paired with sentence 0 and weight 0 so that the batch keeps its shape (and
     splits evenly across replicas). Unlike the original, which feeds the B - 1 pairs alone, that
     dummy pair takes part in the BatchNorm statistics of the conditional head; its loss does not
-    count."""
+    count. `offset` 2 (a batch of same-class pairs, `model.pair_discriminator`): image i with
+    sentence i + 2, the last two images weight 0, since sentence i + 1 may describe image i."""
     b = ops.shape(sentence)[0]
-    weight = ops.where(ops.arange(b) < b - 1, 1.0 / ops.cast(b - 1, "float32"), 0.0)
-    return ops.roll(sentence, -1, axis=0), weight
+    weight = ops.where(ops.arange(b) < b - offset, 1.0 / ops.cast(b - offset, "float32"), 0.0)
+    return ops.roll(sentence, -offset, axis=0), weight
 
 
-def wrong_pairs_across_replicas(sentence):
+def wrong_pairs_across_replicas(sentence, offset: int = 1):
     """`wrong_pairs` of the global batch, this replica's share: under a tf.distribute strategy
-    each replica holds B of the N x B pairs, and its image i is paired with sentence i + 1 of the
-    global batch (the next replica's first sentence for its last image). Call in a replica
+    each replica holds B of the N x B pairs, and its image i is paired with sentence i + offset of
+    the global batch (the next replica's first sentences for its last images). Call in a replica
     context. sentence [B, D] -> (sentences [B, D], weights float32 [B]); the weights of all
     replicas sum to N, so after the usual 1 / N loss scaling they sum to 1 as on one device."""
     ctx = tf.distribute.get_replica_context()
     n = ctx.num_replicas_in_sync
     if n == 1:
-        return wrong_pairs(sentence)
+        return wrong_pairs(sentence, offset)
     b = tf.shape(sentence)[0]
     everything = ctx.all_gather(sentence, axis=0)
     start = tf.cast(ctx.replica_id_in_sync_group, tf.int32) * b
-    index = start + tf.range(b) + 1
+    index = start + tf.range(b) + offset
     total = b * n
-    # The last image's pair wraps to sentence 0 with weight 0, exactly as `wrong_pairs` rolls it on
-    # one device, so the BatchNorm statistics of the wrong-pair batch agree too.
+    # The last images' pairs wrap to the first sentences with weight 0, exactly as `wrong_pairs`
+    # rolls them on one device, so the BatchNorm statistics of the wrong-pair batch agree too.
     wrong = tf.ensure_shape(tf.gather(everything, index % total), sentence.shape)
     # Each replica's terms are later scaled by 1 / n, so weigh by n / (global pairs).
-    weight = tf.where(index < total, tf.cast(n, tf.float32) / tf.cast(total - 1, tf.float32), 0.0)
+    weight = tf.where(index < total, tf.cast(n, tf.float32) / tf.cast(total - offset, tf.float32), 0.0)
     return wrong, weight
 
 
@@ -79,18 +81,12 @@ def pair_classes(batch) -> tf.Tensor:
     """int64 [B] ids that say which captions of a batch describe the same kind of image, so that
     contrastive losses (DAMSM) do not treat them as negatives: the class where known, else the
     combination of the attribute labels (shapes), else -1 (unknown: nothing masked). `batch` is
-    a dict with `class_id` int64 [B] and `attributes` int64 [B, A]."""
-    class_id = batch["class_id"]
-    attributes = batch["attributes"]
-    if attributes.shape[-1]:
-        radix = tf.constant([1000**k for k in range(attributes.shape[-1])], tf.int64)
-        combined = tf.reduce_sum(attributes * radix, axis=-1)
-        return tf.where(class_id >= 0, class_id, combined)
-    return class_id
+    a dict with `class_id` int64 [B] and `attributes` int64 [B, A] (`data.class_keys`)."""
+    return data.class_keys(batch["class_id"], batch["attributes"])
 
 
 def discriminator_loss(d, real_images, fake_images, sentence, training=True, wrong=None, swapped=None,
-                       fake_sentence=None, joint_batch_norm=False):
+                       fake_sentence=None, joint_batch_norm=False, pairs=False):
     """One stage's D loss: (real + cond real) / 2 + (fake + cond fake + cond wrong) / 3, where the
     "wrong" pairs are real images [0 : B-1] with sentences [1 : B] (`wrong_pairs`; a trainer that
     splits the batch across replicas passes its share of the global pairs).
@@ -105,7 +101,12 @@ def discriminator_loss(d, real_images, fake_images, sentence, training=True, wro
     joint_batch_norm (`train.d_batch_norm=joint`): the real and generated images pass the encoder,
     and with their captions the conditional head, as one batch (`joint_logits`), so that D's
     BatchNorm layers normalise both with the same statistics; False (the original) passes each
-    batch on its own. Returns (float32 scalar loss, dict of float32 scalar terms)."""
+    batch on its own.
+    pairs (`model.pair_discriminator`; d has a pair head): rows 2i and 2i + 1 of real_images are two
+    images of one class and of fake_images two samples of one caption; the loss adds
+    (pair_real + pair_fake) / 2, BCE of `d.pair_logits` on the real pairs (label 1, with sentence
+    2i) and on the generated ones (label 0, with fake_sentence 2i). Not with joint_batch_norm.
+    Returns (float32 scalar loss, dict of float32 scalar terms)."""
     wrong_sentence, wrong_weight = wrong if wrong is not None else wrong_pairs(sentence)
     fake_sentence = sentence if fake_sentence is None else fake_sentence
     fake_images = ops.stop_gradient(fake_images)
@@ -133,6 +134,13 @@ def discriminator_loss(d, real_images, fake_images, sentence, training=True, wro
         terms["cond_swapped"] = ops.sum(swapped_bce * ops.cast(swapped_weight, "float32"))
         cond_wrong = (1.0 - share) * cond_wrong + share * terms["cond_swapped"]
     loss = (terms["real"] + terms["cond_real"]) / 2.0 + (terms["fake"] + terms["cond_fake"] + cond_wrong) / 3.0
+    if pairs:
+        if joint_batch_norm:
+            raise ValueError("discriminator_loss: pairs needs joint_batch_norm=False")
+        terms["pair_real"] = ops.mean(bce_with_logits(d.pair_logits(h_real, sentence[0::2], training=training), 1.0))
+        terms["pair_fake"] = ops.mean(bce_with_logits(d.pair_logits(h_fake, fake_sentence[0::2], training=training),
+                                                      0.0))
+        loss += (terms["pair_real"] + terms["pair_fake"]) / 2.0
     return loss, terms
 
 
@@ -154,18 +162,27 @@ def joint_logits(d, real_images, real_sentence, fake_images, fake_sentence, trai
     return h[:b], (uncond[:b], cond[:b]), (uncond[b:], cond[b:])
 
 
-def generator_adversarial_loss(d, fake_images, sentence, training=True, real=None):
+def generator_adversarial_loss(d, fake_images, sentence, training=True, real=None, pairs=False):
     """One stage's G term: BCE(uncond fake, real) + BCE(cond fake, real). real: None (the original:
     the fakes on their own) or (real images [B, s, s, 3], their sentences [B, D]) to pass D
     together with the fakes (`joint_logits`, `train.d_batch_norm=joint`); the real images are
-    not differentiated."""
-    if real is None:
+    not differentiated. pairs (`model.pair_discriminator`, rows 2i and 2i + 1 two samples of
+    caption 2i): + BCE(pair logits of the generated pairs, real); not with `real`."""
+    if pairs and real is not None:
+        raise ValueError("generator_adversarial_loss: pairs needs real=None (train.d_batch_norm=separate)")
+    if pairs:
+        h = d.encode(fake_images, training=training)  # kept for the pair head
+        uncond, cond = d.uncond_logits(h, training=training), d.cond_logits(h, sentence, training=training)
+    elif real is None:
         uncond, cond = d(fake_images, sentence, training=training)
     else:
         real_images, real_sentence = real
         _, _, (uncond, cond) = joint_logits(d, ops.stop_gradient(real_images), real_sentence, fake_images, sentence,
                                             training)
-    return ops.mean(bce_with_logits(uncond, 1.0)) + ops.mean(bce_with_logits(cond, 1.0))
+    loss = ops.mean(bce_with_logits(uncond, 1.0)) + ops.mean(bce_with_logits(cond, 1.0))
+    if pairs:
+        loss += ops.mean(bce_with_logits(d.pair_logits(h, sentence[0::2], training=training), 1.0))
+    return loss
 
 
 def mode_seeking_pairs(batch_size: int):

@@ -312,3 +312,14 @@ def test_mixed_precision_names_its_policy_and_loss_scaling():
         assert (precision_policy(cfg.train), needs_loss_scaling(cfg.train)) == (policy, scaling)
     with pytest.raises(ConfigError, match="train.mixed_precision"):
         load_config(CONFIGS / "cub.yaml", ["train.mixed_precision=fp8"])
+
+
+def test_pair_discriminator_is_off_in_every_shipped_config_and_refuses_joint_batch_norm():
+    for name in ("cub.yaml", "coco.yaml", "shapes.yaml", "shapes_smoke.yaml"):
+        assert load_config(CONFIGS / name).model.pair_discriminator is False, name
+    with pytest.raises(ConfigError, match=r"train.d_batch_norm=joint needs model.pair_discriminator=false"):
+        load_config(CONFIGS / "shapes_smoke.yaml", ["train.d_batch_norm=joint", "model.pair_discriminator=true"])
+    cfg = load_config(CONFIGS / "shapes_smoke.yaml", ["model.pair_discriminator=true", "train.mode_seeking_weight=0",
+                                                       "train.batch_size=6"])
+    with pytest.raises(ConfigError, match=r"model.pair_discriminator=true pairs the examples of each replica's batch"):
+        check_replica_batches(cfg, 2)

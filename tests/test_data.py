@@ -325,3 +325,55 @@ def test_check_prepared_names_a_swap_word_the_vocabulary_lacks(prepared_shapes):
     assert "train.wrong_word_swaps[0]: 'heptagon' is not a word of" in message
     assert data.vocabulary_path(str(prepared_shapes)) in message
     assert data.check_prepared(cfg, stages=("damsm", "stream"))  # only the gan stage reads the key
+
+
+def test_pair_discriminator_batches_hold_two_images_of_one_class_in_rows_2i_and_2i_plus_1(prepared_shapes):
+    """model.pair_discriminator: the training pipeline regroups examples so that each pair of rows
+    is two different images of one attribute class (its real pairs); without it they are not."""
+    def batch(*overrides):
+        return next(iter(data.make_dataset(_cfg(prepared_shapes, "shapes_smoke.yaml", *overrides), "train",
+                                           batch_size=32)))
+
+    paired, plain = batch("model.pair_discriminator=true"), batch()
+    for b in (paired, plain):
+        assert b["attributes"].shape == (32, 4)
+    a = paired["attributes"].numpy()
+    assert (a[0::2] == a[1::2]).all()
+    images = paired["images"][-1].numpy()
+    assert all(np.abs(images[2 * i] - images[2 * i + 1]).max() > 0.1 for i in range(16))  # two images, not one twice
+    assert len({tuple(x) for x in a}) > 4  # many classes per batch
+    p = plain["attributes"].numpy()
+    assert not (p[0::2] == p[1::2]).all(axis=1).all()
+    # Evaluation pipelines keep the manifest's order.
+    test = next(iter(data.make_dataset(_cfg(prepared_shapes, "shapes_smoke.yaml", "model.pair_discriminator=true"),
+                                       "test", batch_size=8)))
+    plain_test = next(iter(data.make_dataset(_cfg(prepared_shapes, "shapes_smoke.yaml"), "test", batch_size=8)))
+    np.testing.assert_array_equal(test["key"].numpy(), plain_test["key"].numpy())
+
+
+def test_class_keys_take_the_class_where_known_else_the_attributes():
+    keys = data.class_keys(tf.constant([7, -1, -1], tf.int64), tf.constant([[1, 2], [1, 2], [2, 1]], tf.int64))
+    assert keys.numpy().tolist() == [7, 2001, 1002]
+    assert data.class_keys(tf.constant([3, -1], tf.int64), tf.zeros([2, 0], tf.int64)).numpy().tolist() == [3, -1]
+
+
+def test_check_prepared_refuses_the_pair_discriminator_on_a_dataset_without_classes(tmp_path, prepared_shapes):
+    from PIL import Image
+
+    root = tmp_path / "mine"
+    root.mkdir()
+    rows = []
+    for i in range(40):
+        Image.new("RGB", (16, 16), (5 * i, 0, 0)).save(root / f"{i}.png")
+        rows.append(json.dumps({"image": f"{i}.png", "caption": f"a red square number {i}"}))
+    (root / "captions.jsonl").write_text("\n".join(rows) + "\n")
+    out = _prepared(tmp_path, "mine-out", dataset="captions", source=str(root), test_fraction=0.25)
+    cfg = _cfg(out, "shapes_smoke.yaml", "data.dataset=captions", "model.pair_discriminator=true",
+               "train.batch_size=4", "damsm.batch_size=4", "stream.batch_size=4", "train.wrong_word_swaps=[]")
+    message = _refusal(cfg)
+    assert "model.pair_discriminator=true" in message and "neither attribute labels nor class ids" in message
+    assert message.count("\n  - ") == 1
+    data.check_prepared(_cfg(out, "shapes_smoke.yaml", "data.dataset=captions", "train.batch_size=4",
+                             "damsm.batch_size=4", "stream.batch_size=4",
+                             "train.wrong_word_swaps=[]"))  # without the switch: fine
+    data.check_prepared(_cfg(prepared_shapes, "shapes_smoke.yaml", "model.pair_discriminator=true"))  # attributes

@@ -85,13 +85,14 @@ MIRRORED = textwrap.dedent("""
 
 # With one-word-swap wrong pairs of colours only some captions name (red, blue), the two replicas
 # hold 3 and 2 of the 5 swapped captions: their weights must still average over the global batch.
-# Mode seeking rides along (one subprocess less): its pairs (2i, 2i + 1) never straddle replicas.
+# Mode seeking and the pair head ride along (one subprocess less): their pairs (2i, 2i + 1) never
+# straddle replicas, and the wrong pairs skip two rows across the replicas' boundary.
 # The published case keeps the smoke config's three stages; the other runs two (a third less
 # tracing for each of its three states), enough for the multi-stage mode seeking term.
 @pytest.mark.parametrize("overrides", [["train.mode_seeking_weight=0", "train.wrong_word_swaps=[]", "model.stage_noise=false"],
                                        ["train.wrong_word_swaps=[red blue]", "train.mode_seeking_weight=1",
-                                        "model.stages=2"]],
-                         ids=["published", "word_swaps_mode_seeking"])
+                                        "model.stages=2", "model.pair_discriminator=true"]],
+                         ids=["published", "word_swaps_mode_seeking_pairs"])
 def test_mirrored_on_two_cpus_equals_one_device(prepared_shapes, overrides):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     r = subprocess.run([sys.executable, "-c", MIRRORED, str(CONFIGS / "shapes_smoke.yaml"), str(prepared_shapes),

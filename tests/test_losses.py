@@ -385,3 +385,57 @@ def test_a_gain_invariant_pair_distance_keeps_its_value_and_has_no_gradient_alon
         for term in (ms, ds):
             slope = float(tape.gradient(term, gain))
             assert (abs(slope) < 1e-4) if invariant else (slope < -1e-3)
+
+
+def test_wrong_pairs_with_offset_2_skip_the_same_class_neighbour():
+    sentence = np.arange(6, dtype=np.float32)[:, None]
+    wrong, weight = losses.wrong_pairs(sentence, offset=2)
+    assert np.asarray(wrong)[:, 0].tolist() == [2, 3, 4, 5, 0, 1]
+    np.testing.assert_allclose(np.asarray(weight), [0.25, 0.25, 0.25, 0.25, 0, 0])
+
+
+def _pair_d():
+    from mirrorgan_tf.models.discriminators import Discriminator
+
+    d = Discriminator(0, df_dim=4, base_size=16, text_norm="rms", pair=True)
+    images = tf.zeros((4, 16, 16, 3))
+    sentence = tf.zeros((4, 6))
+    d.pair_logits(d.encode(images), sentence[0::2])  # first, as networks.build_discriminators
+    d(images, sentence)
+    return d
+
+
+def test_the_pair_head_reads_each_pair_in_either_order_and_sees_a_pair_that_is_one_image_twice():
+    from mirrorgan_tf.models.discriminators import pair_features
+
+    d = _pair_d()
+    x = tf.constant(rng.uniform(-0.9, 0.9, size=(8, 16, 16, 3)).astype(np.float32))
+    sentence = tf.constant(rng.normal(size=(4, 6)).astype(np.float32))
+    h = d.encode(x, training=False)
+    swapped = tf.gather(h, [1, 0, 3, 2, 5, 4, 7, 6])
+    np.testing.assert_allclose(d.pair_logits(h, sentence).numpy(), d.pair_logits(swapped, sentence).numpy(),
+                               rtol=1e-5, atol=1e-6)
+    twice = pair_features(tf.gather(h, [0, 0, 2, 2])).numpy()
+    assert twice.shape[0] == 2 and (twice[..., h.shape[-1]:] == 0).all()  # no difference between the two
+
+
+def test_pair_terms_add_to_both_losses_as_their_mean_and_g_wants_its_pairs_called_real():
+    d = _pair_d()
+    real = tf.constant(rng.uniform(-0.9, 0.9, size=(4, 16, 16, 3)).astype(np.float32))
+    fake = tf.constant(rng.uniform(-0.9, 0.9, size=(4, 16, 16, 3)).astype(np.float32))
+    sentence = tf.constant(rng.normal(size=(4, 6)).astype(np.float32))
+    drawn_from = tf.gather(sentence, [0, 0, 2, 2])
+    plain, _ = losses.discriminator_loss(d, real, fake, sentence, fake_sentence=drawn_from)
+    loss, terms = losses.discriminator_loss(d, real, fake, sentence, fake_sentence=drawn_from, pairs=True)
+    # Training mode: each pass normalises by its own batch, so the head's logits are reproducible here.
+    real_logits = d.pair_logits(d.encode(real, training=True), sentence[0::2], training=True).numpy()
+    fake_logits = d.pair_logits(d.encode(fake, training=True), drawn_from[0::2], training=True).numpy()
+    assert float(terms["pair_real"]) == pytest.approx(np.mean(bce(real_logits, 1.0)), rel=1e-5)
+    assert float(terms["pair_fake"]) == pytest.approx(np.mean(bce(fake_logits, 0.0)), rel=1e-5)
+    assert float(loss) == pytest.approx(float(plain) + (float(terms["pair_real"]) + float(terms["pair_fake"])) / 2,
+                                        rel=1e-5)
+    g_plain = float(losses.generator_adversarial_loss(d, fake, drawn_from))
+    g = float(losses.generator_adversarial_loss(d, fake, drawn_from, pairs=True))
+    assert g == pytest.approx(g_plain + np.mean(bce(fake_logits, 1.0)), rel=1e-5)
+    with pytest.raises(ValueError, match="pairs needs real=None"):
+        losses.generator_adversarial_loss(d, fake, drawn_from, real=(real, sentence), pairs=True)

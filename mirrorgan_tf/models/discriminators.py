@@ -53,6 +53,14 @@ def minibatch_std(h, group_size: int):
     return ops.concatenate([h, ops.cast(feature, h.dtype)], axis=-1)
 
 
+def pair_features(h):
+    """The encoded images h float [B, H, W, C] (B even) as pairs (rows 2i, 2i + 1) -> [B / 2, H, W,
+    2C]: each pair's sum and absolute difference, so the head reads what the two share and how far
+    apart they are, whichever comes first (`model.pair_discriminator`)."""
+    first, second = h[0::2], h[1::2]
+    return ops.concatenate([first + second, ops.abs(first - second)], axis=-1)
+
+
 class Logits(layers.Layer):
     def __init__(self, df_dim: int, kernel: int, conditional: bool, name: str, text_norm: str = "none",
                  sync_batch_norm: bool = False):
@@ -78,10 +86,13 @@ class Discriminator(keras.Model):
     For the "wrong pair" term, encode once with `encode` and apply `cond_logits` with other
     sentences. `minibatch_std` > 0 (ours, `model.minibatch_std`) appends Karras et al.'s
     minibatch standard deviation over groups of that many images to the encoded map, before
-    both heads (`minibatch_std`); 0 is the published network."""
+    both heads (`minibatch_std`); 0 is the published network. `pair` (ours, `model.pair_discriminator`)
+    adds a third head, `pair_logits`: conditional like `cond_logits`, on `pair_features` of two
+    encoded images of one caption (PacGAN's packing, Lin et al., NeurIPS 2018, after the shared
+    encoder and with the caption)."""
 
     def __init__(self, stage: int, df_dim: int = 64, base_size: int = 64, text_norm: str = "none", name=None,
-                 sync_batch_norm: bool = False, minibatch_std: int = 0, **kwargs):
+                 sync_batch_norm: bool = False, minibatch_std: int = 0, pair: bool = False, **kwargs):
         super().__init__(name=name or f"d{base_size * 2**stage}", **kwargs)
         self.minibatch_std = minibatch_std
         sync = sync_batch_norm
@@ -95,6 +106,8 @@ class Discriminator(keras.Model):
         self.uncond = Logits(df_dim, kernel, conditional=False, name="uncond_dnet")
         self.cond = Logits(df_dim, kernel, conditional=True, name="cond_dnet", text_norm=text_norm,
                            sync_batch_norm=sync)
+        self.pair = (Logits(df_dim, kernel, conditional=True, name="pair_dnet", text_norm=text_norm,
+                            sync_batch_norm=sync) if pair else None)
 
     def encode(self, images, training=None):
         h = self.encoder(images, training=training)
@@ -105,6 +118,11 @@ class Discriminator(keras.Model):
 
     def cond_logits(self, h, sentence, training=None):
         return self.cond(h, sentence, training=training)
+
+    def pair_logits(self, h, sentence, training=None):
+        """h float [B, H, W, C] from `encode`, rows 2i and 2i + 1 two images of one caption; sentence
+        float [B / 2, D], each pair's caption -> float32 logits [B / 2] (1 = a real pair)."""
+        return self.pair(pair_features(h), sentence, training=training)
 
     def call(self, images, sentence, training=None):
         h = self.encode(images, training=training)

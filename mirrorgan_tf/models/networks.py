@@ -92,7 +92,9 @@ def build_discriminators(cfg, sync_batch_norm: bool = False, batch: int = 2) -> 
     out = []
     for i, size in enumerate(cfg.image_sizes):
         d = Discriminator(i, m.df_dim, m.base_size, m.text_norm, sync_batch_norm=sync_batch_norm,
-                          minibatch_std=m.minibatch_std)
+                          minibatch_std=m.minibatch_std, pair=m.pair_discriminator)
+        if m.pair_discriminator:  # first: the call below builds the model and expects every layer built
+            d.pair_logits(d.encode(ops.zeros((batch, size, size, 3))), sentence[0::2])
         d(ops.zeros((batch, size, size, 3)), sentence)
         out.append(d)
     return out

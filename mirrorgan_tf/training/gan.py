@@ -145,7 +145,7 @@ def restore_pretrained(cfg, run: RunDir, state: GanTrainState) -> None:
 
 
 def update_discriminators(discriminators, optimizers, real_images, fake_images, sentence, wrong, scale: float,
-                          swapped=None, fake_sentence=None, joint_batch_norm=False):
+                          swapped=None, fake_sentence=None, joint_batch_norm=False, pairs=False):
     """One Adam step of every discriminator on its real / fake / wrong-pair terms
     (`losses.discriminator_loss`); the fakes are not differentiated. Runs in a replica context.
 
@@ -153,14 +153,14 @@ def update_discriminators(discriminators, optimizers, real_images, fake_images, 
     replica's wrong pairs (`losses.wrong_pairs_across_replicas`); scale 1 / replicas; swapped
     None or the one-word-swap pairs (`train.wrong_word_swaps`, see `losses.discriminator_loss`);
     fake_sentence the sentences the fakes were drawn from when not `sentence` (mode seeking);
-    joint_batch_norm `train.d_batch_norm == "joint"`.
+    joint_batch_norm `train.d_batch_norm == "joint"`; pairs `model.pair_discriminator` (the pair head's terms).
     Returns (sum of the scaled losses, {"d1": ..., "dN": ...} each scaled)."""
     total, per_stage = 0.0, {}
     for i, (d, opt, real, fake) in enumerate(zip(discriminators, optimizers, real_images, fake_images)):
         with tf.GradientTape() as tape:
             d_loss, _ = losses.discriminator_loss(d, real, fake, sentence, training=True, wrong=wrong,
                                                   swapped=swapped, fake_sentence=fake_sentence,
-                                                  joint_batch_norm=joint_batch_norm)
+                                                  joint_batch_norm=joint_batch_norm, pairs=pairs)
             d_loss = d_loss * scale
             scaled = steps.scale_loss(opt, d_loss)
         opt.apply_gradients(zip(tape.gradient(scaled, d.trainable_variables), d.trainable_variables))
@@ -180,6 +180,10 @@ def make_train_step(cfg, strategy: tf.distribute.Strategy, state: GanTrainState)
                           "cannot apply gradients; use --strategy one_device or xla=false")
     gammas = (cfg.damsm.gamma1, cfg.damsm.gamma2, cfg.damsm.gamma3)
     joint = t.d_batch_norm == "joint"
+    pair_d = cfg.model.pair_discriminator
+    # Rows 2i and 2i + 1 are drawn from caption 2i under mode seeking, and under the pair head (whose
+    # real pairs the input pipeline groups by class: data.same_class_pairs).
+    paired = t.mode_seeking_weight > 0 or pair_d
 
     @tf.autograph.experimental.do_not_convert  # plain Python loops over stages: nothing to convert
     def replica_step(batch):
@@ -201,7 +205,7 @@ def make_train_step(cfg, strategy: tf.distribute.Strategy, state: GanTrainState)
         # first caption of its pair (so each pair is one caption under two noises).
         g_ids, g_lengths, g_words, g_sentence, g_mask = ids, lengths, words, sentence, mask
         ca_noise = batch["ca_noise"]
-        if t.mode_seeking_weight > 0:
+        if paired:
             pair = losses.mode_seeking_pairs(ids.shape[0])
             g_ids, g_lengths, g_words, g_sentence, g_mask = (
                 tf.gather(x, pair) for x in (ids, lengths, words, sentence, mask))
@@ -213,18 +217,20 @@ def make_train_step(cfg, strategy: tf.distribute.Strategy, state: GanTrainState)
             with g_tape.stop_recording():
                 d_total, d_losses = update_discriminators(
                     nets.discriminators, state.opts_d, batch["images"], fakes, sentence,
-                    losses.wrong_pairs_across_replicas(sentence), scale, swapped=swapped,
-                    fake_sentence=None if g_sentence is sentence else g_sentence, joint_batch_norm=joint)
+                    losses.wrong_pairs_across_replicas(sentence, 2 if pair_d else 1), scale, swapped=swapped,
+                    fake_sentence=None if g_sentence is sentence else g_sentence, joint_batch_norm=joint,
+                    pairs=pair_d)
                 out_losses.update(d_losses)
             adversarial = tf.add_n([losses.generator_adversarial_loss(d, fake, g_sentence, training=True,
-                                                                      real=(real, sentence) if joint else None)
+                                                                      real=(real, sentence) if joint else None,
+                                                                      pairs=pair_d)
                                     for d, fake, real in zip(nets.discriminators, fakes, batch["images"])])
             kl = losses.kl_loss(out["mu"], out["logvar"])
             floor = None
             if t.stream_floor != "none":
                 with g_tape.stop_recording():
                     # The real image each generated one's caption came from (its pair's first under mode seeking).
-                    real = tf.gather(batch["images"][-1], pair) if t.mode_seeking_weight > 0 else batch["images"][-1]
+                    real = tf.gather(batch["images"][-1], pair) if paired else batch["images"][-1]
                     floor = losses.stream_caption_losses(nets.stream_encoder, nets.stream_decoder, real, g_ids, g_lengths,
                                                          per_word=t.stream_floor == "real_words")
             redescription = losses.stream_loss(nets.stream_encoder, nets.stream_decoder, fakes[-1], g_ids, g_lengths,
@@ -243,7 +249,7 @@ def make_train_step(cfg, strategy: tf.distribute.Strategy, state: GanTrainState)
             if nets.damsm_image_encoder is not None:
                 damsm_term = losses.damsm_loss(nets.damsm_image_encoder, fakes[-1], g_words, g_sentence, g_mask,
                                                tf.gather(losses.pair_classes(batch), pair)
-                                               if t.mode_seeking_weight > 0 else losses.pair_classes(batch), gammas)
+                                               if paired else losses.pair_classes(batch), gammas)
                 g_loss += t.damsm_weight * damsm_term
                 out_losses["damsm"] = damsm_term * scale
             g_loss = g_loss * scale
