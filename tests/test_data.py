@@ -177,17 +177,23 @@ def test_check_prepared_refuses_a_test_split_smaller_than_the_samplers_batch(tmp
     assert data.check_prepared(cfg, stages=("damsm", "stream"))["splits"]["test"]["examples"] == 5
 
 
-def test_check_prepared_refuses_an_own_dataset_whose_hash_split_left_no_test_images(tmp_path):
+def _own_captions(tmp_path, count: int, test_fraction: float):
+    """`count` one-colour 16 px images with a caption each (captions.jsonl: no classes, no
+    attributes), prepared with the given test fraction; returns the prepared folder."""
     from PIL import Image
 
     root = tmp_path / "mine"
     root.mkdir()
     rows = []
-    for i in range(12):
-        Image.new("RGB", (16, 16), (20 * i, 0, 0)).save(root / f"{i}.png")
+    for i in range(count):
+        Image.new("RGB", (16, 16), (240 * i // count, 0, 0)).save(root / f"{i}.png")
         rows.append(json.dumps({"image": f"{i}.png", "caption": f"a red square number {i}"}))
     (root / "captions.jsonl").write_text("\n".join(rows) + "\n")
-    out = _prepared(tmp_path, "mine-out", dataset="captions", source=str(root), test_fraction=0.0)
+    return _prepared(tmp_path, "mine-out", dataset="captions", source=str(root), test_fraction=test_fraction)
+
+
+def test_check_prepared_refuses_an_own_dataset_whose_hash_split_left_no_test_images(tmp_path):
+    out = _own_captions(tmp_path, 12, test_fraction=0.0)
     cfg = _cfg(out, "shapes_smoke.yaml", "data.dataset=captions")
     assert "the test split has 0 images, fewer than the 8 fixed sample captions" in _refusal(cfg)
 
@@ -358,16 +364,7 @@ def test_class_keys_take_the_class_where_known_else_the_attributes():
 
 
 def test_check_prepared_refuses_the_pair_discriminator_on_a_dataset_without_classes(tmp_path, prepared_shapes):
-    from PIL import Image
-
-    root = tmp_path / "mine"
-    root.mkdir()
-    rows = []
-    for i in range(40):
-        Image.new("RGB", (16, 16), (5 * i, 0, 0)).save(root / f"{i}.png")
-        rows.append(json.dumps({"image": f"{i}.png", "caption": f"a red square number {i}"}))
-    (root / "captions.jsonl").write_text("\n".join(rows) + "\n")
-    out = _prepared(tmp_path, "mine-out", dataset="captions", source=str(root), test_fraction=0.25)
+    out = _own_captions(tmp_path, 40, test_fraction=0.25)
     cfg = _cfg(out, "shapes_smoke.yaml", "data.dataset=captions", "model.pair_discriminator=true",
                "train.batch_size=4", "damsm.batch_size=4", "stream.batch_size=4", "train.wrong_word_swaps=[]")
     message = _refusal(cfg)
