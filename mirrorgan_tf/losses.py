@@ -107,6 +107,8 @@ def discriminator_loss(d, real_images, fake_images, sentence, training=True, wro
     (pair_real + pair_fake) / 2, BCE of `d.pair_logits` on the real pairs (label 1, with sentence
     2i) and on the generated ones (label 0, with fake_sentence 2i). Not with joint_batch_norm.
     Returns (float32 scalar loss, dict of float32 scalar terms)."""
+    if pairs and joint_batch_norm:  # the pair head needs the generated images' own encoding (h_fake)
+        raise ValueError("discriminator_loss: pairs needs joint_batch_norm=False")
     wrong_sentence, wrong_weight = wrong if wrong is not None else wrong_pairs(sentence)
     fake_sentence = sentence if fake_sentence is None else fake_sentence
     fake_images = ops.stop_gradient(fake_images)
@@ -135,8 +137,6 @@ def discriminator_loss(d, real_images, fake_images, sentence, training=True, wro
         cond_wrong = (1.0 - share) * cond_wrong + share * terms["cond_swapped"]
     loss = (terms["real"] + terms["cond_real"]) / 2.0 + (terms["fake"] + terms["cond_fake"] + cond_wrong) / 3.0
     if pairs:
-        if joint_batch_norm:
-            raise ValueError("discriminator_loss: pairs needs joint_batch_norm=False")
         terms["pair_real"] = ops.mean(bce_with_logits(d.pair_logits(h_real, sentence[0::2], training=training), 1.0))
         terms["pair_fake"] = ops.mean(bce_with_logits(d.pair_logits(h_fake, fake_sentence[0::2], training=training),
                                                       0.0))

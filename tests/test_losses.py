@@ -439,3 +439,5 @@ def test_pair_terms_add_to_both_losses_as_their_mean_and_g_wants_its_pairs_calle
     assert g == pytest.approx(g_plain + np.mean(bce(fake_logits, 1.0)), rel=1e-5)
     with pytest.raises(ValueError, match="pairs needs real=None"):
         losses.generator_adversarial_loss(d, fake, drawn_from, real=(real, sentence), pairs=True)
+    with pytest.raises(ValueError, match="pairs needs joint_batch_norm=False"):
+        losses.discriminator_loss(d, real, fake, sentence, fake_sentence=drawn_from, pairs=True, joint_batch_norm=True)
